@@ -1,0 +1,152 @@
+//! Fault injection for the plugin's reliability tests: latency, a fraction of calls answered busy (-25)
+//! or with HTTP 500, a stall (nothing answered for a while), and refused connections for a while.
+
+use crate::error::RpcError;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+pub const USAGE: &str = "devnode_fault {\"latency_ms\":n,\"busy\":0..1,\"http500\":0..1,\"stall_ms\":n,\"refuse_ms\":n}\nset fault injection (dev node only); {} clears it";
+
+#[derive(Default, Clone, Debug)]
+pub struct Faults {
+    pub latency: Duration,
+    /// Fraction of calls answered with error -25.
+    pub busy: f64,
+    /// Fraction of calls answered with HTTP 500 and no JSON body.
+    pub http500: f64,
+    pub stall_until: Option<Instant>,
+    pub refuse_until: Option<Instant>,
+    rng: u64,
+}
+
+/// What to do with one request before it reaches the node.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Serve,
+    Busy,
+    Http500,
+}
+
+fn ratio(v: &Value, key: &str) -> Result<f64, RpcError> {
+    match v.get(key) {
+        None => Ok(0.0),
+        Some(x) => x
+            .as_f64()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| RpcError::invalid_params(format!("{key} must be a number from 0 to 1"))),
+    }
+}
+
+fn millis(v: &Value, key: &str) -> Result<u64, RpcError> {
+    match v.get(key) {
+        None => Ok(0),
+        Some(x) => x.as_u64().ok_or_else(|| RpcError::invalid_params(format!("{key} must be a whole number of milliseconds"))),
+    }
+}
+
+impl Faults {
+    /// Replaces the whole fault set (keys left out are cleared). Unknown keys are refused.
+    pub fn configure(&mut self, v: &Value) -> Result<(), RpcError> {
+        let Some(obj) = v.as_object() else {
+            return Err(RpcError::invalid_params(USAGE));
+        };
+        for key in obj.keys() {
+            if !["latency_ms", "busy", "http500", "stall_ms", "refuse_ms"].contains(&key.as_str()) {
+                return Err(RpcError::invalid_params(format!("unknown fault '{key}'")));
+            }
+        }
+        let now = Instant::now();
+        let stall = millis(v, "stall_ms")?;
+        let refuse = millis(v, "refuse_ms")?;
+        *self = Faults {
+            latency: Duration::from_millis(millis(v, "latency_ms")?),
+            busy: ratio(v, "busy")?,
+            http500: ratio(v, "http500")?,
+            stall_until: (stall > 0).then(|| now + Duration::from_millis(stall)),
+            refuse_until: (refuse > 0).then(|| now + Duration::from_millis(refuse)),
+            rng: self.rng.max(0x2545_f491) ^ now.elapsed().as_nanos() as u64,
+        };
+        Ok(())
+    }
+
+    pub fn describe(&self) -> Value {
+        let left = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64).unwrap_or(0);
+        json!({
+            "latency_ms": self.latency.as_millis() as u64,
+            "busy": self.busy,
+            "http500": self.http500,
+            "stall_ms": left(self.stall_until),
+            "refuse_ms": left(self.refuse_until),
+        })
+    }
+
+    pub fn refusing(&self, now: Instant) -> bool {
+        self.refuse_until.is_some_and(|t| now < t)
+    }
+
+    /// How long to hold this request before answering (stall, then latency).
+    pub fn delay(&self, now: Instant) -> Duration {
+        let stall = self.stall_until.map(|t| t.saturating_duration_since(now)).unwrap_or_default();
+        stall + self.latency
+    }
+
+    fn unit(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn verdict(&mut self) -> Verdict {
+        if self.busy == 0.0 && self.http500 == 0.0 {
+            return Verdict::Serve;
+        }
+        if self.rng == 0 {
+            self.rng = 0x9e37_79b9_7f4a_7c15;
+        }
+        let x = self.unit();
+        if x < self.busy {
+            Verdict::Busy
+        } else if x < self.busy + self.http500 {
+            Verdict::Http500
+        } else {
+            Verdict::Serve
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_honoured_roughly_and_cleared_by_empty_object() {
+        let mut f = Faults::default();
+        f.configure(&json!({"busy": 0.5})).unwrap();
+        let busy = (0..10_000).filter(|_| f.verdict() == Verdict::Busy).count();
+        assert!((4000..6000).contains(&busy), "{busy}");
+        f.configure(&json!({})).unwrap();
+        assert!((0..1000).all(|_| f.verdict() == Verdict::Serve));
+    }
+
+    #[test]
+    fn bad_fault_settings_are_refused() {
+        let mut f = Faults::default();
+        assert!(f.configure(&json!({"busy": 2})).is_err());
+        assert!(f.configure(&json!({"latency_ms": -1})).is_err());
+        assert!(f.configure(&json!({"nope": 1})).is_err());
+        assert!(f.configure(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn refuse_and_stall_windows_end() {
+        let mut f = Faults::default();
+        f.configure(&json!({"refuse_ms": 50, "stall_ms": 30})).unwrap();
+        let now = Instant::now();
+        assert!(f.refusing(now));
+        assert!(f.delay(now) > Duration::from_millis(10));
+        let later = now + Duration::from_millis(100);
+        assert!(!f.refusing(later));
+        assert_eq!(f.delay(later), Duration::ZERO);
+    }
+}

@@ -1,0 +1,139 @@
+//! twister-devnode: a twisterd-compatible JSON-RPC node for one machine.
+
+mod error;
+mod fault;
+mod http;
+mod node;
+mod options;
+mod params;
+mod rpc;
+mod store;
+
+use node::Node;
+use options::{LogLevel, Options, OptionsError};
+use rpc::Shared;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::Store;
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn log(level: LogLevel, max: LogLevel, msg: &str) {
+    if level <= max {
+        eprintln!("twister-devnode: {msg}");
+    }
+}
+
+fn flush(shared: &Shared, store: Option<&Store>, max: LogLevel) {
+    let Some(store) = store else { return };
+    let bytes = {
+        let mut node = shared.node();
+        if !node.dirty {
+            return;
+        }
+        node.dirty = false;
+        serde_json::to_vec(&node.state)
+    };
+    let result = match bytes {
+        Ok(b) => store.save_bytes(&b).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = result {
+        shared.node().dirty = true;
+        log(LogLevel::Error, max, &format!("saving state failed (will retry): {e}"));
+    }
+}
+
+fn run(o: Options) -> Result<(), String> {
+    let store = match &o.datadir {
+        Some(dir) => Some(Store::open(dir).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let state = match &store {
+        Some(s) => s.load().map_err(|e| e.to_string())?,
+        None => Default::default(),
+    };
+    let shared = Arc::new(Shared::new(Node::new(state, o.blocks, o.spam_interval_s)));
+    if o.fault_latency_ms > 0 || o.fault_busy > 0.0 || o.fault_http500 > 0.0 {
+        let v = serde_json::json!({"latency_ms": o.fault_latency_ms, "busy": o.fault_busy, "http500": o.fault_http500});
+        shared.faults().configure(&v).map_err(|e| e.message)?;
+    }
+    let listener = TcpListener::bind(("127.0.0.1", o.rpc_port)).map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", o.rpc_port))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", o.rpc_user, o.rpc_password));
+    let cfg = Arc::new(http::HttpConfig { authorization: format!("Basic {token}"), max_body: o.max_body, max_connections: 512 });
+    let stopping = Arc::new(AtomicBool::new(false));
+    install_signal_handlers();
+    for flag in &o.ignored {
+        log(LogLevel::Info, o.log_level, &format!("ignoring twisterd flag {flag} (no meaning on one machine)"));
+    }
+    {
+        let (shared, stopping) = (shared.clone(), stopping.clone());
+        std::thread::Builder::new()
+            .name("rpc-accept".into())
+            .spawn(move || http::serve(listener, shared, cfg, stopping))
+            .map_err(|e| e.to_string())?;
+    }
+    let height = shared.node().state.height;
+    let blocks = match o.blocks.interval() {
+        Some(d) => format!("a block every {:?}", d),
+        None => "blocks on demand".into(),
+    };
+    let dir = o.datadir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "(memory)".into());
+    println!("twister-devnode ready on http://{addr}/ height {height}, {blocks}, datadir {dir}");
+
+    let mut last_flush = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let stop_rpc = shared.node().stop_requested;
+        if SIGNALLED.load(Ordering::SeqCst) || stop_rpc {
+            stopping.store(true, Ordering::SeqCst);
+            if stop_rpc {
+                // Let the "stop" reply reach its caller.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            flush(&shared, store.as_ref(), o.log_level);
+            log(LogLevel::Info, o.log_level, "stopped, state saved");
+            return Ok(());
+        }
+        if last_flush.elapsed() >= o.flush {
+            flush(&shared, store.as_ref(), o.log_level);
+            last_flush = Instant::now();
+        }
+    }
+}
+
+fn main() {
+    let opts = match options::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(OptionsError::Help(text)) => {
+            println!("{text}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("twister-devnode: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(opts) {
+        eprintln!("twister-devnode: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,118 @@
+//! JSON-RPC 1.0 framing as twisterd does it: single requests and batches, `params` must be an array,
+//! errors with twisterd's codes and HTTP statuses, and the connection closed after a lone error.
+
+use crate::error::*;
+use crate::fault::Faults;
+use crate::node::{find_method, Node};
+use crate::params::Params;
+use serde_json::{json, Value};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+pub struct Shared {
+    pub node: Mutex<Node>,
+    pub faults: Mutex<Faults>,
+}
+
+impl Shared {
+    pub fn new(node: Node) -> Self {
+        Shared { node: Mutex::new(node), faults: Mutex::new(Faults::default()) }
+    }
+
+    /// A panic while holding the lock must not take the node down: the state is only ever changed
+    /// after every check passed, so it is still consistent.
+    pub fn node(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// twisterd closes the connection after an error reply.
+    pub close: bool,
+}
+
+fn envelope(result: Result<Value, RpcError>, id: Value) -> Value {
+    match result {
+        Ok(v) => json!({"result": v, "error": null, "id": id}),
+        Err(e) => json!({"result": null, "error": e.to_json(), "id": id}),
+    }
+}
+
+fn reply(status: u16, v: &Value, close: bool) -> Reply {
+    Reply { status, body: serde_json::to_vec(v).unwrap_or_default(), close }
+}
+
+pub fn handle_body(shared: &Shared, body: &[u8]) -> Reply {
+    let parsed: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => {
+            let e = RpcError::new(RPC_PARSE_ERROR, "Parse error");
+            return reply(e.http_status(), &envelope(Err(e), Value::Null), true);
+        }
+    };
+    match &parsed {
+        Value::Array(batch) => {
+            let replies: Vec<Value> = batch
+                .iter()
+                .map(|req| {
+                    let id = req.get("id").cloned().unwrap_or(Value::Null);
+                    envelope(execute(shared, req), id)
+                })
+                .collect();
+            reply(200, &Value::Array(replies), false)
+        }
+        Value::Object(_) => {
+            let id = parsed.get("id").cloned().unwrap_or(Value::Null);
+            match execute(shared, &parsed) {
+                Ok(v) => reply(200, &envelope(Ok(v), id), false),
+                Err(e) => reply(e.http_status(), &envelope(Err(e), id), true),
+            }
+        }
+        _ => {
+            let e = RpcError::new(RPC_PARSE_ERROR, "Top-level object parse error");
+            reply(e.http_status(), &envelope(Err(e), Value::Null), true)
+        }
+    }
+}
+
+/// One request object: framing checks, then the method under the node's lock.
+pub fn execute(shared: &Shared, req: &Value) -> Result<Value, RpcError> {
+    let Some(obj) = req.as_object() else {
+        return Err(RpcError::new(RPC_INVALID_REQUEST, "Invalid Request object"));
+    };
+    let method = match obj.get("method") {
+        None => return Err(RpcError::new(RPC_INVALID_REQUEST, "Missing method")),
+        Some(Value::String(m)) => m.as_str(),
+        Some(_) => return Err(RpcError::new(RPC_INVALID_REQUEST, "Method must be a string")),
+    };
+    let empty = Vec::new();
+    let params = match obj.get("params") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(RpcError::new(RPC_INVALID_REQUEST, "Params must be an array")),
+    };
+    if method == "devnode_fault" {
+        let p = Params::new(params, 1, 1, crate::fault::USAGE)?;
+        let v = p.value(0)?;
+        return shared.faults().configure(v).map(|_| shared.faults().describe());
+    }
+    let Some(m) = find_method(method) else {
+        return Err(RpcError::new(RPC_METHOD_NOT_FOUND, "Method not found"));
+    };
+    let mut node = shared.node();
+    node.advance_chain(Instant::now());
+    node.counters.calls += 1;
+    let result = Params::new(params, m.min, m.max, m.usage).and_then(|p| (m.call)(&mut node, &p));
+    match &result {
+        Ok(_) if m.mutates => node.dirty = true,
+        Ok(_) => {}
+        Err(_) => node.counters.errors += 1,
+    }
+    result
+}
