@@ -206,7 +206,8 @@ mod tests {
     fn longer_names_leave_less_room() {
         let short = max_post_ascii(&alice(5, Some(4)));
         let long = max_post_ascii(&PostHeader { user: "sixteen_chars_xx", ..alice(5, Some(4)) });
-        assert_eq!(short - long, 11);
+        // 11 more name bytes and one more digit in its length prefix
+        assert_eq!(short - long, 12);
     }
 
     #[test]
