@@ -7,14 +7,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use twister_rules::{self as rules, PostHeader};
+use twister_rules::{self as rules, bencode_len, bencode_normalize, PostHeader};
 
 const FLAG_DM: i64 = 2;
 /// DHT "m" items expire after about two weeks.
 const DHT_MULTI_TTL_S: i64 = 14 * 24 * 3600;
 const SPAM_USER: &str = "nobody";
 const SPAM_MSG: &str = "Promoted posts are needed to run the network infrastructure. If you want to help, start generating blocks and advertise. [en]";
-const UNINITIALIZED: &str = "<uninitialized>";
 
 /// Everything that survives a restart.
 #[derive(Serialize, Deserialize, Default, Clone)]
@@ -172,33 +171,6 @@ fn sig_error() -> RpcError {
 
 fn too_many_posts(user: &str) -> RpcError {
     RpcError::invalid_params(format!("too much posts from user '{user}' rejecting post"))
-}
-
-/// Replace what bencode cannot hold (booleans, floats, null) by the string twisterd stores instead.
-pub fn bencode_normalize(v: &Value) -> Value {
-    match v {
-        Value::Null | Value::Bool(_) => Value::String(UNINITIALIZED.into()),
-        Value::Number(n) if n.as_i64().is_none() => Value::String(UNINITIALIZED.into()),
-        Value::Array(a) => Value::Array(a.iter().map(bencode_normalize).collect()),
-        Value::Object(o) => {
-            // bencode dictionaries are sorted by key
-            let sorted: BTreeMap<&String, Value> =
-                o.iter().map(|(k, v)| (k, bencode_normalize(v))).collect();
-            Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
-        }
-        other => other.clone(),
-    }
-}
-
-/// Bencoded length of a normalized JSON value.
-pub fn bencode_len(v: &Value) -> usize {
-    match v {
-        Value::String(s) => rules::bstr_len(s.len()),
-        Value::Number(n) => rules::bint_len(n.as_i64().unwrap_or(0)),
-        Value::Array(a) => 2 + a.iter().map(bencode_len).sum::<usize>(),
-        Value::Object(o) => 2 + o.iter().map(|(k, v)| rules::bstr_len(k.len()) + bencode_len(v)).sum::<usize>(),
-        _ => rules::bstr_len(UNINITIALIZED.len()),
-    }
 }
 
 fn dht_key(n: &str, r: &str, t: &str) -> String {

@@ -5,6 +5,8 @@
 //! twisterd 0.9.40 to the byte (1,873 ASCII bytes for a post by `alice` at k=29, 1,723 for a DM
 //! alice -> bob at k=69). The dev node enforces it; the plugin packs its batches with it.
 
+use serde_json::Value;
+
 /// The largest signed post twisterd accepts, bencoded.
 pub const MAX_POST_BYTES: usize = 2048;
 /// Characters (Unicode scalar values) kept in `msg`; the rest goes to `msg2`.
@@ -165,6 +167,47 @@ pub fn max_dm_bytes(h: &PostHeader, to: &str) -> usize {
         n -= 1;
     }
     n
+}
+
+/// What twisterd stores for a JSON value that bencode cannot hold (booleans, floats, null).
+pub const UNINITIALIZED: &str = "<uninitialized>";
+
+/// A JSON value as it comes back from the DHT: booleans, floats and null become `"<uninitialized>"`,
+/// object keys sorted.
+pub fn bencode_normalize(v: &Value) -> Value {
+    match v {
+        Value::Null | Value::Bool(_) => Value::String(UNINITIALIZED.into()),
+        Value::Number(n) if n.as_i64().is_none() => Value::String(UNINITIALIZED.into()),
+        Value::Array(a) => Value::Array(a.iter().map(bencode_normalize).collect()),
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), bencode_normalize(&o[k]))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// Bencoded length of a JSON value (after normalization).
+pub fn bencode_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => bstr_len(s.len()),
+        Value::Number(n) => n.as_i64().map(bint_len).unwrap_or(bstr_len(UNINITIALIZED.len())),
+        Value::Array(a) => 2 + a.iter().map(bencode_len).sum::<usize>(),
+        Value::Object(o) => 2 + o.iter().map(|(k, v)| bstr_len(k.len()) + bencode_len(v)).sum::<usize>(),
+        _ => bstr_len(UNINITIALIZED.len()),
+    }
+}
+
+/// Worst-case bencoded size of the signed `p` of a DHT item holding `value` for a user of 16
+/// characters and a resource name of 32: what a writer must keep under the 8192/768-byte limits.
+pub fn dht_value_size(value: &Value, single: bool) -> usize {
+    let target = 2 + bstr_len(1) + bstr_len(MAX_USERNAME) + bstr_len(1) + bstr_len(MAX_DHT_RESOURCE) + bstr_len(1) + bstr_len(1);
+    let mut p = 2 + bstr_len(6) + bint_len(99_999_999) + bstr_len(6) + target + bstr_len(4) + bint_len(9_999_999_999);
+    if single {
+        p += bstr_len(3) + bint_len(i64::MAX);
+    }
+    p + bstr_len(1) + bencode_len(&bencode_normalize(value))
 }
 
 #[cfg(test)]

@@ -1,0 +1,419 @@
+//! Everything that touches the broker: the only user of the bindings and the only home of `unsafe`.
+//!
+//! Callbacks run on the broker's thread. Each one runs inside a panic guard, copies what it needs and
+//! `try_send`s it to the worker; none blocks or does I/O. Messages from the network come back through a
+//! channel drained in TICK, the only place this plugin calls `mosquitto_broker_publish`.
+
+use crate::access::{self, AclAnswer};
+use crate::bindings::*;
+use crate::config::{self, Config, PasswordSource};
+use crate::rpc::{HttpTwister, Twister};
+use crate::state::Saved;
+use crate::wire::Message;
+use crate::worker::{Level, ToBroker, ToWorker, WorkerHandle};
+use crossbeam_channel::TrySendError;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Mosquitto 2.1's subscription events, absent from 2.0's headers.
+const MOSQ_EVT_SUBSCRIBE_V21: c_int = 12;
+const MOSQ_EVT_UNSUBSCRIBE_V21: c_int = 13;
+/// Items injected per TICK at most, so one tick never stalls the broker.
+const INJECT_PER_TICK: usize = 2048;
+
+#[repr(C)]
+struct SubscriptionV21 {
+    clientid: *mut c_char,
+    topic_filter: *mut c_char,
+    properties: *mut c_void,
+    identifier: u32,
+    options: u8,
+    padding: [u8; 3],
+    future2: [*mut c_void; 8],
+}
+
+/// `struct mosquitto_evt_subscribe` / `_unsubscribe` of Mosquitto 2.1.
+#[repr(C)]
+struct EvtSubscribeV21 {
+    future: *mut c_void,
+    client: *mut c_void,
+    data: SubscriptionV21,
+}
+
+type Callback = unsafe extern "C" fn(c_int, *mut c_void, *mut c_void) -> c_int;
+
+struct Plugin {
+    id: *mut mosquitto_plugin_id_t,
+    cfg: Arc<Config>,
+    worker: WorkerHandle,
+    acl: AclAnswer,
+    registered: Vec<(c_int, Callback)>,
+    dropped: u64,
+    dropped_reported: u64,
+    last_drop_report: Instant,
+}
+
+// ----- logging -----
+
+fn level_code(level: Level) -> c_int {
+    (match level {
+        Level::Error => MOSQ_LOG_ERR,
+        Level::Warning => MOSQ_LOG_WARNING,
+        Level::Notice => MOSQ_LOG_NOTICE,
+        Level::Info => MOSQ_LOG_INFO,
+        Level::Debug => MOSQ_LOG_DEBUG,
+    }) as c_int
+}
+
+/// Writes to the broker's log. Broker thread only.
+fn log_now(level: Level, msg: &str) {
+    let Ok(text) = CString::new(msg.replace('\0', " ")) else { return };
+    // SAFETY: called on the broker's thread; "%s" with one NUL-terminated string argument.
+    unsafe { mosquitto_log_printf(level_code(level), c"%s".as_ptr(), text.as_ptr()) };
+}
+
+fn guarded(name: &str, on_panic: c_int, f: impl FnOnce() -> c_int) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(rc) => rc,
+        Err(_) => {
+            let _ = catch_unwind(|| log_now(Level::Error, &format!("mqtt-twister: internal error in {name} (ignored; please report)")));
+            on_panic
+        }
+    }
+}
+
+// ----- small readers of C data -----
+
+/// A borrowed C string as UTF-8, or None.
+///
+/// SAFETY (for callers): `p` is null or points to a NUL-terminated string alive for `'a`.
+unsafe fn str_of<'a>(p: *const c_char) -> Option<&'a str> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { CStr::from_ptr(p) }.to_str().ok()
+}
+
+fn client_id(client: *mut mosquitto) -> Option<String> {
+    if client.is_null() {
+        return None;
+    }
+    // SAFETY: `client` comes from the broker's event data for the current callback; the returned
+    // string belongs to the client and is copied before returning.
+    unsafe { str_of(mosquitto_client_id(client)) }.map(str::to_owned)
+}
+
+/// SAFETY (for callers): `userdata` is the pointer `plugin_init` stored, alive until cleanup.
+unsafe fn plugin<'a>(userdata: *mut c_void) -> Option<&'a mut Plugin> {
+    // SAFETY: guaranteed by the caller; callbacks run one at a time on the broker's thread.
+    unsafe { (userdata as *mut Plugin).as_mut() }
+}
+
+impl Plugin {
+    fn send(&mut self, m: ToWorker) {
+        let Some(tx) = &self.worker.to_worker else { return };
+        if let Err(TrySendError::Full(_)) = tx.try_send(m) {
+            self.dropped += 1;
+        }
+    }
+}
+
+// ----- callbacks -----
+
+unsafe extern "C" fn on_message(_event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+    // Only 0 may be returned: any other code disconnects the publishing client.
+    guarded("MESSAGE", 0, || {
+        // SAFETY: userdata is our Plugin; event_data is the broker's mosquitto_evt_message for this call.
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe { (event_data as *const mosquitto_evt_message).as_ref() }) else {
+            return 0;
+        };
+        // SAFETY: the topic is a NUL-terminated string owned by the message for this call.
+        let Some(topic) = (unsafe { str_of(ev.topic) }) else { return 0 };
+        if !p.cfg.forwards(topic) {
+            return 0;
+        }
+        let payload = if ev.payload.is_null() || ev.payloadlen == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: the broker guarantees payloadlen readable bytes at payload for this call.
+            unsafe { std::slice::from_raw_parts(ev.payload as *const u8, ev.payloadlen as usize) }.to_vec()
+        };
+        p.send(ToWorker::Publish(Message { topic: topic.to_owned(), payload, qos: ev.qos, retain: ev.retain }));
+        0
+    })
+}
+
+unsafe extern "C" fn on_acl_check(_event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+    guarded("ACL_CHECK", MOSQ_ERR_PLUGIN_DEFER as c_int, || {
+        // SAFETY: userdata is our Plugin; event_data is the broker's mosquitto_evt_acl_check.
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe { (event_data as *const mosquitto_evt_acl_check).as_ref() }) else {
+            return MOSQ_ERR_PLUGIN_DEFER as c_int;
+        };
+        let answer = match p.acl {
+            AclAnswer::Defer => MOSQ_ERR_PLUGIN_DEFER as c_int,
+            AclAnswer::Allow => MOSQ_ERR_SUCCESS as c_int,
+        };
+        let subscribe = ev.access == MOSQ_ACL_SUBSCRIBE as c_int;
+        if !subscribe && ev.access != MOSQ_ACL_UNSUBSCRIBE as c_int {
+            return answer; // reads and writes: the hot path, nothing to do
+        }
+        // SAFETY: the filter is a NUL-terminated string owned by the broker for this call.
+        let (Some(client), Some(filter)) = (client_id(ev.client), unsafe { str_of(ev.topic) }) else { return answer };
+        let filter = filter.to_owned();
+        p.send(if subscribe { ToWorker::Subscribe { client, filter } } else { ToWorker::Unsubscribe { client, filter } });
+        answer
+    })
+}
+
+unsafe extern "C" fn on_subscribe_v21(event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+    guarded("SUBSCRIBE", MOSQ_ERR_SUCCESS as c_int, || {
+        // SAFETY: on Mosquitto 2.1 event_data is a mosquitto_evt_subscribe/_unsubscribe.
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe { (event_data as *const EvtSubscribeV21).as_ref() }) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
+        // SAFETY: both strings are owned by the broker for this call.
+        let (Some(client), Some(filter)) = (unsafe { str_of(ev.data.clientid) }, unsafe { str_of(ev.data.topic_filter) }) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
+        let (client, filter) = (client.to_owned(), filter.to_owned());
+        p.send(if event == MOSQ_EVT_SUBSCRIBE_V21 { ToWorker::Subscribe { client, filter } } else { ToWorker::Unsubscribe { client, filter } });
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}
+
+unsafe extern "C" fn on_disconnect(_event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+    guarded("DISCONNECT", MOSQ_ERR_SUCCESS as c_int, || {
+        // SAFETY: userdata is our Plugin; event_data is the broker's mosquitto_evt_disconnect.
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe { (event_data as *const mosquitto_evt_disconnect).as_ref() }) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
+        // A persistent session keeps its subscriptions (and so our interest) after the client goes.
+        // SAFETY: the client pointer is valid for this call.
+        if ev.client.is_null() || !unsafe { mosquitto_client_clean_session(ev.client) } {
+            return MOSQ_ERR_SUCCESS as c_int;
+        }
+        if let Some(client) = client_id(ev.client) {
+            p.send(ToWorker::ClientGone { client });
+        }
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}
+
+unsafe extern "C" fn on_tick(_event: c_int, _event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+    guarded("TICK", MOSQ_ERR_SUCCESS as c_int, || {
+        // SAFETY: userdata is our Plugin.
+        let Some(p) = (unsafe { plugin(userdata) }) else { return MOSQ_ERR_SUCCESS as c_int };
+        // Nothing pending costs one try_recv.
+        for _ in 0..INJECT_PER_TICK {
+            match p.worker.from_worker.try_recv() {
+                Ok(ToBroker::Publish(m)) => inject(m),
+                Ok(ToBroker::Log(level, text)) => log_now(level, &text),
+                Err(_) => break,
+            }
+        }
+        if p.dropped > p.dropped_reported && p.last_drop_report.elapsed() >= Duration::from_secs(10) {
+            log_now(Level::Warning, &format!("mqtt-twister: worker queue full, {} events dropped so far", p.dropped));
+            p.dropped_reported = p.dropped;
+            p.last_drop_report = Instant::now();
+        }
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}
+
+/// Publishes a message from the network into the broker. Broker thread only.
+fn inject(m: Message) {
+    let Ok(topic) = CString::new(m.topic) else { return };
+    let len = m.payload.len();
+    let payload = if len == 0 {
+        ptr::null_mut()
+    } else {
+        // SAFETY: the broker's allocator, so the broker can free the payload it takes over.
+        let p = unsafe { mosquitto_malloc(len) };
+        if p.is_null() {
+            log_now(Level::Error, "mqtt-twister: out of memory injecting a message");
+            return;
+        }
+        // SAFETY: p has len writable bytes and does not overlap the Vec.
+        unsafe { ptr::copy_nonoverlapping(m.payload.as_ptr(), p as *mut u8, len) };
+        p
+    };
+    // SAFETY: broker thread (TICK); clientid NULL; topic is copied by the broker; on success the broker
+    // owns payload (allocated with mosquitto_malloc), on failure it is still ours to free.
+    let rc = unsafe { mosquitto_broker_publish(ptr::null(), topic.as_ptr(), len as c_int, payload, m.qos as c_int, m.retain, ptr::null_mut()) };
+    if rc != MOSQ_ERR_SUCCESS as c_int {
+        if !payload.is_null() {
+            // SAFETY: the broker did not take the payload.
+            unsafe { mosquitto_free(payload) };
+        }
+        log_now(Level::Warning, &format!("mqtt-twister: broker refused a message from the network (error {rc})"));
+    }
+}
+
+// ----- plugin entry points -----
+
+pub fn plugin_version(count: c_int, versions: *const c_int) -> c_int {
+    if versions.is_null() || count <= 0 {
+        return -1;
+    }
+    // SAFETY: the broker passes `count` readable ints.
+    let offered = unsafe { std::slice::from_raw_parts(versions, count as usize) };
+    if offered.contains(&5) { 5 } else { -1 }
+}
+
+/// SAFETY (for callers): `opts` points to `count` options alive for this call.
+unsafe fn read_options(opts: *mut mosquitto_opt, count: c_int) -> Vec<(String, String)> {
+    if opts.is_null() || count <= 0 {
+        return Vec::new();
+    }
+    // SAFETY: guaranteed by the caller.
+    let list = unsafe { std::slice::from_raw_parts(opts, count as usize) };
+    list.iter()
+        .map(|o| {
+            // SAFETY: key and value are NUL-terminated strings (or null) owned by the broker.
+            let text = |p: *mut c_char| if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
+            (text(o.key), text(o.value))
+        })
+        .collect()
+}
+
+/// Mosquitto 2.1 exports functions 2.0 does not; this one tells them apart.
+fn is_mosquitto_21() -> bool {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
+    !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mosquitto_plugin_set_info".as_ptr()) }.is_null()
+}
+
+fn refuse(msg: &str) -> c_int {
+    log_now(Level::Error, &format!("mqtt-twister: {msg}"));
+    eprintln!("mqtt-twister: {msg}");
+    MOSQ_ERR_INVAL as c_int
+}
+
+fn resolve_password(cfg: &Config) -> Result<String, String> {
+    match &cfg.rpc_password {
+        PasswordSource::Inline(s) => Ok(s.0.clone()),
+        PasswordSource::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}rpc_password_file: cannot read {}: {e}", config::PREFIX, path.display()))?;
+            let pw = text.lines().next().unwrap_or("").trim().to_string();
+            if pw.is_empty() {
+                return Err(format!("{}rpc_password_file: {} is empty", config::PREFIX, path.display()));
+            }
+            Ok(pw)
+        }
+    }
+}
+
+fn load_state(cfg: &Config) -> Result<Option<Saved>, String> {
+    let Some(path) = &cfg.state_file else { return Ok(None) };
+    let saved = Saved::load(path).map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
+    if saved.is_none() {
+        // Fail now, not at the first post, when the file cannot be written.
+        Saved::default().save(path).map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
+    }
+    Ok(saved)
+}
+
+fn register(p: &mut Plugin, event: c_int, cb: Callback) -> bool {
+    let userdata = p as *mut Plugin as *mut c_void;
+    // SAFETY: `id` is the identifier the broker gave init; `p` lives (boxed) until cleanup, which
+    // unregisters every callback before freeing it.
+    let rc = unsafe { mosquitto_callback_register(p.id, event, Some(cb), ptr::null(), userdata) };
+    if rc == MOSQ_ERR_SUCCESS as c_int {
+        p.registered.push((event, cb));
+        true
+    } else {
+        false
+    }
+}
+
+fn unregister_all(p: &mut Plugin) {
+    for (event, cb) in p.registered.drain(..) {
+        // SAFETY: exactly the (event, callback) pairs registered with this identifier.
+        unsafe { mosquitto_callback_unregister(p.id, event, Some(cb), ptr::null()) };
+    }
+}
+
+pub fn plugin_init(id: *mut mosquitto_plugin_id_t, userdata: *mut *mut c_void, opts: *mut mosquitto_opt, count: c_int) -> c_int {
+    guarded("init", MOSQ_ERR_UNKNOWN as c_int, || {
+        // SAFETY: the broker passes `count` options valid for this call.
+        let options = unsafe { read_options(opts, count) };
+        let cfg = match config::parse(&options) {
+            Ok(c) => Arc::new(c),
+            Err(e) => return refuse(&e.to_string()),
+        };
+        let password = match resolve_password(&cfg) {
+            Ok(p) => p,
+            Err(e) => return refuse(&e),
+        };
+        let v21 = is_mosquitto_21();
+        let broker_conf = access::read_running_broker();
+        if !v21 && broker_conf.as_ref().is_some_and(|c| c.per_listener_settings) {
+            return refuse("per_listener_settings true is not supported on Mosquitto 2.0: the broker never calls the plugin's TICK there, so nothing would ever arrive from the network. Set per_listener_settings false.");
+        }
+        let acl = match access::decide(cfg.access, broker_conf.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return refuse(&e),
+        };
+        let saved = match load_state(&cfg) {
+            Ok(s) => s,
+            Err(e) => return refuse(&e),
+        };
+        let (url, user) = (cfg.rpc_url.clone(), cfg.rpc_user.clone());
+        let make_rpc = move |timeout| Box::new(HttpTwister::new(&url, &user, &password, timeout)) as Box<dyn Twister>;
+        let worker = match WorkerHandle::spawn(cfg.clone(), make_rpc, saved) {
+            Ok(w) => w,
+            Err(e) => return refuse(&format!("cannot start the worker thread: {e}")),
+        };
+        let mut p = Box::new(Plugin { id, cfg: cfg.clone(), worker, acl, registered: Vec::new(), dropped: 0, dropped_reported: 0, last_drop_report: Instant::now() });
+        let mut ok = register(&mut p, MOSQ_EVT_MESSAGE as c_int, on_message)
+            && register(&mut p, MOSQ_EVT_TICK as c_int, on_tick)
+            && register(&mut p, MOSQ_EVT_DISCONNECT as c_int, on_disconnect);
+        let via = if ok && v21 && register(&mut p, MOSQ_EVT_SUBSCRIBE_V21, on_subscribe_v21) && register(&mut p, MOSQ_EVT_UNSUBSCRIBE_V21, on_subscribe_v21) {
+            "SUBSCRIBE events"
+        } else {
+            ok = ok && register(&mut p, MOSQ_EVT_ACL_CHECK as c_int, on_acl_check);
+            "ACL checks"
+        };
+        if !ok {
+            unregister_all(&mut p);
+            p.worker.stop();
+            return refuse("the broker refused to register a callback");
+        }
+        log_now(
+            Level::Notice,
+            &format!(
+                "mqtt-twister: loaded for Twister user '{}' at {} (subscriptions seen through {via}; access: {:?})",
+                cfg.user, cfg.rpc_url, acl
+            ),
+        );
+        if userdata.is_null() {
+            unregister_all(&mut p);
+            return refuse("the broker gave no place for plugin data");
+        }
+        // SAFETY: userdata is the broker's slot for this plugin's data; freed in plugin_cleanup.
+        unsafe { *userdata = Box::into_raw(p) as *mut c_void };
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}
+
+pub fn plugin_cleanup(userdata: *mut c_void, _opts: *mut mosquitto_opt, _count: c_int) -> c_int {
+    guarded("cleanup", MOSQ_ERR_SUCCESS as c_int, || {
+        if userdata.is_null() {
+            return MOSQ_ERR_SUCCESS as c_int;
+        }
+        // SAFETY: the pointer plugin_init made with Box::into_raw; the broker calls cleanup once.
+        let mut p = unsafe { Box::from_raw(userdata as *mut Plugin) };
+        unregister_all(&mut p);
+        // The broker unloads the library right after: the worker must be gone before we return.
+        p.worker.stop();
+        while let Ok(m) = p.worker.from_worker.try_recv() {
+            if let ToBroker::Log(level, text) = m {
+                log_now(level, &text);
+            }
+        }
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}

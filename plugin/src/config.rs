@@ -1,0 +1,349 @@
+//! `plugin_opt_*` lines parsed by a pure function into a typed configuration. Every error names the
+//! `plugin_opt_` key; unknown keys are refused; list keys may be repeated.
+
+use crate::topic;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const PREFIX: &str = "plugin_opt_";
+
+/// A secret that never shows in logs or Debug output.
+#[derive(Clone, PartialEq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PasswordSource {
+    Inline(Secret),
+    /// Read at start-up; the file's first line is the password.
+    File(PathBuf),
+}
+
+/// How the plugin answers the broker's ACL checks, which it registers for only to see subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AccessMode {
+    /// Decide from the broker's configuration file: `defer` with an `acl_file`, `allow` with nothing else
+    /// deciding access, refuse to start when another plugin might decide it.
+    Auto,
+    /// Leave every decision to the `acl_file` or another plugin.
+    Defer,
+    /// Allow, as the broker does when nothing else checks access.
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WireFormat {
+    /// The project's envelope: batches, sequence numbers, retain flags.
+    V1,
+    /// One message per post, as the 2014 proof-of-concept wrote it.
+    Poc,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivateRule {
+    pub filter: String,
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub rpc_url: String,
+    pub rpc_user: String,
+    pub rpc_password: PasswordSource,
+    pub user: String,
+    pub follow: Vec<String>,
+    pub publish: Vec<String>,
+    pub private: Vec<PrivateRule>,
+    pub subscribe: Vec<String>,
+    pub poll_interval: Duration,
+    pub batch_delay: Duration,
+    pub interest_refresh: Duration,
+    pub profile_debounce: Duration,
+    pub rpc_timeout: Duration,
+    pub max_queue: usize,
+    pub state_file: Option<PathBuf>,
+    pub create_user: bool,
+    pub access: AccessMode,
+    pub wire_format: WireFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{PREFIX}{0} is required")]
+    Missing(&'static str),
+    #[error("{PREFIX}{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("unknown option {PREFIX}{0} (known: {known})", known = KNOWN.join(", "))]
+    Unknown(String),
+    #[error("{PREFIX}{0} is given more than once")]
+    Repeated(String),
+    #[error("give either {PREFIX}rpc_password or {PREFIX}rpc_password_file, not both")]
+    TwoPasswords,
+}
+
+const LISTS: &[&str] = &["follow", "publish", "private", "subscribe"];
+const SCALARS: &[&str] = &[
+    "rpc_url", "rpc_user", "rpc_password", "rpc_password_file", "user", "poll_interval_ms",
+    "batch_delay_ms", "interest_refresh_ms", "profile_debounce_ms", "rpc_timeout_ms", "max_queue",
+    "state_file", "create_user", "access", "wire_format",
+];
+const KNOWN: &[&str] = &[
+    "rpc_url", "rpc_user", "rpc_password", "rpc_password_file", "user", "follow", "publish", "private",
+    "subscribe", "poll_interval_ms", "batch_delay_ms", "interest_refresh_ms", "profile_debounce_ms",
+    "rpc_timeout_ms", "max_queue", "state_file", "create_user", "access", "wire_format",
+];
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+fn millis(key: &str, v: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    let n: u64 = v.trim().parse().map_err(|_| invalid(key, format!("'{v}' is not a whole number of milliseconds")))?;
+    if !(min..=max).contains(&n) {
+        return Err(invalid(key, format!("{n} is outside {min}..={max}")));
+    }
+    Ok(Duration::from_millis(n))
+}
+
+fn boolean(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim() {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" => Ok(false),
+        other => Err(invalid(key, format!("'{other}' is not true or false"))),
+    }
+}
+
+fn username(key: &str, v: &str) -> Result<String, ConfigError> {
+    if twister_rules::is_valid_username(v) {
+        Ok(v.to_string())
+    } else {
+        Err(invalid(key, format!("'{v}' is not a Twister user name (1-16 of a-z, 0-9, _)")))
+    }
+}
+
+/// Users separated by commas and/or spaces.
+fn user_list(key: &str, v: &str) -> Result<Vec<String>, ConfigError> {
+    let users: Vec<String> = v
+        .split([',', ' ', '\t'])
+        .filter(|s| !s.is_empty())
+        .map(|u| username(key, u))
+        .collect::<Result<_, _>>()?;
+    if users.is_empty() {
+        return Err(invalid(key, "needs at least one user"));
+    }
+    Ok(users)
+}
+
+fn filter(key: &str, v: &str) -> Result<String, ConfigError> {
+    let f = v.trim();
+    if !topic::is_valid_filter(f) || f.starts_with("$share/") {
+        return Err(invalid(key, format!("'{f}' is not a valid MQTT topic filter")));
+    }
+    Ok(f.to_string())
+}
+
+/// Parses the plugin's options (keys without the `plugin_opt_` prefix, in the order given).
+pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, _) in opts {
+        if !KNOWN.contains(&k.as_str()) {
+            return Err(ConfigError::Unknown(k.clone()));
+        }
+        if SCALARS.contains(&k.as_str()) {
+            if seen.contains(&k.as_str()) {
+                return Err(ConfigError::Repeated(k.clone()));
+            }
+            seen.push(k);
+        }
+    }
+    debug_assert!(KNOWN.iter().all(|k| LISTS.contains(k) || SCALARS.contains(k)));
+    let get = |key: &str| opts.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim());
+    let all = |key: &'static str| opts.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.trim());
+
+    let rpc_url = get("rpc_url").unwrap_or("http://127.0.0.1:28332/").to_string();
+    if !(rpc_url.starts_with("http://") || rpc_url.starts_with("https://")) || rpc_url.len() < 10 {
+        return Err(invalid("rpc_url", format!("'{rpc_url}' is not an http:// URL")));
+    }
+    let rpc_user = get("rpc_user").filter(|s| !s.is_empty()).ok_or(ConfigError::Missing("rpc_user"))?.to_string();
+    let rpc_password = match (get("rpc_password"), get("rpc_password_file")) {
+        (Some(_), Some(_)) => return Err(ConfigError::TwoPasswords),
+        (Some(""), None) => return Err(invalid("rpc_password", "must not be empty")),
+        (Some(p), None) => PasswordSource::Inline(Secret(p.to_string())),
+        (None, Some("")) => return Err(invalid("rpc_password_file", "needs a file name")),
+        (None, Some(f)) => PasswordSource::File(PathBuf::from(f)),
+        (None, None) => return Err(ConfigError::Missing("rpc_password")),
+    };
+    let user = username("user", get("user").ok_or(ConfigError::Missing("user"))?)?;
+
+    let mut follow = Vec::new();
+    for v in all("follow") {
+        for u in user_list("follow", v)? {
+            if u != user && !follow.contains(&u) {
+                follow.push(u);
+            }
+        }
+    }
+    let publish = all("publish").map(|v| filter("publish", v)).collect::<Result<Vec<_>, _>>()?;
+    let subscribe = all("subscribe").map(|v| filter("subscribe", v)).collect::<Result<Vec<_>, _>>()?;
+    let mut private = Vec::new();
+    for v in all("private") {
+        let Some((f, users)) = v.split_once([' ', '\t']) else {
+            return Err(invalid("private", format!("'{v}' must be '<topic filter> <user>[,<user>...]'")));
+        };
+        let users = user_list("private", users)?;
+        if users.contains(&user) {
+            return Err(invalid("private", format!("cannot send direct messages to ourselves ({user})")));
+        }
+        private.push(PrivateRule { filter: filter("private", f)?, users });
+    }
+
+    let access = match get("access").unwrap_or("auto") {
+        "auto" => AccessMode::Auto,
+        "defer" => AccessMode::Defer,
+        "allow" => AccessMode::Allow,
+        other => return Err(invalid("access", format!("'{other}' is not auto, defer or allow"))),
+    };
+    let wire_format = match get("wire_format").unwrap_or("v1") {
+        "v1" => WireFormat::V1,
+        "poc" => WireFormat::Poc,
+        other => return Err(invalid("wire_format", format!("'{other}' is not v1 or poc"))),
+    };
+    let max_queue = match get("max_queue") {
+        None => 10_000,
+        Some(v) => v.parse().ok().filter(|n| (1..=10_000_000).contains(n)).ok_or_else(|| invalid("max_queue", format!("'{v}' is not a number from 1 to 10000000")))?,
+    };
+    let state_file = match get("state_file") {
+        None => None,
+        Some("") => return Err(invalid("state_file", "needs a file name")),
+        Some(f) => Some(PathBuf::from(f)),
+    };
+    let ms = |key: &str, default: u64, min: u64, max: u64| match get(key) {
+        None => Ok(Duration::from_millis(default)),
+        Some(v) => millis(key, v, min, max),
+    };
+    Ok(Config {
+        rpc_url,
+        rpc_user,
+        rpc_password,
+        user,
+        follow,
+        publish,
+        private,
+        subscribe,
+        poll_interval: ms("poll_interval_ms", 1000, 10, 600_000)?,
+        batch_delay: ms("batch_delay_ms", 50, 0, 600_000)?,
+        interest_refresh: ms("interest_refresh_ms", 30_000, 100, 86_400_000)?,
+        profile_debounce: ms("profile_debounce_ms", 1000, 0, 600_000)?,
+        rpc_timeout: ms("rpc_timeout_ms", 5000, 100, 600_000)?,
+        max_queue,
+        state_file,
+        create_user: get("create_user").map(|v| boolean("create_user", v)).transpose()?.unwrap_or(false),
+        access,
+        wire_format,
+    })
+}
+
+impl Config {
+    /// Every user whose posts we read: the configured ones (never ourselves).
+    pub fn followed(&self) -> &[String] {
+        &self.follow
+    }
+
+    /// Whether a local message on `topic` leaves this broker at all (public or private).
+    pub fn forwards(&self, topic: &str) -> bool {
+        self.publish.iter().any(|f| topic::matches(f, topic)) || self.private.iter().any(|r| topic::matches(&r.filter, topic))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![("rpc_user", "rpc"), ("rpc_password", "secret"), ("user", "alice")]
+    }
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut l = base();
+        l.extend_from_slice(extra);
+        parse(&opts(&l))
+    }
+
+    #[test]
+    fn minimal_configuration_gets_defaults() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.rpc_url, "http://127.0.0.1:28332/");
+        assert_eq!(c.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.access, AccessMode::Auto);
+        assert_eq!(c.wire_format, WireFormat::V1);
+        assert!(!c.create_user);
+        assert!(c.follow.is_empty() && c.publish.is_empty());
+    }
+
+    #[test]
+    fn lists_repeat_and_split() {
+        let c = with(&[
+            ("follow", "bob, carol"),
+            ("follow", "dave alice"),
+            ("publish", "sensors/#"),
+            ("publish", "alerts/+"),
+            ("private", "doors/# bob,carol"),
+            ("subscribe", "cmd/alice/#"),
+        ])
+        .unwrap();
+        assert_eq!(c.follow, vec!["bob", "carol", "dave"], "ourselves is never in the follow list");
+        assert_eq!(c.publish, vec!["sensors/#", "alerts/+"]);
+        assert_eq!(c.private, vec![PrivateRule { filter: "doors/#".into(), users: vec!["bob".into(), "carol".into()] }]);
+        assert!(c.forwards("doors/1") && c.forwards("sensors/x/y") && !c.forwards("other"));
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("poll_interval_ms", "fast")], "plugin_opt_poll_interval_ms"),
+            (&[("poll_interval_ms", "5")], "plugin_opt_poll_interval_ms"),
+            (&[("follow", "Bob")], "plugin_opt_follow"),
+            (&[("publish", "a/#/b")], "plugin_opt_publish"),
+            (&[("subscribe", "$share/g/x")], "plugin_opt_subscribe"),
+            (&[("private", "doors/#")], "plugin_opt_private"),
+            (&[("private", "doors/# alice")], "plugin_opt_private"),
+            (&[("access", "maybe")], "plugin_opt_access"),
+            (&[("create_user", "perhaps")], "plugin_opt_create_user"),
+            (&[("max_queue", "0")], "plugin_opt_max_queue"),
+            (&[("rpc_url", "ftp://x")], "plugin_opt_rpc_url"),
+            (&[("wire_format", "xml")], "plugin_opt_wire_format"),
+            (&[("nonsense", "1")], "plugin_opt_nonsense"),
+            (&[("user", "bob")], "plugin_opt_user"),
+            (&[("rpc_password_file", "/x")], "plugin_opt_rpc_password"),
+        ];
+        for (extra, key) in cases {
+            let msg = with(extra).unwrap_err().to_string();
+            assert!(msg.contains(key), "{extra:?}: '{msg}' should name {key}");
+        }
+    }
+
+    #[test]
+    fn required_keys() {
+        assert_eq!(parse(&opts(&[("rpc_password", "p"), ("user", "a")])).unwrap_err(), ConfigError::Missing("rpc_user"));
+        assert_eq!(parse(&opts(&[("rpc_user", "r"), ("user", "a")])).unwrap_err(), ConfigError::Missing("rpc_password"));
+        assert_eq!(parse(&opts(&[("rpc_user", "r"), ("rpc_password", "p")])).unwrap_err(), ConfigError::Missing("user"));
+        let c = parse(&opts(&[("rpc_user", "r"), ("rpc_password_file", "/etc/pw"), ("user", "a")])).unwrap();
+        assert_eq!(c.rpc_password, PasswordSource::File("/etc/pw".into()));
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let c = with(&[]).unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}

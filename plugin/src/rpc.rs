@@ -1,0 +1,126 @@
+//! twisterd's JSON-RPC over HTTP, as the plugin's worker threads use it. Credentials go in the
+//! Authorization header and never into errors or logs.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub const RPC_WALLET_INVALID_ACCOUNT_NAME: i64 = -11;
+pub const RPC_VERIFY_REJECTED: i64 = -22;
+pub const RPC_INVALID_PARAMS: i64 = -32602;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RpcError {
+    #[error("twisterd unreachable ({0})")]
+    Transport(String),
+    #[error("HTTP status {0}")]
+    Http(u16),
+    #[error("error {code}: {message}")]
+    Rpc { code: i64, message: String },
+    #[error("unreadable reply ({0})")]
+    BadReply(String),
+}
+
+impl RpcError {
+    pub fn is_rpc(&self, code: i64) -> bool {
+        matches!(self, RpcError::Rpc { code: c, .. } if *c == code)
+    }
+
+    pub fn message_starts(&self, prefix: &str) -> bool {
+        matches!(self, RpcError::Rpc { message, .. } if message.starts_with(prefix))
+    }
+
+    /// What stays the same while the same trouble lasts: used to log once per change of state.
+    pub fn kind(&self) -> String {
+        match self {
+            RpcError::Transport(_) => "unreachable".into(),
+            RpcError::Http(401) => "HTTP 401 (check plugin_opt_rpc_user / rpc_password)".into(),
+            RpcError::Http(s) => format!("HTTP {s}"),
+            RpcError::Rpc { code, .. } => format!("error {code}"),
+            RpcError::BadReply(_) => "unreadable reply".into(),
+        }
+    }
+}
+
+/// The calls the plugin makes; a trait so logic can be exercised without a node.
+pub trait Twister: Send {
+    fn call(&self, method: &str, params: Value) -> Result<Value, RpcError>;
+}
+
+pub struct HttpTwister {
+    agent: ureq::Agent,
+    url: String,
+    authorization: String,
+}
+
+impl HttpTwister {
+    pub fn new(url: &str, user: &str, password: &str, timeout: Duration) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(timeout.min(Duration::from_secs(3)))
+            .timeout(timeout)
+            .max_idle_connections_per_host(2)
+            .build();
+        HttpTwister {
+            agent,
+            url: url.to_string(),
+            authorization: format!("Basic {}", B64.encode(format!("{user}:{password}"))),
+        }
+    }
+}
+
+fn parse_reply(body: &str) -> Result<Value, RpcError> {
+    let v: Value = serde_json::from_str(body).map_err(|_| RpcError::BadReply("not JSON".into()))?;
+    match v.get("error") {
+        Some(Value::Null) | None => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
+        Some(e) => Err(RpcError::Rpc {
+            code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: e.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+        }),
+    }
+}
+
+impl Twister for HttpTwister {
+    fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let body = json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}).to_string();
+        let sent = self
+            .agent
+            .post(&self.url)
+            .set("Authorization", &self.authorization)
+            .set("Content-Type", "application/json")
+            .send_string(&body);
+        match sent {
+            Ok(resp) => parse_reply(&resp.into_string().map_err(|e| RpcError::Transport(e.kind().to_string()))?),
+            Err(ureq::Error::Status(status, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                match parse_reply(&text) {
+                    Err(e @ RpcError::Rpc { .. }) => Err(e),
+                    _ => Err(RpcError::Http(status)),
+                }
+            }
+            Err(ureq::Error::Transport(t)) => Err(RpcError::Transport(t.kind().to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_read_like_twisterd_writes_them() {
+        assert_eq!(parse_reply(r#"{"result":5,"error":null,"id":1}"#), Ok(json!(5)));
+        assert_eq!(parse_reply(r#"{"result":null,"error":null,"id":1}"#), Ok(Value::Null));
+        let e = parse_reply(r#"{"result":null,"error":{"code":-32602,"message":"bad post signature"},"id":1}"#).unwrap_err();
+        assert!(e.is_rpc(RPC_INVALID_PARAMS) && e.message_starts("bad post"));
+        assert!(matches!(parse_reply("<html>"), Err(RpcError::BadReply(_))));
+    }
+
+    #[test]
+    fn unreachable_node_is_a_transport_error_without_credentials() {
+        let t = HttpTwister::new("http://127.0.0.1:1/", "user", "hunter2", Duration::from_millis(500));
+        let e = t.call("getinfo", json!([])).unwrap_err();
+        assert!(matches!(e, RpcError::Transport(_)), "{e:?}");
+        assert!(!e.to_string().contains("hunter2"));
+    }
+}

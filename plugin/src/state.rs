@@ -1,0 +1,134 @@
+//! What survives a broker restart: our next post number `k`, our post sequence, and for every followed
+//! user how far we have read, so a restart neither replays old messages nor skips new ones. Written
+//! atomically (temporary file, fsync, rename).
+
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Pieces re-read behind the cursor, for pieces that arrive out of order on a real network.
+pub const REORDER_WINDOW: i64 = 16;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cursor {
+    /// Highest `k` of this user's torrent we have read up to.
+    pub k: i64,
+    /// Highest position in our DM conversation with this user that we have read.
+    pub dm_id: i64,
+    /// `k`s already delivered inside the re-read window (posts and DMs share `k`).
+    pub seen: BTreeSet<i64>,
+}
+
+impl Cursor {
+    pub fn at(k: i64) -> Self {
+        Cursor { k, dm_id: -1, seen: BTreeSet::new() }
+    }
+
+    /// True the first time a piece is seen; false for a duplicate or a piece older than the window.
+    pub fn first_sight(&mut self, k: i64) -> bool {
+        if k <= self.k - REORDER_WINDOW {
+            return false;
+        }
+        self.seen.insert(k)
+    }
+
+    pub fn advance(&mut self, k: i64) {
+        self.k = self.k.max(k);
+        let floor = self.k - REORDER_WINDOW;
+        self.seen.retain(|s| *s > floor);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Saved {
+    pub next_k: i64,
+    pub seq: u64,
+    pub cursors: BTreeMap<String, Cursor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0} is not a state file of this plugin")]
+    Corrupt(PathBuf),
+    #[error("cannot write {0}: {1}")]
+    Write(PathBuf, std::io::Error),
+}
+
+impl Saved {
+    pub fn to_json(&self) -> Value {
+        let cursors: Map<String, Value> = self
+            .cursors
+            .iter()
+            .map(|(u, c)| (u.clone(), json!({"k": c.k, "dm_id": c.dm_id, "seen": c.seen})))
+            .collect();
+        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors})
+    }
+
+    pub fn from_json(v: &Value) -> Option<Saved> {
+        let mut s = Saved { next_k: v.get("next_k")?.as_i64()?, seq: v.get("seq")?.as_u64()?, cursors: BTreeMap::new() };
+        for (u, c) in v.get("cursors")?.as_object()? {
+            let seen = c.get("seen")?.as_array()?.iter().map(Value::as_i64).collect::<Option<_>>()?;
+            s.cursors.insert(u.clone(), Cursor { k: c.get("k")?.as_i64()?, dm_id: c.get("dm_id")?.as_i64()?, seen });
+        }
+        Some(s)
+    }
+
+    /// `Ok(None)` when there is no file yet (first start).
+    pub fn load(path: &Path) -> Result<Option<Saved>, StateError> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let v: Value = serde_json::from_slice(&bytes).map_err(|_| StateError::Corrupt(path.into()))?;
+                Saved::from_json(&v).map(Some).ok_or_else(|| StateError::Corrupt(path.into()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError::Read(path.into(), e)),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        use std::io::Write;
+        let werr = |e| StateError::Write(path.into(), e);
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(self.to_json().to_string().as_bytes()).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        std::fs::rename(&tmp, path).map_err(werr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_dedups_inside_the_window_and_forgets_below_it() {
+        let mut c = Cursor::at(10);
+        assert!(c.first_sight(11));
+        assert!(!c.first_sight(11));
+        assert!(c.first_sight(5), "late piece inside the window is delivered once");
+        assert!(!c.first_sight(5));
+        c.advance(40);
+        assert!(!c.first_sight(20), "too old");
+        assert!(c.seen.iter().all(|k| *k > 40 - REORDER_WINDOW));
+    }
+
+    #[test]
+    fn saves_and_loads_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(Saved::load(&path).unwrap(), None);
+        let mut s = Saved { next_k: 12, seq: 99, ..Default::default() };
+        let mut c = Cursor::at(7);
+        c.first_sight(8);
+        c.dm_id = 3;
+        s.cursors.insert("bob".into(), c);
+        s.save(&path).unwrap();
+        assert_eq!(Saved::load(&path).unwrap(), Some(s));
+        std::fs::write(&path, b"{\"next_k\":\"x\"}").unwrap();
+        assert!(matches!(Saved::load(&path), Err(StateError::Corrupt(_))));
+    }
+}

@@ -1,0 +1,120 @@
+//! MQTT topic names and filters as the MQTT 3.1.1/5.0 specifications define them.
+
+/// Longest topic MQTT can carry (a two-byte length prefix).
+const MAX_TOPIC_BYTES: usize = 65_535;
+const SHARED_PREFIX: &str = "$share/";
+
+/// A topic a message may be published to: not empty, no wildcards, no NUL, at most 65,535 bytes.
+pub fn is_valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= MAX_TOPIC_BYTES && !topic.contains(['+', '#', '\0'])
+}
+
+/// A topic filter: `+` alone in its level, `#` alone and last.
+pub fn is_valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > MAX_TOPIC_BYTES || filter.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, level)| match *level {
+        "+" => true,
+        "#" => i == levels.len() - 1,
+        l => !l.contains(['+', '#']),
+    })
+}
+
+/// The filter a subscription really matches: `$share/<group>/<filter>` shares `<filter>`.
+pub fn strip_shared(filter: &str) -> Option<&str> {
+    match filter.strip_prefix(SHARED_PREFIX) {
+        None => Some(filter),
+        Some(rest) => rest.split_once('/').map(|(_, f)| f).filter(|f| !f.is_empty()),
+    }
+}
+
+/// Whether `topic` matches `filter`. Topics starting with `$` are not matched by a filter whose first
+/// level is a wildcard.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Topics a broker must never take from the network: `$SYS`, `$CONTROL` and every other `$` topic.
+pub fn is_injectable(topic: &str) -> bool {
+    is_valid_topic_name(topic) && !topic.starts_with('$')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_level_wildcard() {
+        assert!(matches("sensors/+/temp", "sensors/1/temp"));
+        assert!(matches("sensors/+/temp", "sensors//temp"));
+        assert!(!matches("sensors/+/temp", "sensors/1/2/temp"));
+        assert!(!matches("sensors/+", "sensors"));
+        assert!(matches("+", "a"));
+        assert!(!matches("+", "a/b"));
+        assert!(matches("+/+", "/b"));
+    }
+
+    #[test]
+    fn multi_level_wildcard_includes_the_parent() {
+        assert!(matches("a/#", "a"));
+        assert!(matches("a/#", "a/b/c"));
+        assert!(matches("#", "a/b"));
+        assert!(!matches("a/#", "b/a"));
+        assert!(matches("a/+/#", "a/b"));
+    }
+
+    #[test]
+    fn exact_and_levels_are_significant() {
+        assert!(matches("a/b", "a/b"));
+        assert!(!matches("a/b", "a/b/"));
+        assert!(!matches("a/b", "a"));
+        assert!(!matches("A/b", "a/b"));
+    }
+
+    #[test]
+    fn dollar_topics_are_not_matched_by_leading_wildcards() {
+        assert!(!matches("#", "$SYS/broker/uptime"));
+        assert!(!matches("+/broker/uptime", "$SYS/broker/uptime"));
+        assert!(matches("$SYS/#", "$SYS/broker/uptime"));
+        assert!(!is_injectable("$SYS/x"));
+        assert!(!is_injectable("$CONTROL/dynamic-security/v1"));
+    }
+
+    #[test]
+    fn shared_subscriptions_share_the_inner_filter() {
+        assert_eq!(strip_shared("$share/g1/a/+"), Some("a/+"));
+        assert_eq!(strip_shared("a/b"), Some("a/b"));
+        assert_eq!(strip_shared("$share/g1"), None);
+        assert_eq!(strip_shared("$share/g1/"), None);
+    }
+
+    #[test]
+    fn validity() {
+        for ok in ["a", "a/b", "+", "#", "a/+/c", "a/#", "/", "+/+"] {
+            assert!(is_valid_filter(ok), "{ok}");
+        }
+        for bad in ["", "a#", "a/#/b", "a+/b", "a/b+", "#/a", "a\0b"] {
+            assert!(!is_valid_filter(bad), "{bad:?}");
+        }
+        assert!(is_valid_topic_name("a/b c/ü"));
+        for bad in ["", "a/+", "a/#", "x\0"] {
+            assert!(!is_valid_topic_name(bad), "{bad:?}");
+        }
+        assert!(!is_valid_topic_name(&"a".repeat(65_536)));
+    }
+}

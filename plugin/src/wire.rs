@@ -1,0 +1,189 @@
+//! What a post or DM carries. Two formats are read: the 2014 proof-of-concept's one message per post,
+//! `{"topic": .., "payload": <base64>, "qos": n}`, and the project's envelope, version 1:
+//!
+//! `{"v":1,"s":<sequence>,"m":[{"t":<topic>,"p":<base64>,"q":<qos>[,"r":1]}, ...]}`
+//!
+//! `s` numbers the posts of one sender (it also keeps two DMs from ever having the same text, which
+//! twisterd would store once); `m` is a batch. Readers ignore members they do not know, so message ids
+//! and acknowledgements can be added later without breaking them. The text is pure ASCII (every
+//! non-ASCII character, `@` and `#` escaped), so its byte length is its size in a post and it never
+//! triggers Twister's mentions or hashtags.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum WireError {
+    #[error("not JSON")]
+    NotJson,
+    #[error("not a forwarded MQTT message")]
+    NotMqtt,
+    #[error("envelope version {0} is newer than this plugin reads")]
+    Version(i64),
+    #[error("message {0}: {1}")]
+    Item(usize, &'static str),
+}
+
+pub const ENVELOPE_CLOSE: &str = "]}";
+
+/// Appends `s` as a JSON string using ASCII only.
+pub fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' if c != '@' && c != '#' => out.push(c),
+            _ => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// One batch item, encoded once when the message is queued.
+pub fn encode_item(m: &Message) -> String {
+    let mut s = String::with_capacity(m.topic.len() + m.payload.len() * 4 / 3 + 32);
+    s.push_str("{\"t\":");
+    push_json_string(&mut s, &m.topic);
+    s.push_str(",\"p\":\"");
+    B64.encode_string(&m.payload, &mut s);
+    s.push_str("\",\"q\":");
+    s.push(char::from(b'0' + m.qos.min(2)));
+    if m.retain {
+        s.push_str(",\"r\":1");
+    }
+    s.push('}');
+    s
+}
+
+pub fn envelope_open(seq: u64) -> String {
+    format!("{{\"v\":1,\"s\":{seq},\"m\":[")
+}
+
+/// The envelope's size around `n` items of `items_len` bytes in all.
+pub fn envelope_size(seq: u64, n: usize, items_len: usize) -> usize {
+    envelope_open(seq).len() + items_len + n.saturating_sub(1) + ENVELOPE_CLOSE.len()
+}
+
+/// Joins encoded items into one envelope text.
+pub fn envelope<'a>(seq: u64, items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut s = envelope_open(seq);
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(item);
+    }
+    s.push_str(ENVELOPE_CLOSE);
+    s
+}
+
+/// The proof-of-concept's format: one message, no retain flag.
+pub fn encode_poc(m: &Message) -> String {
+    let mut s = String::from("{\"topic\":");
+    push_json_string(&mut s, &m.topic);
+    s.push_str(",\"payload\":\"");
+    B64.encode_string(&m.payload, &mut s);
+    s.push_str(&format!("\",\"qos\":{}}}", m.qos.min(2)));
+    s
+}
+
+fn item(v: &Value, i: usize, topic_key: &str, payload_key: &str, qos_key: &str, retain_key: &str) -> Result<Message, WireError> {
+    let topic = v.get(topic_key).and_then(Value::as_str).ok_or(WireError::Item(i, "no topic"))?;
+    let payload = v.get(payload_key).and_then(Value::as_str).ok_or(WireError::Item(i, "no payload"))?;
+    let payload = B64.decode(payload).map_err(|_| WireError::Item(i, "payload is not base64"))?;
+    let qos = match v.get(qos_key) {
+        None => 0,
+        Some(q) => q.as_u64().filter(|q| *q <= 2).ok_or(WireError::Item(i, "qos is not 0, 1 or 2"))? as u8,
+    };
+    let retain = match v.get(retain_key) {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(r) => r.as_u64().ok_or(WireError::Item(i, "bad retain flag"))? != 0,
+    };
+    Ok(Message { topic: topic.to_string(), payload, qos, retain })
+}
+
+/// Reads a post's or DM's whole text (`msg` + `msg2`).
+pub fn decode(text: &str) -> Result<Vec<Message>, WireError> {
+    let v: Value = serde_json::from_str(text).map_err(|_| WireError::NotJson)?;
+    if !v.is_object() {
+        return Err(WireError::NotMqtt);
+    }
+    if let Some(version) = v.get("v") {
+        let version = version.as_i64().ok_or(WireError::NotMqtt)?;
+        if version != 1 {
+            return Err(WireError::Version(version));
+        }
+        let items = v.get("m").and_then(Value::as_array).ok_or(WireError::NotMqtt)?;
+        return items.iter().enumerate().map(|(i, it)| item(it, i, "t", "p", "q", "r")).collect();
+    }
+    if v.get("topic").is_some() {
+        return Ok(vec![item(&v, 0, "topic", "payload", "qos", "retain")?]);
+    }
+    Err(WireError::NotMqtt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, payload: &[u8], qos: u8, retain: bool) -> Message {
+        Message { topic: topic.into(), payload: payload.into(), qos, retain }
+    }
+
+    #[test]
+    fn envelope_round_trips_a_batch() {
+        let batch = [msg("a/b", b"hello", 0, false), msg("ü/€ \"q\"", &[0, 255, 10], 2, true), msg("e", b"", 1, false)];
+        let items: Vec<String> = batch.iter().map(encode_item).collect();
+        let text = envelope(7, items.iter().map(String::as_str));
+        assert!(text.is_ascii());
+        assert_eq!(text.len(), envelope_size(7, items.len(), items.iter().map(String::len).sum()));
+        assert_eq!(decode(&text).unwrap(), batch.to_vec());
+    }
+
+    #[test]
+    fn mentions_and_hashtags_are_escaped() {
+        let text = encode_item(&msg("users/@bob/#x", b"", 0, false));
+        assert!(!text.contains('@') && !text.contains('#'), "{text}");
+        assert_eq!(decode(&envelope(1, [text.as_str()])).unwrap()[0].topic, "users/@bob/#x");
+    }
+
+    #[test]
+    fn proof_of_concept_messages_are_read_and_written() {
+        let poc = r#"{"topic": "doors/1", "payload": "b3Blbg==", "qos": 1}"#;
+        assert_eq!(decode(poc).unwrap(), vec![msg("doors/1", b"open", 1, false)]);
+        let m = msg("doors/2", b"shut", 0, false);
+        assert_eq!(decode(&encode_poc(&m)).unwrap(), vec![m]);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in ["", "hello world", "[1,2]", "{}", r#"{"v":1}"#, r#"{"v":"x","m":[]}"#, r#"{"topic":"a"}"#,
+            r#"{"topic":"a","payload":"!!"}"#, r#"{"topic":"a","payload":"","qos":7}"#, r#"{"v":1,"m":[{"t":"a","p":"","r":"x"}]}"#,
+            "{\"topic\":\"a\",\"payload\":\"\u{0}\"}"] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(decode(r#"{"v":2,"m":[]}"#), Err(WireError::Version(2)));
+    }
+
+    #[test]
+    fn unknown_members_are_ignored_for_later_versions_of_v1() {
+        let text = r#"{"v":1,"s":3,"ack":[1,2],"m":[{"t":"a","p":"eA==","q":0,"id":99}]}"#;
+        assert_eq!(decode(text).unwrap(), vec![msg("a", b"x", 0, false)]);
+    }
+}

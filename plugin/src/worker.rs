@@ -1,0 +1,812 @@
+//! The worker: the only thread that posts to and reads from twisterd (the DHT thread aside). It receives
+//! what the broker's callbacks copied, packs outgoing messages into posts and DMs within Twister's size
+//! and post-number rules, polls followed users, and hands incoming messages back to the broker thread.
+//!
+//! `WorkerHandle` is what the broker side holds; `Worker` is the actor behind it.
+
+use crate::config::{Config, WireFormat};
+use crate::dht::{DhtJob, DhtThread};
+use crate::interest::{any_matches, Interest};
+use crate::rpc::{RpcError, Twister, RPC_INVALID_PARAMS, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME};
+use crate::state::{Cursor, Saved, REORDER_WINDOW};
+use crate::wire::{self, Message};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use twister_rules::PostHeader;
+
+/// What the broker thread sends to the worker.
+#[derive(Debug)]
+pub enum ToWorker {
+    Publish(Message),
+    Subscribe { client: String, filter: String },
+    Unsubscribe { client: String, filter: String },
+    ClientGone { client: String },
+    /// From the DHT thread: a followed user's published interest (`None`: no profile or no topics).
+    RemoteInterest { user: String, filters: Option<Vec<String>> },
+    /// From the DHT thread: our profile write finished.
+    ProfileWritten(Result<(), String>),
+    /// The broker is unloading the plugin: flush, save, stop.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Level {
+    Error,
+    Warning,
+    Notice,
+    Info,
+    Debug,
+}
+
+/// What the worker asks the broker thread to do (in the TICK callback).
+#[derive(Debug)]
+pub enum ToBroker {
+    Publish(Message),
+    Log(Level, String),
+}
+
+pub const CHANNEL_CAPACITY: usize = 65_536;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Posts sent in one go before the worker looks at its inbox again.
+const POSTS_PER_FLUSH: usize = 32;
+const FETCH_WINDOW: i64 = 100;
+/// How long the worker keeps trying to send what is queued when the broker stops.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+/// Worst-case digits for the fields of a post we cannot know in advance.
+const WORST_HEIGHT: i64 = 99_999_999;
+const WORST_TIME: i64 = 9_999_999_999;
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Counters {
+    pub forwarded: u64,
+    pub posts: u64,
+    pub dms: u64,
+    pub received: u64,
+    pub injected: u64,
+    pub malformed: u64,
+    pub duplicates: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_too_big: u64,
+}
+
+/// Messages waiting for a post: items already encoded for the wire.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<String>,
+    since: Option<Instant>,
+}
+
+pub struct Worker {
+    cfg: Arc<Config>,
+    rpc: Box<dyn Twister>,
+    inbox: Receiver<ToWorker>,
+    to_broker: Sender<ToBroker>,
+    dht: DhtThread,
+    interest: Interest,
+    remote: BTreeMap<String, Vec<String>>,
+    remote_known: bool,
+    interest_answered: std::collections::BTreeSet<String>,
+    /// Private forwards that arrived before the recipients' interest was known.
+    held_private: Vec<Message>,
+    saved: Saved,
+    state_dirty: bool,
+    ready: bool,
+    next_startup: Instant,
+    startup_backoff: Duration,
+    unfollowed: Vec<String>,
+    next_refollow: Instant,
+    public: Queue,
+    private: BTreeMap<String, Queue>,
+    queued: usize,
+    next_poll: Instant,
+    post_retry_at: Instant,
+    post_backoff: Duration,
+    profile_due: Option<Instant>,
+    profile_backoff: Duration,
+    next_interest_refresh: Instant,
+    trouble: Option<String>,
+    said_once: Vec<String>,
+    pub counters: Counters,
+}
+
+/// The broker side's end: the sender the callbacks `try_send` on, the receiver TICK drains, the thread.
+pub struct WorkerHandle {
+    pub to_worker: Option<Sender<ToWorker>>,
+    pub from_worker: Receiver<ToBroker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    pub fn spawn(cfg: Arc<Config>, make_rpc: impl Fn(Duration) -> Box<dyn Twister> + Send + 'static, saved: Option<Saved>) -> std::io::Result<Self> {
+        let (to_worker, inbox) = bounded(CHANNEL_CAPACITY);
+        let (to_broker, from_worker) = bounded(CHANNEL_CAPACITY);
+        let dht_inbox = to_worker.clone();
+        let thread = std::thread::Builder::new().name("mqtt-twister".into()).spawn(move || {
+            let rpc = make_rpc(cfg.rpc_timeout);
+            // dhtget waits up to its timeout for the network: the DHT thread gets a longer HTTP timeout.
+            let dht_rpc = make_rpc(cfg.rpc_timeout + Duration::from_secs(4));
+            let dht = DhtThread::spawn(cfg.clone(), dht_rpc, dht_inbox, to_broker.clone());
+            let worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
+            worker.run();
+        })?;
+        Ok(WorkerHandle { to_worker: Some(to_worker), from_worker, thread: Some(thread) })
+    }
+
+    /// Closes the channel and waits for the worker to flush, save and stop.
+    pub fn stop(&mut self) {
+        // The DHT thread holds a sender too, so closing ours is not enough: say it.
+        if let Some(tx) = self.to_worker.take() {
+            let _ = tx.send(ToWorker::Shutdown);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn text_of(post: &Value) -> String {
+    let up = &post["userpost"];
+    let mut t = up.get("msg").and_then(Value::as_str).unwrap_or("").to_string();
+    t.push_str(up.get("msg2").and_then(Value::as_str).unwrap_or(""));
+    t
+}
+
+impl Worker {
+    fn new(cfg: Arc<Config>, rpc: Box<dyn Twister>, inbox: Receiver<ToWorker>, to_broker: Sender<ToBroker>, dht: DhtThread, saved: Option<Saved>) -> Self {
+        let now = Instant::now();
+        let state_found = saved.is_some();
+        let w = Worker {
+            interest: Interest::new(&cfg.subscribe),
+            cfg,
+            rpc,
+            inbox,
+            to_broker,
+            dht,
+            remote: BTreeMap::new(),
+            remote_known: false,
+            interest_answered: Default::default(),
+            held_private: Vec::new(),
+            saved: saved.unwrap_or_default(),
+            state_dirty: false,
+            ready: false,
+            next_startup: now,
+            startup_backoff: Duration::from_millis(200),
+            unfollowed: Vec::new(),
+            next_refollow: now,
+            public: Queue::default(),
+            private: BTreeMap::new(),
+            queued: 0,
+            next_poll: now,
+            post_retry_at: now,
+            post_backoff: Duration::from_millis(250),
+            profile_due: None,
+            profile_backoff: Duration::from_millis(500),
+            next_interest_refresh: now,
+            trouble: None,
+            said_once: Vec::new(),
+            counters: Counters::default(),
+        };
+        if w.cfg.state_file.is_some() && !state_found {
+            w.log(Level::Info, "no saved state yet: reading followed users from their newest post on");
+        }
+        w
+    }
+
+    fn log(&self, level: Level, msg: impl Into<String>) {
+        let _ = self.to_broker.try_send(ToBroker::Log(level, format!("mqtt-twister: {}", msg.into())));
+    }
+
+    /// Logs `msg` only the first time `key` is seen.
+    fn log_once(&mut self, key: &str, level: Level, msg: impl Into<String>) {
+        if !self.said_once.iter().any(|k| k == key) {
+            self.said_once.push(key.to_string());
+            self.log(level, msg);
+        }
+    }
+
+    /// Logs an RPC failure once per change of state, with the method and the error's kind.
+    fn rpc_failed(&mut self, method: &str, e: &RpcError) {
+        let kind = format!("{method}: {}", e.kind());
+        if self.trouble.as_deref() != Some(kind.as_str()) {
+            self.log(Level::Error, format!("twisterd call {method} failed: {e}; retrying with backoff"));
+            self.trouble = Some(kind);
+        }
+    }
+
+    fn rpc_ok(&mut self) {
+        if self.trouble.take().is_some() {
+            self.log(Level::Notice, "twisterd answers again");
+        }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let r = self.rpc.call(method, params);
+        match &r {
+            Ok(_) => self.rpc_ok(),
+            // An RPC error is an answer: twisterd is up.
+            Err(RpcError::Rpc { .. }) => self.rpc_ok(),
+            Err(e) => self.rpc_failed(method, e),
+        }
+        r
+    }
+
+    fn run(mut self) {
+        loop {
+            let deadline = self.next_deadline();
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(wait) {
+                Ok(ToWorker::Shutdown) => return self.shutdown(),
+                Ok(m) => {
+                    self.handle(m);
+                    // Take what else is waiting before doing I/O, so batches fill up.
+                    for _ in 0..4096 {
+                        match self.inbox.try_recv() {
+                            Ok(ToWorker::Shutdown) => return self.shutdown(),
+                            Ok(m) => self.handle(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return self.shutdown(),
+            }
+            self.step(Instant::now());
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut d = now + Duration::from_secs(1);
+        if !self.ready {
+            return d.min(self.next_startup);
+        }
+        d = d.min(self.next_poll).min(self.next_interest_refresh);
+        if let Some(p) = self.profile_due {
+            d = d.min(p);
+        }
+        if let Some(f) = self.flush_due_at() {
+            d = d.min(f);
+        }
+        if !self.unfollowed.is_empty() {
+            d = d.min(self.next_refollow);
+        }
+        d.max(now)
+    }
+
+    fn step(&mut self, now: Instant) {
+        if !self.ready {
+            if now >= self.next_startup {
+                self.startup();
+            }
+            return;
+        }
+        if now >= self.next_poll {
+            self.poll();
+            self.next_poll = Instant::now() + self.cfg.poll_interval;
+        }
+        if self.flush_due_at().is_some_and(|t| Instant::now() >= t) {
+            self.flush(POSTS_PER_FLUSH);
+        }
+        if self.profile_due.is_some_and(|t| now >= t) {
+            self.profile_due = None;
+            self.dht.send(DhtJob::WriteProfile(self.interest.filters()));
+        }
+        if now >= self.next_interest_refresh && !self.private_recipients().is_empty() {
+            self.dht.send(DhtJob::ReadInterest(self.private_recipients()));
+            self.next_interest_refresh = now + self.cfg.interest_refresh;
+        }
+        if !self.unfollowed.is_empty() && now >= self.next_refollow {
+            self.follow_all();
+        }
+        self.save_state();
+    }
+
+    fn private_recipients(&self) -> Vec<String> {
+        let mut users: Vec<String> = self.cfg.private.iter().flat_map(|r| r.users.iter().cloned()).collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    // ----- events from the broker -----
+
+    fn handle(&mut self, m: ToWorker) {
+        match m {
+            ToWorker::Publish(msg) => self.outbound(msg),
+            ToWorker::Subscribe { client, filter } => {
+                if self.interest.subscribe(&client, &filter) {
+                    self.interest_changed();
+                }
+            }
+            ToWorker::Unsubscribe { client, filter } => {
+                if self.interest.unsubscribe(&client, &filter) {
+                    self.interest_changed();
+                }
+            }
+            ToWorker::ClientGone { client } => {
+                if self.interest.client_gone(&client) {
+                    self.interest_changed();
+                }
+            }
+            ToWorker::RemoteInterest { user, filters } => {
+                self.interest_answered.insert(user.clone());
+                match filters {
+                    Some(f) => self.remote.insert(user, f),
+                    None => self.remote.remove(&user),
+                };
+                if !self.remote_known && self.private_recipients().iter().all(|u| self.interest_answered.contains(u)) {
+                    self.remote_known = true;
+                    for msg in std::mem::take(&mut self.held_private) {
+                        self.enqueue_private(&msg);
+                    }
+                }
+            }
+            ToWorker::Shutdown => {}
+            ToWorker::ProfileWritten(Ok(())) => self.profile_backoff = Duration::from_millis(500),
+            ToWorker::ProfileWritten(Err(e)) => {
+                self.log(Level::Warning, format!("writing our interest to the Twister profile failed: {e}; retrying"));
+                self.profile_due = Some(Instant::now() + self.profile_backoff);
+                self.profile_backoff = (self.profile_backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    fn interest_changed(&mut self) {
+        // Debounced: a burst of SUBSCRIBEs makes one profile write.
+        let due = Instant::now() + self.cfg.profile_debounce;
+        if self.profile_due.is_none() {
+            self.profile_due = Some(due);
+        }
+    }
+
+    fn encode(&self, msg: &Message) -> String {
+        match self.cfg.wire_format {
+            WireFormat::V1 => wire::encode_item(msg),
+            WireFormat::Poc => wire::encode_poc(msg),
+        }
+    }
+
+    fn make_room(&mut self) -> bool {
+        if self.queued < self.cfg.max_queue {
+            return true;
+        }
+        self.counters.dropped_queue_full += 1;
+        if self.counters.dropped_queue_full == 1 || self.counters.dropped_queue_full % 1000 == 0 {
+            self.log(Level::Warning, format!("outgoing queue full ({} messages, plugin_opt_max_queue): dropped {} messages so far", self.cfg.max_queue, self.counters.dropped_queue_full));
+        }
+        false
+    }
+
+    fn outbound(&mut self, msg: Message) {
+        let public = self.cfg.publish.iter().any(|f| crate::topic::matches(f, &msg.topic));
+        if public && self.make_room() {
+            let item = self.encode(&msg);
+            self.public.items.push_back(item);
+            self.public.since.get_or_insert_with(Instant::now);
+            self.queued += 1;
+            self.counters.forwarded += 1;
+        }
+        if self.cfg.private.iter().any(|r| crate::topic::matches(&r.filter, &msg.topic)) {
+            if self.remote_known {
+                self.enqueue_private(&msg);
+            } else if self.make_room() {
+                self.held_private.push(msg);
+                self.queued += 1;
+            }
+        }
+    }
+
+    fn enqueue_private(&mut self, msg: &Message) {
+        let mut recipients: Vec<String> = Vec::new();
+        for rule in &self.cfg.private {
+            if !crate::topic::matches(&rule.filter, &msg.topic) {
+                continue;
+            }
+            for u in &rule.users {
+                let interested = self.remote.get(u).is_some_and(|f| any_matches(f, &msg.topic));
+                if interested && !recipients.contains(u) {
+                    recipients.push(u.clone());
+                }
+            }
+        }
+        if recipients.is_empty() {
+            return;
+        }
+        let item = self.encode(msg);
+        for u in recipients {
+            if !self.make_room() {
+                return;
+            }
+            let q = self.private.entry(u).or_default();
+            q.items.push_back(item.clone());
+            q.since.get_or_insert_with(Instant::now);
+            self.queued += 1;
+            self.counters.forwarded += 1;
+        }
+    }
+
+    // ----- start-up -----
+
+    fn retry_startup(&mut self) {
+        self.next_startup = Instant::now() + self.startup_backoff;
+        self.startup_backoff = (self.startup_backoff * 2).min(Duration::from_secs(10));
+    }
+
+    fn startup(&mut self) {
+        let user = self.cfg.user.clone();
+        let wallet = match self.call("listwalletusers", json!([])) {
+            Ok(v) => v,
+            Err(_) => return self.retry_startup(),
+        };
+        let in_wallet = wallet.as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+        if !in_wallet {
+            if !self.cfg.create_user {
+                self.log_once("not-in-wallet", Level::Error, format!("user '{user}' is not in twisterd's wallet: create it there (createwalletuser + sendnewusertransaction) or set plugin_opt_create_user true"));
+                return self.retry_startup();
+            }
+            match self.call("createwalletuser", json!([user])) {
+                Ok(_) => self.log(Level::Notice, format!("created user '{user}' in twisterd's wallet")),
+                Err(e) if e.is_rpc(RPC_WALLET_INVALID_ACCOUNT_NAME) => {}
+                Err(e) => {
+                    self.log_once("create-failed", Level::Error, format!("createwalletuser {user} failed: {e}"));
+                    return self.retry_startup();
+                }
+            }
+        }
+        if !self.follow_all() {
+            return self.retry_startup();
+        }
+        let following = match self.call("getfollowing", json!([user])) {
+            Ok(v) => v,
+            Err(_) => return self.retry_startup(),
+        };
+        let follows_self = following.as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+        if !follows_self {
+            // Following only takes users registered in a block: ourselves not yet.
+            if self.cfg.create_user {
+                match self.call("sendnewusertransaction", json!([user])) {
+                    Ok(_) => self.log(Level::Notice, format!("registration of '{user}' sent; waiting for a block")),
+                    Err(e) if e.is_rpc(RPC_VERIFY_REJECTED) => {}
+                    Err(e) => self.log_once("register-failed", Level::Error, format!("sendnewusertransaction {user} failed: {e}")),
+                }
+            }
+            self.log_once("waiting-registration", Level::Notice, format!("waiting for '{user}' to be registered in a block"));
+            self.startup_backoff = Duration::from_millis(250);
+            self.next_startup = Instant::now() + self.startup_backoff;
+            return;
+        }
+        let lasthave = match self.call("getlasthave", json!([user])) {
+            Ok(v) => v,
+            Err(_) => return self.retry_startup(),
+        };
+        let own_last = lasthave.get(&user).and_then(Value::as_i64).unwrap_or(-1);
+        if own_last >= self.saved.next_k {
+            self.saved.next_k = own_last + 1;
+        }
+        for u in self.cfg.follow.clone() {
+            if let Some(last) = lasthave.get(&u).and_then(Value::as_i64) {
+                self.saved.cursors.entry(u).or_insert_with(|| Cursor::at(last));
+            }
+        }
+        self.state_dirty = true;
+        self.ready = true;
+        self.profile_due = Some(Instant::now());
+        self.next_interest_refresh = Instant::now();
+        if self.private_recipients().is_empty() {
+            self.remote_known = true;
+        }
+        self.log(Level::Notice, format!("ready: Twister user '{user}', next post number {}, following {:?}", self.saved.next_k, self.cfg.follow));
+    }
+
+    /// Follows ourselves and the configured users; remembers who is not registered yet. False when
+    /// twisterd could not be asked.
+    fn follow_all(&mut self) -> bool {
+        let user = self.cfg.user.clone();
+        let mut all = vec![user.clone()];
+        all.extend(self.cfg.follow.iter().cloned());
+        if self.call("follow", json!([user, all])).is_err() {
+            self.next_refollow = Instant::now() + Duration::from_secs(5);
+            return false;
+        }
+        let Ok(following) = self.call("getfollowing", json!([user])) else { return false };
+        let held: Vec<&str> = following.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let missing: Vec<String> = self.cfg.follow.iter().filter(|u| !held.contains(&u.as_str())).cloned().collect();
+        if !missing.is_empty() && missing != self.unfollowed {
+            self.log(Level::Warning, format!("cannot follow {missing:?} yet (not registered on the blockchain?); retrying"));
+        } else if missing.is_empty() && !self.unfollowed.is_empty() {
+            self.log(Level::Notice, format!("now following {:?}", self.unfollowed));
+        }
+        self.unfollowed = missing;
+        self.next_refollow = Instant::now() + Duration::from_secs(5);
+        true
+    }
+
+    // ----- outbound -----
+
+    fn flush_due_at(&self) -> Option<Instant> {
+        let oldest = std::iter::once(&self.public).chain(self.private.values()).filter_map(|q| q.since).min()?;
+        Some((oldest + self.cfg.batch_delay).max(self.post_retry_at))
+    }
+
+    fn header(&self) -> PostHeader<'_> {
+        PostHeader { user: &self.cfg.user, k: self.saved.next_k, lastk: Some(self.saved.next_k), height: WORST_HEIGHT, time: WORST_TIME, reply: None }
+    }
+
+    /// How many queued items fit in one post of `budget` bytes (0: the first alone is too big).
+    fn fit(&self, items: &VecDeque<String>, budget: usize) -> usize {
+        if self.cfg.wire_format == WireFormat::Poc {
+            return usize::from(items.front().is_some_and(|i| i.len() <= budget));
+        }
+        let mut total = 0;
+        let mut n = 0;
+        for item in items {
+            if wire::envelope_size(self.saved.seq, n + 1, total + item.len()) > budget {
+                break;
+            }
+            total += item.len();
+            n += 1;
+        }
+        n
+    }
+
+    fn text(&self, items: &VecDeque<String>, n: usize) -> String {
+        match self.cfg.wire_format {
+            WireFormat::Poc => items[0].clone(),
+            WireFormat::V1 => wire::envelope(self.saved.seq, items.iter().take(n).map(String::as_str)),
+        }
+    }
+
+    /// Sends up to `max_posts` posts/DMs. Stops at the first failure and schedules a retry.
+    fn flush(&mut self, max_posts: usize) {
+        for _ in 0..max_posts {
+            let target: Option<String> = if !self.public.items.is_empty() {
+                None
+            } else if let Some((u, _)) = self.private.iter().find(|(_, q)| !q.items.is_empty()) {
+                Some(u.clone())
+            } else {
+                return;
+            };
+            if !self.send_one(target) {
+                return;
+            }
+        }
+    }
+
+    fn send_one(&mut self, to: Option<String>) -> bool {
+        let budget = match &to {
+            None => twister_rules::max_post_ascii(&self.header()),
+            Some(u) => twister_rules::max_dm_bytes(&self.header(), u),
+        };
+        let items = match &to {
+            None => &self.public.items,
+            Some(u) => &self.private[u].items,
+        };
+        let n = self.fit(items, budget);
+        if n == 0 {
+            let size = items.front().map(String::len).unwrap_or(0);
+            self.counters.dropped_too_big += 1;
+            self.log(Level::Error, format!("dropped a message of {size} bytes encoded: one Twister post carries at most {budget}"));
+            self.pop(&to, 1);
+            return true;
+        }
+        let text = self.text(items, n);
+        let k = self.saved.next_k;
+        let user = self.cfg.user.clone();
+        let result = match &to {
+            None => self.call("newpostmsg", json!([user, k, text])),
+            Some(u) => self.call("newdirectmsg", json!([user, k, u, text])),
+        };
+        match result {
+            Ok(_) => {
+                self.saved.next_k += 1;
+                self.saved.seq += 1;
+                self.state_dirty = true;
+                // k must be on disk before the next post: a reused k is lost silently.
+                self.save_state();
+                match to {
+                    None => self.counters.posts += 1,
+                    Some(_) => self.counters.dms += 1,
+                }
+                self.pop(&to, n);
+                self.post_backoff = Duration::from_millis(250);
+                true
+            }
+            Err(e) if e.message_starts("too much posts") || e.message_starts("bad post signature") => {
+                // Out of post budget (or registered too recently): wait for the next block; the
+                // queue keeps filling, so the next post carries more.
+                self.log_once(&format!("budget-{}", e.kind()), Level::Notice, format!("twisterd: {e}; queueing until the next block (this notice is shown once)"));
+                self.backoff_posts();
+                false
+            }
+            Err(e) if e.is_rpc(RPC_INVALID_PARAMS) && e.message_starts("bad bencoded post size") => {
+                self.log(Level::Error, format!("twisterd found a post of {} bytes too large (budget {budget}): sending one message per post", text.len()));
+                if n == 1 {
+                    self.counters.dropped_too_big += 1;
+                    self.pop(&to, 1);
+                    return true;
+                }
+                self.backoff_posts();
+                false
+            }
+            Err(e) => {
+                if let RpcError::Rpc { .. } = e {
+                    self.log(Level::Error, format!("posting failed: {e}"));
+                }
+                self.backoff_posts();
+                false
+            }
+        }
+    }
+
+    fn backoff_posts(&mut self) {
+        self.post_retry_at = Instant::now() + self.post_backoff;
+        self.post_backoff = (self.post_backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn pop(&mut self, to: &Option<String>, n: usize) {
+        let q = match to {
+            None => &mut self.public,
+            Some(u) => self.private.entry(u.clone()).or_default(),
+        };
+        for _ in 0..n {
+            q.items.pop_front();
+        }
+        q.since = if q.items.is_empty() { None } else { Some(Instant::now()) };
+        self.queued = self.queued.saturating_sub(n);
+    }
+
+    // ----- inbound -----
+
+    fn poll(&mut self) {
+        let user = self.cfg.user.clone();
+        let Ok(lasthave) = self.call("getlasthave", json!([user])) else { return };
+        let Some(map) = lasthave.as_object() else { return };
+        if let Some(own) = map.get(&user).and_then(Value::as_i64) {
+            if own >= self.saved.next_k {
+                self.log(Level::Warning, format!("twisterd holds our post {own} above our next number {}: another writer uses '{user}'? moving on", self.saved.next_k));
+                self.saved.next_k = own + 1;
+                self.state_dirty = true;
+            }
+        }
+        let grown: Vec<(String, i64)> = map
+            .iter()
+            .filter(|(u, _)| self.cfg.follow.contains(u))
+            .filter_map(|(u, last)| last.as_i64().map(|l| (u.clone(), l)))
+            .collect();
+        for (u, last) in grown {
+            let cursor = self.saved.cursors.entry(u.clone()).or_insert_with(|| Cursor::at(last)).clone();
+            if last > cursor.k {
+                self.fetch(&u, cursor, last);
+            }
+        }
+    }
+
+    fn fetch(&mut self, from: &str, mut cursor: Cursor, last: i64) {
+        let user = self.cfg.user.clone();
+        // DMs first, judged against the cursor before it moves (DM ids are positions that can shift).
+        let dms = self.call("getdirectmsgs", json!([user, 1000, [{"username": from, "since_id": cursor.dm_id - REORDER_WINDOW}]]));
+        let Ok(dms) = dms else { return };
+        for e in dms.get(from).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
+            let id = e.get("id").and_then(Value::as_i64).unwrap_or(-1);
+            cursor.dm_id = cursor.dm_id.max(id);
+            if e.get("fromMe").and_then(Value::as_bool) != Some(false) || e.get("from").and_then(Value::as_str) != Some(from) {
+                continue;
+            }
+            let k = e.get("k").and_then(Value::as_i64).unwrap_or(-1);
+            if !cursor.first_sight(k) {
+                self.counters.duplicates += 1;
+                continue;
+            }
+            let text = e.get("text").and_then(Value::as_str).unwrap_or("").to_string();
+            self.received(from, k, "DM", &text);
+        }
+        let mut since = cursor.k;
+        while since < last {
+            let upto = (since + FETCH_WINDOW).min(last);
+            // One slot more than the window can hold: twisterd may put its promoted post first.
+            let count = upto - since + 1;
+            let Ok(posts) = self.call("getposts", json!([count, [{"username": from, "since_id": since, "max_id": upto}]])) else { return self.keep_cursor(from, cursor) };
+            let mut posts: Vec<Value> = posts.as_array().cloned().unwrap_or_default();
+            posts.sort_by_key(|p| p["userpost"]["k"].as_i64().unwrap_or(-1));
+            for p in posts {
+                if p.get("sig_userpost").and_then(Value::as_str).unwrap_or("").is_empty() {
+                    continue; // twisterd's promoted post
+                }
+                let up = &p["userpost"];
+                if up.get("n").and_then(Value::as_str) != Some(from) || up.get("dm").is_some() {
+                    continue;
+                }
+                let k = up.get("k").and_then(Value::as_i64).unwrap_or(-1);
+                if !cursor.first_sight(k) {
+                    self.counters.duplicates += 1;
+                    continue;
+                }
+                self.received(from, k, "post", &text_of(&p));
+            }
+            since = upto;
+            cursor.advance(upto);
+        }
+        self.keep_cursor(from, cursor);
+    }
+
+    fn keep_cursor(&mut self, from: &str, cursor: Cursor) {
+        if self.saved.cursors.get(from) != Some(&cursor) {
+            self.saved.cursors.insert(from.to_string(), cursor);
+            self.state_dirty = true;
+        }
+    }
+
+    fn received(&mut self, from: &str, k: i64, what: &str, text: &str) {
+        match wire::decode(text) {
+            Ok(msgs) => {
+                for m in msgs {
+                    self.counters.received += 1;
+                    if !crate::topic::is_injectable(&m.topic) {
+                        self.counters.malformed += 1;
+                        self.log(Level::Warning, format!("skipped a message from {from} ({what} {k}): topic not allowed from the network"));
+                        continue;
+                    }
+                    // Retained messages are kept even with no subscriber now, for those who come later.
+                    if m.retain || self.interest.wants(&m.topic) {
+                        self.counters.injected += 1;
+                        if self.to_broker.send_timeout(ToBroker::Publish(m), Duration::from_secs(1)).is_err() {
+                            self.counters.dropped_queue_full += 1;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.counters.malformed += 1;
+                self.log(Level::Warning, format!("skipped {what} {k} of {from}: {e} (malformed so far: {})", self.counters.malformed));
+            }
+        }
+    }
+
+    fn save_state(&mut self) {
+        if !self.state_dirty {
+            return;
+        }
+        let Some(path) = self.cfg.state_file.clone() else {
+            self.state_dirty = false;
+            return;
+        };
+        match self.saved.save(&path) {
+            Ok(()) => self.state_dirty = false,
+            Err(e) => self.log_once("state-write", Level::Error, format!("{e}: a restart may replay or reuse post numbers")),
+        }
+    }
+
+    fn shutdown(mut self) {
+        let until = Instant::now() + SHUTDOWN_FLUSH;
+        if self.ready {
+            self.post_retry_at = Instant::now();
+            while self.queued > 0 && Instant::now() < until {
+                let before = self.queued;
+                self.flush(POSTS_PER_FLUSH);
+                if self.queued == before {
+                    break;
+                }
+            }
+        }
+        if self.queued > 0 {
+            self.log(Level::Warning, format!("stopping with {} messages not yet posted", self.queued));
+        }
+        self.save_state();
+        let c = self.counters;
+        self.log(Level::Notice, format!(
+            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {} (queue full) + {} (too big)",
+            c.forwarded, c.posts, c.dms, c.received, c.injected, c.malformed, c.dropped_queue_full, c.dropped_too_big
+        ));
+        self.dht.stop();
+    }
+}
