@@ -1,0 +1,50 @@
+# mqtt-twister. Every target installs what it is missing (Debian packages need root or sudo).
+.PHONY: all deps build release test demo bench install deb clean
+
+DEBIAN_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients libclang-dev python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+PLUGIN_DIR ?= /usr/lib/$(MULTIARCH)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cargo build --workspace
+
+release: deps
+	cargo build --workspace --release
+
+test: build
+	cargo test --workspace
+
+demo: build
+	bash scripts/demo.sh
+
+bench: release
+	cargo run --release -p mqtt-twister-bench -- $(BENCH_ARGS)
+
+# Installs the plugin where Debian keeps broker plugins, plus the dev node and an example config.
+install: release
+	install -D -m 0644 target/release/libmqtt_twister.so $(DESTDIR)$(PLUGIN_DIR)/libmqtt_twister.so
+	install -D -m 0755 target/release/twister-devnode $(DESTDIR)/usr/bin/twister-devnode
+	install -D -m 0644 mosquitto.conf.example $(DESTDIR)/usr/share/doc/mqtt-twister/mosquitto.conf.example
+
+# A Debian package of the same files.
+deb: release
+	rm -rf target/deb && $(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/target/deb
+	mkdir -p target/deb/DEBIAN
+	printf 'Package: mqtt-twister\nVersion: $(VERSION)\nArchitecture: %s\nMaintainer: mqtt-twister developers\nDepends: mosquitto (>= 2.0)\nDescription: Mosquitto plugin joining brokers into one distributed MQTT broker over Twister\n' \
+		"$$(dpkg --print-architecture)" > target/deb/DEBIAN/control
+	dpkg-deb --build --root-owner-group target/deb target/mqtt-twister_$(VERSION)_$$(dpkg --print-architecture).deb
+
+clean:
+	cargo clean
