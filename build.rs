@@ -9,7 +9,11 @@ fn main() {
     println!("cargo:rerun-if-changed=include/mqtt_twister.h");
     println!("cargo:rerun-if-env-changed=MOSQUITTO_INCLUDE_DIR");
     let include = env::var("MOSQUITTO_INCLUDE_DIR").unwrap_or_else(|_| "/usr/include".into());
-    let missing: Vec<&str> = HEADERS.iter().copied().filter(|h| !Path::new(&include).join(h).exists()).collect();
+    let missing: Vec<&str> = HEADERS
+        .iter()
+        .copied()
+        .filter(|h| !Path::new(&include).join(h).exists())
+        .collect();
     if !missing.is_empty() {
         panic!(
             "\n\nmqtt-twister needs the Mosquitto plugin headers {missing:?} in {include}.\n\
@@ -31,5 +35,7 @@ fn main() {
         .generate()
         .unwrap_or_else(|e| panic!("bindgen could not read the Mosquitto headers in {include}: {e} (is libclang-dev installed?)"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("bindings.rs");
-    bindings.write_to_file(&out).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
+    bindings
+        .write_to_file(&out)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
 }

@@ -15,7 +15,12 @@ fn public_forward_reaches_a_subscriber_on_the_other_broker() {
     assert!(sub.subscribe("sensors/#", QoS::AtLeastOnce));
     wait_interest(&p.node, "bob", "sensors/#");
     let publ = Mqtt::connect(p.a.port, "pub-a", true);
-    publ.publish("private/not-forwarded", b"stay home", QoS::AtLeastOnce, false);
+    publ.publish(
+        "private/not-forwarded",
+        b"stay home",
+        QoS::AtLeastOnce,
+        false,
+    );
     publ.publish("sensors/kitchen/temp", b"21.5", QoS::AtLeastOnce, false);
     let got = sub.expect(T, "sensors/kitchen/temp from A");
     assert_eq!(got.topic, "sensors/kitchen/temp");
@@ -28,7 +33,10 @@ fn public_forward_reaches_a_subscriber_on_the_other_broker() {
     // It went through Twister: alice's public timeline holds the posts.
     let posts = p.node.ok("getposts", json!([10, [{"username": "alice"}]]));
     assert!(!posts.as_array().unwrap().is_empty());
-    assert!(!posts.to_string().contains("stay home") && !posts.to_string().contains("c3RheSBob21l"), "only forwarded topics leave the broker");
+    assert!(
+        !posts.to_string().contains("stay home") && !posts.to_string().contains("c3RheSBob21l"),
+        "only forwarded topics leave the broker"
+    );
 }
 
 #[test]
@@ -49,20 +57,37 @@ fn wildcard_interest_keeps_only_matching_topics() {
 
 #[test]
 fn a_burst_is_batched_into_few_posts_and_arrives_complete_and_in_order() {
-    let p = Pair::start(&["plugin_opt_publish burst/#", "plugin_opt_batch_delay_ms 200"], &[]);
+    let p = Pair::start(
+        &[
+            "plugin_opt_publish burst/#",
+            "plugin_opt_batch_delay_ms 200",
+        ],
+        &[],
+    );
     let sub = Mqtt::connect(p.b.port, "sub-b", true);
     assert!(sub.subscribe("burst/#", QoS::AtLeastOnce));
     wait_interest(&p.node, "bob", "burst/#");
     let publ = Mqtt::connect(p.a.port, "pub-a", true);
     for i in 0..60 {
-        publ.publish(&format!("burst/{i}"), format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
+        publ.publish(
+            &format!("burst/{i}"),
+            format!("m{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        );
     }
     for i in 0..60 {
         let got = sub.expect(T, &format!("burst/{i}"));
         assert_eq!(got.topic, format!("burst/{i}"));
     }
-    let last_k = p.node.ok("getlasthave", json!(["alice", ["alice"]]))["alice"].as_i64().unwrap();
-    assert!(last_k < 20, "60 messages should take a handful of posts, took {}", last_k + 1);
+    let last_k = p.node.ok("getlasthave", json!(["alice", ["alice"]]))["alice"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        last_k < 20,
+        "60 messages should take a handful of posts, took {}",
+        last_k + 1
+    );
 }
 
 #[test]
@@ -78,7 +103,10 @@ fn retained_messages_wait_on_the_other_broker_for_later_subscribers() {
         c.disconnect();
         r.filter(|r| r.retain)
     });
-    assert_eq!((late.topic.as_str(), late.payload.as_slice(), late.retain), ("status/door", &b"open"[..], true));
+    assert_eq!(
+        (late.topic.as_str(), late.payload.as_slice(), late.retain),
+        ("status/door", &b"open"[..], true)
+    );
 }
 
 #[test]
@@ -86,9 +114,29 @@ fn private_forward_goes_only_to_interested_recipients() {
     let node = DevNode::start();
     let dir = workdir();
     let d = dir.path();
-    let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &["plugin_opt_follow bob carol", "plugin_opt_private doors/# bob,carol"]));
-    let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &["plugin_opt_follow alice"]));
-    let c = Broker::start(d, "c", &plugin_conf(&node, d, "carol", &["plugin_opt_follow alice"]));
+    let a = Broker::start(
+        d,
+        "a",
+        &plugin_conf(
+            &node,
+            d,
+            "alice",
+            &[
+                "plugin_opt_follow bob carol",
+                "plugin_opt_private doors/# bob,carol",
+            ],
+        ),
+    );
+    let b = Broker::start(
+        d,
+        "b",
+        &plugin_conf(&node, d, "bob", &["plugin_opt_follow alice"]),
+    );
+    let c = Broker::start(
+        d,
+        "c",
+        &plugin_conf(&node, d, "carol", &["plugin_opt_follow alice"]),
+    );
     for x in [&a, &b, &c] {
         x.wait_ready();
     }
@@ -106,10 +154,19 @@ fn private_forward_goes_only_to_interested_recipients() {
     });
     assert_eq!(got.topic, "doors/front");
     // Nothing public, nothing for carol.
-    assert_eq!(node.ok("getposts", json!([10, [{"username": "alice"}]])), json!([]));
-    let to_carol = node.ok("getdirectmsgs", json!(["alice", 100, [{"username": "carol"}]]));
+    assert_eq!(
+        node.ok("getposts", json!([10, [{"username": "alice"}]])),
+        json!([])
+    );
+    let to_carol = node.ok(
+        "getdirectmsgs",
+        json!(["alice", 100, [{"username": "carol"}]]),
+    );
     assert_eq!(to_carol, json!({}), "carol does not want doors/#");
-    let to_bob = node.ok("getdirectmsgs", json!(["bob", 100, [{"username": "alice"}]]));
+    let to_bob = node.ok(
+        "getdirectmsgs",
+        json!(["bob", 100, [{"username": "alice"}]]),
+    );
     assert!(!to_bob["alice"].as_array().unwrap().is_empty());
     assert!(sub_c.recv(Duration::from_millis(300)).is_none());
 }

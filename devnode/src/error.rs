@@ -22,7 +22,10 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
+        RpcError {
+            code,
+            message: message.into(),
+        }
     }
     pub fn misc(message: impl Into<String>) -> Self {
         Self::new(RPC_MISC_ERROR, message)

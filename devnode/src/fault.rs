@@ -40,7 +40,9 @@ fn ratio(v: &Value, key: &str) -> Result<f64, RpcError> {
 fn millis(v: &Value, key: &str) -> Result<u64, RpcError> {
     match v.get(key) {
         None => Ok(0),
-        Some(x) => x.as_u64().ok_or_else(|| RpcError::invalid_params(format!("{key} must be a whole number of milliseconds"))),
+        Some(x) => x.as_u64().ok_or_else(|| {
+            RpcError::invalid_params(format!("{key} must be a whole number of milliseconds"))
+        }),
     }
 }
 
@@ -70,7 +72,10 @@ impl Faults {
     }
 
     pub fn describe(&self) -> Value {
-        let left = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64).unwrap_or(0);
+        let left = |t: Option<Instant>| {
+            t.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64)
+                .unwrap_or(0)
+        };
         json!({
             "latency_ms": self.latency.as_millis() as u64,
             "busy": self.busy,
@@ -86,7 +91,10 @@ impl Faults {
 
     /// How long to hold this request before answering (stall, then latency).
     pub fn delay(&self, now: Instant) -> Duration {
-        let stall = self.stall_until.map(|t| t.saturating_duration_since(now)).unwrap_or_default();
+        let stall = self
+            .stall_until
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or_default();
         stall + self.latency
     }
 
@@ -141,7 +149,8 @@ mod tests {
     #[test]
     fn refuse_and_stall_windows_end() {
         let mut f = Faults::default();
-        f.configure(&json!({"refuse_ms": 50, "stall_ms": 30})).unwrap();
+        f.configure(&json!({"refuse_ms": 50, "stall_ms": 30}))
+            .unwrap();
         let now = Instant::now();
         assert!(f.refusing(now));
         assert!(f.delay(now) > Duration::from_millis(10));

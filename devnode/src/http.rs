@@ -42,7 +42,11 @@ enum ReadError {
 
 fn read_line(r: &mut BufReader<TcpStream>, buf: &mut String) -> Result<(), ReadError> {
     buf.clear();
-    let n = r.by_ref().take(MAX_HEADER_LINE as u64).read_line(buf).map_err(|_| ReadError::Gone)?;
+    let n = r
+        .by_ref()
+        .take(MAX_HEADER_LINE as u64)
+        .read_line(buf)
+        .map_err(|_| ReadError::Gone)?;
     if n == 0 {
         return Err(ReadError::Gone);
     }
@@ -58,18 +62,27 @@ fn read_head(r: &mut BufReader<TcpStream>) -> Result<Request, ReadError> {
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let version = parts.nth(1).unwrap_or("HTTP/1.0").to_string();
-    let mut req = Request { method, keep_alive: version == "HTTP/1.1", authorization: None, content_length: None };
+    let mut req = Request {
+        method,
+        keep_alive: version == "HTTP/1.1",
+        authorization: None,
+        content_length: None,
+    };
     for _ in 0..MAX_HEADERS {
         read_line(r, &mut line)?;
         let l = line.trim_end();
         if l.is_empty() {
             return Ok(req);
         }
-        let Some((name, value)) = l.split_once(':') else { return Err(ReadError::Bad(400)) };
+        let Some((name, value)) = l.split_once(':') else {
+            return Err(ReadError::Bad(400));
+        };
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
             "authorization" => req.authorization = Some(value.to_string()),
-            "content-length" => req.content_length = Some(value.parse().map_err(|_| ReadError::Bad(400))?),
+            "content-length" => {
+                req.content_length = Some(value.parse().map_err(|_| ReadError::Bad(400))?)
+            }
             "connection" if value.eq_ignore_ascii_case("close") => req.keep_alive = false,
             "connection" if value.eq_ignore_ascii_case("keep-alive") => req.keep_alive = true,
             "transfer-encoding" => return Err(ReadError::Bad(411)),
@@ -93,18 +106,31 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_response(w: &mut TcpStream, status: u16, content_type: &str, extra: &str, body: &[u8], close: bool) -> bool {
+fn write_response(
+    w: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    extra: &str,
+    body: &[u8],
+    close: bool,
+) -> bool {
     let head = format!(
         "HTTP/1.1 {status} {}\r\nConnection: {}\r\nContent-Length: {}\r\nContent-Type: {content_type}\r\nServer: {SERVER}\r\n{extra}\r\n",
         reason(status),
         if close { "close" } else { "keep-alive" },
         body.len()
     );
-    w.write_all(head.as_bytes()).and_then(|_| w.write_all(body)).and_then(|_| w.flush()).is_ok()
+    w.write_all(head.as_bytes())
+        .and_then(|_| w.write_all(body))
+        .and_then(|_| w.flush())
+        .is_ok()
 }
 
 fn html_error(w: &mut TcpStream, status: u16) {
-    let body = format!("<html><body><b>ERROR {status}</b> {}</body></html>\r\n", reason(status));
+    let body = format!(
+        "<html><body><b>ERROR {status}</b> {}</body></html>\r\n",
+        reason(status)
+    );
     write_response(w, status, "text/html", "", body.as_bytes(), true);
 }
 
@@ -112,7 +138,9 @@ fn html_error(w: &mut TcpStream, status: u16) {
 fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig, stopping: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_nodelay(true);
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     loop {
         let req = match read_head(&mut reader) {
@@ -130,12 +158,26 @@ fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig, stoppi
         if req.authorization.as_deref() != Some(cfg.authorization.as_str()) {
             // twisterd pauses before every 401 to slow down password guessing.
             std::thread::sleep(Duration::from_millis(250));
-            write_response(&mut writer, 401, "text/html", "WWW-Authenticate: Basic realm=\"jsonrpc\"\r\n", PAGE_401.as_bytes(), true);
+            write_response(
+                &mut writer,
+                401,
+                "text/html",
+                "WWW-Authenticate: Basic realm=\"jsonrpc\"\r\n",
+                PAGE_401.as_bytes(),
+                true,
+            );
             return;
         }
         if req.method != "POST" {
             let page = "<html><body>\r\n<b>ERROR 404</b><br/>twister-devnode serves JSON-RPC over POST only\r\n</body></html>\r\n";
-            write_response(&mut writer, 404, "text/html; charset=utf-8", "", page.as_bytes(), true);
+            write_response(
+                &mut writer,
+                404,
+                "text/html; charset=utf-8",
+                "",
+                page.as_bytes(),
+                true,
+            );
             return;
         }
         let (delay, verdict) = {
@@ -149,37 +191,65 @@ fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig, stoppi
             Verdict::Serve => handle_body(shared, &body),
             Verdict::Http500 => return html_error(&mut writer, 500),
             Verdict::Busy => {
-                let id = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v.get("id").cloned());
+                let id = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned());
                 let v = serde_json::json!({"result": null, "error": {"code": crate::error::RPC_BUSY, "message": "Server is busy, try again later"}, "id": id});
-                crate::rpc::Reply { status: 500, body: serde_json::to_vec(&v).unwrap_or_default(), close: true }
+                crate::rpc::Reply {
+                    status: 500,
+                    body: serde_json::to_vec(&v).unwrap_or_default(),
+                    close: true,
+                }
             }
         };
         let close = reply.close || !req.keep_alive || stopping.load(Ordering::Relaxed);
-        if !write_response(&mut writer, reply.status, "application/json", "", &reply.body, close) || close {
+        if !write_response(
+            &mut writer,
+            reply.status,
+            "application/json",
+            "",
+            &reply.body,
+            close,
+        ) || close
+        {
             return;
         }
     }
 }
 
 /// Accepts connections until `stopping` is set; one thread per connection, at most `max_connections`.
-pub fn serve(listener: TcpListener, shared: Arc<Shared>, cfg: Arc<HttpConfig>, stopping: Arc<AtomicBool>) {
+pub fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    cfg: Arc<HttpConfig>,
+    stopping: Arc<AtomicBool>,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         if stopping.load(Ordering::Relaxed) {
             break;
         }
         let Ok(stream) = stream else { continue };
-        if shared.faults().refusing(Instant::now()) || active.load(Ordering::Relaxed) >= cfg.max_connections {
+        if shared.faults().refusing(Instant::now())
+            || active.load(Ordering::Relaxed) >= cfg.max_connections
+        {
             drop(stream);
             continue;
         }
         active.fetch_add(1, Ordering::Relaxed);
         let active_on_error = active.clone();
-        let (shared, cfg, stopping, active) = (shared.clone(), cfg.clone(), stopping.clone(), active.clone());
-        let spawned = std::thread::Builder::new().name("rpc-conn".into()).spawn(move || {
-            serve_connection(stream, &shared, &cfg, &stopping);
-            active.fetch_sub(1, Ordering::Relaxed);
-        });
+        let (shared, cfg, stopping, active) = (
+            shared.clone(),
+            cfg.clone(),
+            stopping.clone(),
+            active.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("rpc-conn".into())
+            .spawn(move || {
+                serve_connection(stream, &shared, &cfg, &stopping);
+                active.fetch_sub(1, Ordering::Relaxed);
+            });
         if spawned.is_err() {
             // Out of threads: the connection went down with the closure; give its slot back.
             active_on_error.fetch_sub(1, Ordering::Relaxed);

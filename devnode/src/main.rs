@@ -56,7 +56,11 @@ fn flush(shared: &Shared, store: Option<&Store>, max: LogLevel) {
     };
     if let Err(e) = result {
         shared.node().dirty = true;
-        log(LogLevel::Error, max, &format!("saving state failed (will retry): {e}"));
+        log(
+            LogLevel::Error,
+            max,
+            &format!("saving state failed (will retry): {e}"),
+        );
     }
 }
 
@@ -74,15 +78,25 @@ fn run(o: Options) -> Result<(), String> {
         let v = serde_json::json!({"latency_ms": o.fault_latency_ms, "busy": o.fault_busy, "http500": o.fault_http500});
         shared.faults().configure(&v).map_err(|e| e.message)?;
     }
-    let listener = TcpListener::bind(("127.0.0.1", o.rpc_port)).map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", o.rpc_port))?;
+    let listener = TcpListener::bind(("127.0.0.1", o.rpc_port))
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", o.rpc_port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     use base64::Engine;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", o.rpc_user, o.rpc_password));
-    let cfg = Arc::new(http::HttpConfig { authorization: format!("Basic {token}"), max_body: o.max_body, max_connections: 512 });
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", o.rpc_user, o.rpc_password));
+    let cfg = Arc::new(http::HttpConfig {
+        authorization: format!("Basic {token}"),
+        max_body: o.max_body,
+        max_connections: 512,
+    });
     let stopping = Arc::new(AtomicBool::new(false));
     install_signal_handlers();
     for flag in &o.ignored {
-        log(LogLevel::Info, o.log_level, &format!("ignoring twisterd flag {flag} (no meaning on one machine)"));
+        log(
+            LogLevel::Info,
+            o.log_level,
+            &format!("ignoring twisterd flag {flag} (no meaning on one machine)"),
+        );
     }
     {
         let (shared, stopping) = (shared.clone(), stopping.clone());
@@ -96,7 +110,11 @@ fn run(o: Options) -> Result<(), String> {
         Some(d) => format!("a block every {:?}", d),
         None => "blocks on demand".into(),
     };
-    let dir = o.datadir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "(memory)".into());
+    let dir = o
+        .datadir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "(memory)".into());
     println!("twister-devnode ready on http://{addr}/ height {height}, {blocks}, datadir {dir}");
 
     let mut last_flush = Instant::now();

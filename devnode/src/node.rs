@@ -116,7 +116,10 @@ pub struct Node {
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Methods this node answers, with twisterd's usage text (also the -1 answer to a wrong count).
@@ -131,7 +134,14 @@ pub struct Method {
 
 macro_rules! method {
     ($name:literal, $min:expr, $max:expr, $mutates:expr, $f:ident, $usage:expr) => {
-        Method { name: $name, min: $min, max: $max, usage: $usage, mutates: $mutates, call: Node::$f }
+        Method {
+            name: $name,
+            min: $min,
+            max: $max,
+            usage: $usage,
+            mutates: $mutates,
+            call: Node::$f,
+        }
     };
 }
 
@@ -180,8 +190,14 @@ fn dht_key(n: &str, r: &str, t: &str) -> String {
 impl Node {
     pub fn new(state: State, blocks: Blocks, spam_interval_s: i64) -> Self {
         // A restarted twisterd runs the torrents of the users its wallet follows.
-        let started = state.wallet.iter().flat_map(|w| w.following.iter().cloned()).collect();
-        let seed = (unix_now() as u64) ^ (std::process::id() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+        let started = state
+            .wallet
+            .iter()
+            .flat_map(|w| w.following.iter().cloned())
+            .collect();
+        let seed = (unix_now() as u64)
+            ^ (std::process::id() as u64).rotate_left(32)
+            ^ 0x9e37_79b9_7f4a_7c15;
         let next_block_at = Instant::now() + blocks.interval().unwrap_or_default();
         Node {
             state,
@@ -253,7 +269,8 @@ impl Node {
     }
 
     fn follows(&self, local: &str, author: &str) -> bool {
-        self.wallet(local).is_some_and(|w| w.following.contains(author))
+        self.wallet(local)
+            .is_some_and(|w| w.following.contains(author))
     }
 
     fn next_arrival(&mut self) -> u64 {
@@ -286,18 +303,30 @@ impl Node {
         let Some(piece) = self.state.torrents.get(from).and_then(|t| t.pieces.get(&k)) else {
             return false;
         };
-        let Some(secret) = piece.dm.clone() else { return false };
+        let Some(secret) = piece.dm.clone() else {
+            return false;
+        };
         let time = piece.time;
         if secret.to == from || !self.follows(&secret.to, from) {
             return false;
         }
-        let Some(w) = self.wallet_mut(&secret.to) else { return false };
+        let Some(w) = self.wallet_mut(&secret.to) else {
+            return false;
+        };
         let conv = w.conversations.entry(from.to_string()).or_default();
         // twisterd keeps one of two DMs with the same text in the same second, and a piece once.
-        if conv.iter().any(|e| !e.from_me && ((e.time == time && e.text == secret.text) || e.k == k && e.from == from)) {
+        if conv.iter().any(|e| {
+            !e.from_me && ((e.time == time && e.text == secret.text) || e.k == k && e.from == from)
+        }) {
             return false;
         }
-        conv.push(DmEntry { time, text: secret.text, from_me: false, from: from.to_string(), k });
+        conv.push(DmEntry {
+            time,
+            text: secret.text,
+            from_me: false,
+            from: from.to_string(),
+            k,
+        });
         true
     }
 
@@ -305,7 +334,13 @@ impl Node {
         self.state
             .torrents
             .get(from)
-            .map(|t| t.pieces.iter().filter(|(_, p)| p.dm.is_some()).map(|(k, _)| *k).collect())
+            .map(|t| {
+                t.pieces
+                    .iter()
+                    .filter(|(_, p)| p.dm.is_some())
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -338,11 +373,25 @@ impl Node {
             o.insert(k.into(), v);
         }
         for k in [
-            "num_peers", "peerlist_size", "num_active_requests", "download_rate", "upload_rate",
-            "dht_download_rate", "dht_upload_rate", "ip_overhead_download_rate", "ip_overhead_upload_rate",
-            "payload_download_rate", "payload_upload_rate", "total_download", "total_upload",
-            "total_dht_download", "total_dht_upload", "total_ip_overhead_download",
-            "total_ip_overhead_upload", "total_payload_download", "total_payload_upload",
+            "num_peers",
+            "peerlist_size",
+            "num_active_requests",
+            "download_rate",
+            "upload_rate",
+            "dht_download_rate",
+            "dht_upload_rate",
+            "ip_overhead_download_rate",
+            "ip_overhead_upload_rate",
+            "payload_download_rate",
+            "payload_upload_rate",
+            "total_download",
+            "total_upload",
+            "total_dht_download",
+            "total_dht_upload",
+            "total_ip_overhead_download",
+            "total_ip_overhead_upload",
+            "total_payload_download",
+            "total_payload_upload",
         ] {
             o.insert(k.into(), json!(0));
         }
@@ -357,7 +406,10 @@ impl Node {
                 None => json!(format!("help: unknown command: {name}")),
             });
         }
-        let lines: Vec<&str> = METHODS.iter().map(|m| m.usage.lines().next().unwrap_or(m.name)).collect();
+        let lines: Vec<&str> = METHODS
+            .iter()
+            .map(|m| m.usage.lines().next().unwrap_or(m.name))
+            .collect();
         Ok(json!(lines.join("\n")))
     }
 
@@ -417,7 +469,10 @@ impl Node {
         match self.wallet_mut(&name) {
             Some(w) if replace => w.key = key.clone(),
             Some(_) => {
-                return Err(RpcError::new(RPC_WALLET_INVALID_ACCOUNT_NAME, "Error: this username exists in wallet"))
+                return Err(RpcError::new(
+                    RPC_WALLET_INVALID_ACCOUNT_NAME,
+                    "Error: this username exists in wallet",
+                ))
             }
             None => self.state.wallet.push(WalletUser {
                 name,
@@ -430,13 +485,21 @@ impl Node {
     }
 
     fn listwalletusers(&mut self, _: &Params) -> Result<Value, RpcError> {
-        Ok(json!(self.state.wallet.iter().map(|w| w.name.clone()).collect::<Vec<_>>()))
+        Ok(json!(self
+            .state
+            .wallet
+            .iter()
+            .map(|w| w.name.clone())
+            .collect::<Vec<_>>()))
     }
 
     fn sendnewusertransaction(&mut self, p: &Params) -> Result<Value, RpcError> {
         let name = p.str(0)?;
         if self.wallet(name).is_none() {
-            return Err(RpcError::new(RPC_WALLET_INVALID_ACCOUNT_NAME, "Error: no such user in wallet"));
+            return Err(RpcError::new(
+                RPC_WALLET_INVALID_ACCOUNT_NAME,
+                "Error: no such user in wallet",
+            ));
         }
         let pending = self.state.mempool.iter().any(|u| u == name);
         if !rules::is_valid_username(name) || pending || self.state.registered.contains_key(name) {
@@ -449,7 +512,10 @@ impl Node {
     fn require_wallet_local(&self, name: &str) -> Result<(), RpcError> {
         // twisterd itself would create an empty following list for any name; the dev node is stricter.
         if self.wallet(name).is_none() {
-            return Err(RpcError::new(RPC_WALLET_INVALID_ACCOUNT_NAME, "Error: no such user in wallet"));
+            return Err(RpcError::new(
+                RPC_WALLET_INVALID_ACCOUNT_NAME,
+                "Error: no such user in wallet",
+            ));
         }
         Ok(())
     }
@@ -490,7 +556,10 @@ impl Node {
 
     fn getfollowing(&mut self, p: &Params) -> Result<Value, RpcError> {
         let local = p.str(0)?;
-        let list: Vec<String> = self.wallet(local).map(|w| w.following.iter().cloned().collect()).unwrap_or_default();
+        let list: Vec<String> = self
+            .wallet(local)
+            .map(|w| w.following.iter().cloned().collect())
+            .unwrap_or_default();
         Ok(json!(list))
     }
 
@@ -521,7 +590,11 @@ impl Node {
         let text = p.str(2)?.to_string();
         let reply = match p.len() {
             5 => Some((p.str(3)?.to_string(), p.int(4)?)),
-            4 => return Err(RpcError::misc(find_method("newpostmsg").map(|m| m.usage).unwrap_or(""))),
+            4 => {
+                return Err(RpcError::misc(
+                    find_method("newpostmsg").map(|m| m.usage).unwrap_or(""),
+                ))
+            }
             _ => None,
         };
         if self.wallet(&user).is_none() {
@@ -565,15 +638,37 @@ impl Node {
     }
 
     /// Adds a piece to the author's torrent. A `k` already held is ignored silently, as on the network.
-    fn store_piece(&mut self, user: &str, k: i64, post: Value, flags: i64, time: i64, dm: Option<DmSecret>) -> bool {
-        if self.state.torrents.get(user).is_some_and(|t| t.pieces.contains_key(&k)) {
+    fn store_piece(
+        &mut self,
+        user: &str,
+        k: i64,
+        post: Value,
+        flags: i64,
+        time: i64,
+        dm: Option<DmSecret>,
+    ) -> bool {
+        if self
+            .state
+            .torrents
+            .get(user)
+            .is_some_and(|t| t.pieces.contains_key(&k))
+        {
             self.counters.duplicate_k_ignored += 1;
             return false;
         }
         let arrival = self.next_arrival();
         let public = dm.is_none();
         let t = self.state.torrents.entry(user.to_string()).or_default();
-        t.pieces.insert(k, Piece { post, flags, time, arrival, dm });
+        t.pieces.insert(
+            k,
+            Piece {
+                post,
+                flags,
+                time,
+                arrival,
+                dm,
+            },
+        );
         if public {
             t.lastk = Some(k);
             self.counters.posts_stored += 1;
@@ -583,7 +678,15 @@ impl Node {
         true
     }
 
-    fn dm_post(&mut self, from: &str, k: i64, to: &str, text: &str, time: i64, height: i64) -> Value {
+    fn dm_post(
+        &mut self,
+        from: &str,
+        k: i64,
+        to: &str,
+        text: &str,
+        time: i64,
+        height: i64,
+    ) -> Value {
         let plain = rules::dm_plaintext_len(to, text.len());
         let body_len = plain.div_ceil(rules::DM_BLOCK) * rules::DM_BLOCK;
         let key_first = if self.rand() & 1 == 0 { 2 } else { 3 };
@@ -614,11 +717,20 @@ impl Node {
             return Err(sig_error());
         }
         if !self.state.registered.contains_key(&to) {
-            return Err(RpcError::internal("error encrypting to pubkey of destination user"));
+            return Err(RpcError::internal(
+                "error encrypting to pubkey of destination user",
+            ));
         }
         let time = unix_now();
         let height = self.state.height - 1;
-        let header = PostHeader { user: &from, k, lastk: None, height, time, reply: None };
+        let header = PostHeader {
+            user: &from,
+            k,
+            lastk: None,
+            height,
+            time,
+            reply: None,
+        };
         if rules::dm_size(&header, &to, text.len()) > rules::MAX_POST_BYTES {
             return Err(RpcError::invalid_params("bad bencoded post size"));
         }
@@ -628,25 +740,35 @@ impl Node {
         }
 
         let post = self.dm_post(&from, k, &to, &text, time, height);
-        let secret = DmSecret { to: to.clone(), text: text.clone() };
+        let secret = DmSecret {
+            to: to.clone(),
+            text: text.clone(),
+        };
         let stored = self.store_piece(&from, k, post.clone(), FLAG_DM, time, Some(secret));
         // The sender keeps its own copy: locally, or as a second piece encrypted to itself.
         let sender_k = if copy_self {
             let copy = self.dm_post(&from, k + 1, &from, &text, time, height);
-            let own = DmSecret { to: from.clone(), text: text.clone() };
-            self.store_piece(&from, k + 1, copy, FLAG_DM, time, Some(own)).then_some(k + 1)
+            let own = DmSecret {
+                to: from.clone(),
+                text: text.clone(),
+            };
+            self.store_piece(&from, k + 1, copy, FLAG_DM, time, Some(own))
+                .then_some(k + 1)
         } else {
             stored.then_some(k)
         };
         if let Some(sk) = sender_k {
             if let Some(w) = self.wallet_mut(&from) {
-                w.conversations.entry(to.clone()).or_default().push(DmEntry {
-                    time,
-                    text: text.clone(),
-                    from_me: true,
-                    from: from.clone(),
-                    k: sk,
-                });
+                w.conversations
+                    .entry(to.clone())
+                    .or_default()
+                    .push(DmEntry {
+                        time,
+                        text: text.clone(),
+                        from_me: true,
+                        from: from.clone(),
+                        k: sk,
+                    });
             }
         }
         if stored && !self.deliver_dm(&from, k) && to != from {
@@ -665,7 +787,9 @@ impl Node {
             if !self.started.contains(&w.username) {
                 continue;
             }
-            let Some(t) = self.state.torrents.get(&w.username) else { continue };
+            let Some(t) = self.state.torrents.get(&w.username) else {
+                continue;
+            };
             for (k, piece) in &t.pieces {
                 let flags_ok = piece.flags & !allowed == 0 && piece.flags & required == required;
                 if flags_ok && w.contains(*k) {
@@ -677,7 +801,10 @@ impl Node {
         found.sort_by(|a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
         let mut out: Vec<Value> = Vec::new();
         let now = unix_now();
-        if self.spam_interval_s > 0 && now - self.state.spam_shown_at >= self.spam_interval_s && count > 0 {
+        if self.spam_interval_s > 0
+            && now - self.state.spam_shown_at >= self.spam_interval_s
+            && count > 0
+        {
             self.state.spam_shown_at = now;
             let h = self.state.height;
             out.push(json!({"sig_userpost": "", "userpost": {"height": h, "k": h, "msg": SPAM_MSG, "n": SPAM_USER, "time": now}}));
@@ -692,9 +819,13 @@ impl Node {
         let count = p.int(1)?;
         let windows = user_windows(p.array(2)?)?;
         let mut out = Map::new();
-        let Some(w) = self.wallet(local) else { return Ok(Value::Object(out)) };
+        let Some(w) = self.wallet(local) else {
+            return Ok(Value::Object(out));
+        };
         for win in &windows {
-            let Some(conv) = w.conversations.get(&win.username) else { continue };
+            let Some(conv) = w.conversations.get(&win.username) else {
+                continue;
+            };
             // ids are positions in the conversation sorted by time (ties in arrival order).
             let mut sorted: Vec<&DmEntry> = conv.iter().collect();
             sorted.sort_by_key(|e| e.time);
@@ -715,10 +846,16 @@ impl Node {
 
     fn rescandirectmsgs(&mut self, p: &Params) -> Result<Value, RpcError> {
         let local = p.str(0)?;
-        let following: Vec<String> = self.wallet(local).map(|w| w.following.iter().cloned().collect()).unwrap_or_default();
+        let following: Vec<String> = self
+            .wallet(local)
+            .map(|w| w.following.iter().cloned().collect())
+            .unwrap_or_default();
         for from in following {
             for k in self.dm_pieces_of(&from) {
-                let to_local = self.state.torrents[&from].pieces[&k].dm.as_ref().is_some_and(|s| s.to == local);
+                let to_local = self.state.torrents[&from].pieces[&k]
+                    .dm
+                    .as_ref()
+                    .is_some_and(|s| s.to == local);
                 if to_local {
                     self.deliver_dm(&from, k);
                 }
@@ -734,34 +871,59 @@ impl Node {
         let value = p.value(3)?;
         let sig_user = p.str(4)?.to_string();
         if self.wallet(&sig_user).is_none() {
-            return Err(RpcError::new(RPC_WALLET_INVALID_ACCOUNT_NAME, "Error: no sig_user in wallet"));
+            return Err(RpcError::new(
+                RPC_WALLET_INVALID_ACCOUNT_NAME,
+                "Error: no sig_user in wallet",
+            ));
         }
         let multi = t == "m";
         if !multi && !p.has(5) {
-            return Err(RpcError::new(RPC_WALLET_ERROR, "Seq parameter required for single"));
+            return Err(RpcError::new(
+                RPC_WALLET_ERROR,
+                "Seq parameter required for single",
+            ));
         }
         let seq = if p.has(5) { Some(p.int(5)?) } else { None };
         if !multi && n != sig_user {
-            return Err(RpcError::new(RPC_WALLET_ERROR, "Username must be the same as sig_user for single"));
+            return Err(RpcError::new(
+                RPC_WALLET_ERROR,
+                "Username must be the same as sig_user for single",
+            ));
         }
         // From here on the network drops what it does not like without telling the writer.
         let time = unix_now();
-        let height = if self.state.registered.contains_key(&sig_user) { self.state.height } else { 0 };
+        let height = if self.state.registered.contains_key(&sig_user) {
+            self.state.height
+        } else {
+            0
+        };
         let mut pm = Map::new();
         pm.insert("height".into(), json!(height));
         if !multi {
             pm.insert("seq".into(), json!(seq.unwrap_or(0)));
         }
-        pm.insert("target".into(), json!({"n": n, "r": r, "t": if multi { "m" } else { "s" }}));
+        pm.insert(
+            "target".into(),
+            json!({"n": n, "r": r, "t": if multi { "m" } else { "s" }}),
+        );
         pm.insert("time".into(), json!(time));
         pm.insert("v".into(), bencode_normalize(value));
         let pv = Value::Object(pm);
-        let limit = if multi { rules::MAX_DHT_MULTI } else { rules::MAX_DHT_SINGLE };
+        let limit = if multi {
+            rules::MAX_DHT_MULTI
+        } else {
+            rules::MAX_DHT_SINGLE
+        };
         if r.len() > rules::MAX_DHT_RESOURCE || bencode_len(&pv) > limit {
             self.counters.dht_puts_dropped += 1;
             return Ok(Value::Null);
         }
-        let item = DhtItem { p: pv, sig_p: self.signature(), sig_user: sig_user.clone(), time };
+        let item = DhtItem {
+            p: pv,
+            sig_p: self.signature(),
+            sig_user: sig_user.clone(),
+            time,
+        };
         let key = dht_key(&n, &r, if multi { "m" } else { "s" });
         let slot = self.state.dht.entry(key).or_default();
         if multi {
@@ -772,7 +934,10 @@ impl Node {
                 slot.drain(..excess);
             }
         } else {
-            let stored_seq = slot.first().and_then(|i| i.p.get("seq")).and_then(Value::as_i64);
+            let stored_seq = slot
+                .first()
+                .and_then(|i| i.p.get("seq"))
+                .and_then(Value::as_i64);
             if stored_seq.is_some_and(|s| seq.unwrap_or(0) <= s) {
                 self.counters.dht_puts_dropped += 1;
                 return Ok(Value::Null);

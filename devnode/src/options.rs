@@ -29,9 +29,30 @@ Ready when it prints one line starting with 'twister-devnode ready'. SIGTERM/SIG
 
 /// twisterd flags with no meaning for one machine: accepted so twisterd scripts run unchanged.
 const IGNORED: &[&str] = &[
-    "daemon", "server", "printtoconsole", "rpcallowip", "rpcbind", "rpcthreads", "port", "listen",
-    "connect", "addnode", "dnsseed", "genproclimit", "gen", "testnet", "regtest", "txindex", "upnp",
-    "dhtproxy", "noui", "htmldir", "conf", "multiconnperip", "debug", "logtimestamps",
+    "daemon",
+    "server",
+    "printtoconsole",
+    "rpcallowip",
+    "rpcbind",
+    "rpcthreads",
+    "port",
+    "listen",
+    "connect",
+    "addnode",
+    "dnsseed",
+    "genproclimit",
+    "gen",
+    "testnet",
+    "regtest",
+    "txindex",
+    "upnp",
+    "dhtproxy",
+    "noui",
+    "htmldir",
+    "conf",
+    "multiconnperip",
+    "debug",
+    "logtimestamps",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
@@ -71,13 +92,17 @@ pub enum OptionsError {
 }
 
 fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, OptionsError> {
-    v.parse().map_err(|_| OptionsError::Invalid(key.into(), format!("'{v}' is not a valid number")))
+    v.parse()
+        .map_err(|_| OptionsError::Invalid(key.into(), format!("'{v}' is not a valid number")))
 }
 
 fn ratio(key: &str, v: &str) -> Result<f64, OptionsError> {
     let r: f64 = parse_num(key, v)?;
     if !(0.0..=1.0).contains(&r) {
-        return Err(OptionsError::Invalid(key.into(), "must be from 0 to 1".into()));
+        return Err(OptionsError::Invalid(
+            key.into(),
+            "must be from 0 to 1".into(),
+        ));
     }
     Ok(r)
 }
@@ -109,7 +134,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
             "rpcuser" => o.rpc_user = value.into(),
             "rpcpassword" => o.rpc_password = value.into(),
             "rpcport" => o.rpc_port = parse_num(key, value)?,
-            "datadir" if value.is_empty() => return Err(OptionsError::Invalid(key.into(), "needs a directory".into())),
+            "datadir" if value.is_empty() => {
+                return Err(OptionsError::Invalid(
+                    key.into(),
+                    "needs a directory".into(),
+                ))
+            }
             "datadir" => o.datadir = Some(PathBuf::from(value)),
             "blockinterval" => {
                 let s: f64 = parse_num(key, value)?;
@@ -118,7 +148,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
                 } else if s > 0.0 && s.is_finite() {
                     Blocks::Every(Duration::from_secs_f64(s))
                 } else {
-                    return Err(OptionsError::Invalid(key.into(), "must be 0 or a positive number of seconds".into()));
+                    return Err(OptionsError::Invalid(
+                        key.into(),
+                        "must be 0 or a positive number of seconds".into(),
+                    ));
                 }
             }
             "spaminterval" => o.spam_interval_s = parse_num(key, value)?,
@@ -132,7 +165,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
                     "error" => LogLevel::Error,
                     "info" => LogLevel::Info,
                     "debug" => LogLevel::Debug,
-                    _ => return Err(OptionsError::Invalid(key.into(), "must be error, info or debug".into())),
+                    _ => {
+                        return Err(OptionsError::Invalid(
+                            key.into(),
+                            "must be error, info or debug".into(),
+                        ))
+                    }
                 }
             }
             k if IGNORED.contains(&k) => o.ignored.push(arg.clone()),
@@ -156,11 +194,24 @@ mod tests {
 
     #[test]
     fn twisterd_flags_and_defaults() {
-        let o = parse(args(&["-rpcuser=u", "-rpcpassword=p", "-daemon", "-rpcallowip=127.0.0.1"])).unwrap();
+        let o = parse(args(&[
+            "-rpcuser=u",
+            "-rpcpassword=p",
+            "-daemon",
+            "-rpcallowip=127.0.0.1",
+        ]))
+        .unwrap();
         assert_eq!(o.rpc_port, 28332);
         assert_eq!(o.blocks, Blocks::Every(Duration::from_secs(1)));
         assert_eq!(o.ignored.len(), 2);
-        let o = parse(args(&["-rpcuser=u", "-rpcpassword=p", "-rpcport=0", "-blockinterval=600", "-datadir=/tmp/x"])).unwrap();
+        let o = parse(args(&[
+            "-rpcuser=u",
+            "-rpcpassword=p",
+            "-rpcport=0",
+            "-blockinterval=600",
+            "-datadir=/tmp/x",
+        ]))
+        .unwrap();
         assert_eq!(o.rpc_port, 0);
         assert_eq!(o.blocks, Blocks::Every(Duration::from_secs(600)));
         assert_eq!(o.datadir.unwrap(), PathBuf::from("/tmp/x"));
@@ -170,8 +221,17 @@ mod tests {
 
     #[test]
     fn credentials_are_refused_like_twisterd() {
-        for bad in [&["-rpcuser=u"][..], &["-rpcuser=u", "-rpcpassword="], &["-rpcuser=same", "-rpcpassword=same"], &[]] {
-            assert_eq!(parse(args(bad)).unwrap_err(), OptionsError::Credentials, "{bad:?}");
+        for bad in [
+            &["-rpcuser=u"][..],
+            &["-rpcuser=u", "-rpcpassword="],
+            &["-rpcuser=same", "-rpcpassword=same"],
+            &[],
+        ] {
+            assert_eq!(
+                parse(args(bad)).unwrap_err(),
+                OptionsError::Credentials,
+                "{bad:?}"
+            );
         }
     }
 
@@ -181,7 +241,13 @@ mod tests {
         assert!(e.to_string().starts_with("-rpcport:"), "{e}");
         let e = parse(args(&["-rpcuser=u", "-rpcpassword=p", "-fault-busy=2"])).unwrap_err();
         assert!(e.to_string().starts_with("-fault-busy:"), "{e}");
-        assert_eq!(parse(args(&["-nosuch=1"])).unwrap_err(), OptionsError::Unknown("nosuch".into()));
-        assert_eq!(parse(args(&["plain"])).unwrap_err(), OptionsError::Unknown("plain".into()));
+        assert_eq!(
+            parse(args(&["-nosuch=1"])).unwrap_err(),
+            OptionsError::Unknown("nosuch".into())
+        );
+        assert_eq!(
+            parse(args(&["plain"])).unwrap_err(),
+            OptionsError::Unknown("plain".into())
+        );
     }
 }

@@ -118,7 +118,10 @@ pub fn user_windows(list: &[Value]) -> Result<Vec<UserWindow>, RpcError> {
         let Some(name) = obj.get("username") else {
             continue;
         };
-        let username = name.as_str().ok_or_else(|| expected(name, "str"))?.to_string();
+        let username = name
+            .as_str()
+            .ok_or_else(|| expected(name, "str"))?
+            .to_string();
         out.push(UserWindow {
             username,
             since_id: opt_field_int(obj, "since_id")?,

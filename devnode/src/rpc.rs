@@ -16,7 +16,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(node: Node) -> Self {
-        Shared { node: Mutex::new(node), faults: Mutex::new(Faults::default()) }
+        Shared {
+            node: Mutex::new(node),
+            faults: Mutex::new(Faults::default()),
+        }
     }
 
     /// A panic while holding the lock must not take the node down: the state is only ever changed
@@ -45,7 +48,11 @@ fn envelope(result: Result<Value, RpcError>, id: Value) -> Value {
 }
 
 fn reply(status: u16, v: &Value, close: bool) -> Reply {
-    Reply { status, body: serde_json::to_vec(v).unwrap_or_default(), close }
+    Reply {
+        status,
+        body: serde_json::to_vec(v).unwrap_or_default(),
+        close,
+    }
 }
 
 pub fn handle_body(shared: &Shared, body: &[u8]) -> Reply {
@@ -89,18 +96,31 @@ pub fn execute(shared: &Shared, req: &Value) -> Result<Value, RpcError> {
     let method = match obj.get("method") {
         None => return Err(RpcError::new(RPC_INVALID_REQUEST, "Missing method")),
         Some(Value::String(m)) => m.as_str(),
-        Some(_) => return Err(RpcError::new(RPC_INVALID_REQUEST, "Method must be a string")),
+        Some(_) => {
+            return Err(RpcError::new(
+                RPC_INVALID_REQUEST,
+                "Method must be a string",
+            ))
+        }
     };
     let empty = Vec::new();
     let params = match obj.get("params") {
         None | Some(Value::Null) => &empty,
         Some(Value::Array(a)) => a,
-        Some(_) => return Err(RpcError::new(RPC_INVALID_REQUEST, "Params must be an array")),
+        Some(_) => {
+            return Err(RpcError::new(
+                RPC_INVALID_REQUEST,
+                "Params must be an array",
+            ))
+        }
     };
     if method == "devnode_fault" {
         let p = Params::new(params, 1, 1, crate::fault::USAGE)?;
         let v = p.value(0)?;
-        return shared.faults().configure(v).map(|_| shared.faults().describe());
+        return shared
+            .faults()
+            .configure(v)
+            .map(|_| shared.faults().describe());
     }
     let Some(m) = find_method(method) else {
         return Err(RpcError::new(RPC_METHOD_NOT_FOUND, "Method not found"));

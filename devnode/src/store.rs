@@ -28,7 +28,9 @@ pub struct Store {
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(|e| StoreError::Dir(dir.to_path_buf(), e))?;
-        Ok(Store { dir: dir.to_path_buf() })
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn path(&self) -> PathBuf {
@@ -47,7 +49,8 @@ impl Store {
 
     #[cfg(test)]
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Write(self.path(), std::io::Error::other(e)))?;
+        let bytes = serde_json::to_vec(state)
+            .map_err(|e| StoreError::Write(self.path(), std::io::Error::other(e)))?;
         self.save_bytes(&bytes)
     }
 
@@ -84,7 +87,10 @@ mod tests {
         let back = store.load().unwrap();
         assert_eq!(back.height, 42);
         assert_eq!(back.registered["alice"], 3);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(SNAPSHOT)]);
     }
 

@@ -28,12 +28,17 @@ pub struct BrokerConf {
 
 /// The `-c` / `--config-file` argument of the broker's command line.
 pub fn config_path(args: &[String]) -> Option<PathBuf> {
-    let at = args.iter().position(|a| a == "-c" || a == "--config-file")?;
+    let at = args
+        .iter()
+        .position(|a| a == "-c" || a == "--config-file")?;
     args.get(at + 1).map(PathBuf::from)
 }
 
 fn is_ours(path: &str) -> bool {
-    Path::new(path).file_name().and_then(|f| f.to_str()).is_some_and(|f| f.contains("mqtt_twister"))
+    Path::new(path)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .is_some_and(|f| f.contains("mqtt_twister"))
 }
 
 /// Reads mosquitto.conf text; `include` returns the texts of the files of an `include_dir`.
@@ -43,11 +48,16 @@ pub fn parse(text: &str, include: &dyn Fn(&str) -> Vec<String>, conf: &mut Broke
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (key, value) = line.split_once(char::is_whitespace).map(|(k, v)| (k, v.trim())).unwrap_or((line, ""));
+        let (key, value) = line
+            .split_once(char::is_whitespace)
+            .map(|(k, v)| (k, v.trim()))
+            .unwrap_or((line, ""));
         match key {
             "per_listener_settings" => conf.per_listener_settings = value == "true",
             "acl_file" => conf.acl_file = true,
-            "plugin" | "auth_plugin" if !is_ours(value) => conf.other_plugins.push(value.to_string()),
+            "plugin" | "auth_plugin" if !is_ours(value) => {
+                conf.other_plugins.push(value.to_string())
+            }
             "include_dir" => {
                 for t in include(value) {
                     parse(&t, include, conf);
@@ -59,16 +69,27 @@ pub fn parse(text: &str, include: &dyn Fn(&str) -> Vec<String>, conf: &mut Broke
 }
 
 fn read_include_dir(dir: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "conf")).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
     files.sort();
-    files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect()
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect()
 }
 
 /// The running broker's configuration, when it can be read.
 pub fn read_running_broker() -> Option<BrokerConf> {
     let raw = std::fs::read("/proc/self/cmdline").ok()?;
-    let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     let text = std::fs::read_to_string(config_path(&args)?).ok()?;
     let mut conf = BrokerConf::default();
     parse(&text, &read_include_dir, &mut conf);
@@ -81,10 +102,13 @@ pub fn decide(mode: AccessMode, conf: Option<&BrokerConf>) -> Result<AclAnswer, 
         AccessMode::Allow => Ok(AclAnswer::Allow),
         AccessMode::Defer => Ok(AclAnswer::Defer),
         AccessMode::Auto => match conf {
-            None => Err(format!("plugin_opt_access auto: cannot read the broker's configuration file; {HINT}")),
-            Some(c) if !c.other_plugins.is_empty() => {
-                Err(format!("plugin_opt_access auto: another plugin is loaded ({}); {HINT}", c.other_plugins.join(", ")))
-            }
+            None => Err(format!(
+                "plugin_opt_access auto: cannot read the broker's configuration file; {HINT}"
+            )),
+            Some(c) if !c.other_plugins.is_empty() => Err(format!(
+                "plugin_opt_access auto: another plugin is loaded ({}); {HINT}",
+                c.other_plugins.join(", ")
+            )),
             Some(c) if c.acl_file => Ok(AclAnswer::Defer),
             Some(_) => Ok(AclAnswer::Allow),
         },
@@ -97,7 +121,11 @@ mod tests {
 
     fn conf(text: &str) -> BrokerConf {
         let mut c = BrokerConf::default();
-        parse(text, &|_| vec!["acl_file /etc/mosquitto/acl\n".to_string()], &mut c);
+        parse(
+            text,
+            &|_| vec!["acl_file /etc/mosquitto/acl\n".to_string()],
+            &mut c,
+        );
         c
     }
 
@@ -110,19 +138,31 @@ mod tests {
         assert_eq!(decide(AccessMode::Auto, Some(&c)), Ok(AclAnswer::Defer));
         let c = conf("include_dir /etc/mosquitto/conf.d\n");
         assert!(c.acl_file);
-        let c = conf("plugin /usr/lib/mosquitto_dynamic_security.so\nplugin /x/libmqtt_twister.so\n");
+        let c =
+            conf("plugin /usr/lib/mosquitto_dynamic_security.so\nplugin /x/libmqtt_twister.so\n");
         let e = decide(AccessMode::Auto, Some(&c)).unwrap_err();
-        assert!(e.contains("plugin_opt_access") && e.contains("dynamic_security"), "{e}");
+        assert!(
+            e.contains("plugin_opt_access") && e.contains("dynamic_security"),
+            "{e}"
+        );
         assert_eq!(decide(AccessMode::Defer, Some(&c)), Ok(AclAnswer::Defer));
         assert!(conf("per_listener_settings true\n").per_listener_settings);
-        assert!(decide(AccessMode::Auto, None).unwrap_err().contains("plugin_opt_access"));
+        assert!(decide(AccessMode::Auto, None)
+            .unwrap_err()
+            .contains("plugin_opt_access"));
     }
 
     #[test]
     fn finds_the_config_file_on_the_command_line() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(config_path(&args(&["mosquitto", "-c", "/etc/m.conf", "-v"])), Some("/etc/m.conf".into()));
-        assert_eq!(config_path(&args(&["mosquitto", "--config-file", "x.conf"])), Some("x.conf".into()));
+        assert_eq!(
+            config_path(&args(&["mosquitto", "-c", "/etc/m.conf", "-v"])),
+            Some("/etc/m.conf".into())
+        );
+        assert_eq!(
+            config_path(&args(&["mosquitto", "--config-file", "x.conf"])),
+            Some("x.conf".into())
+        );
         assert_eq!(config_path(&args(&["mosquitto", "-v"])), None);
     }
 }

@@ -70,7 +70,9 @@ fn level_code(level: Level) -> c_int {
 
 /// Writes to the broker's log. Broker thread only.
 fn log_now(level: Level, msg: &str) {
-    let Ok(text) = CString::new(msg.replace('\0', " ")) else { return };
+    let Ok(text) = CString::new(msg.replace('\0', " ")) else {
+        return;
+    };
     // SAFETY: called on the broker's thread; "%s" with one NUL-terminated string argument.
     unsafe { mosquitto_log_printf(level_code(level), c"%s".as_ptr(), text.as_ptr()) };
 }
@@ -79,7 +81,12 @@ fn guarded(name: &str, on_panic: c_int, f: impl FnOnce() -> c_int) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(rc) => rc,
         Err(_) => {
-            let _ = catch_unwind(|| log_now(Level::Error, &format!("mqtt-twister: internal error in {name} (ignored; please report)")));
+            let _ = catch_unwind(|| {
+                log_now(
+                    Level::Error,
+                    &format!("mqtt-twister: internal error in {name} (ignored; please report)"),
+                )
+            });
             on_panic
         }
     }
@@ -115,7 +122,9 @@ unsafe fn plugin<'a>(userdata: *mut c_void) -> Option<&'a mut Plugin> {
 
 impl Plugin {
     fn send(&mut self, m: ToWorker) {
-        let Some(tx) = &self.worker.to_worker else { return };
+        let Some(tx) = &self.worker.to_worker else {
+            return;
+        };
         if let Err(TrySendError::Full(_)) = tx.try_send(m) {
             self.dropped += 1;
         }
@@ -124,15 +133,23 @@ impl Plugin {
 
 // ----- callbacks -----
 
-unsafe extern "C" fn on_message(_event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+unsafe extern "C" fn on_message(
+    _event: c_int,
+    event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
     // Only 0 may be returned: any other code disconnects the publishing client.
     guarded("MESSAGE", 0, || {
         // SAFETY: userdata is our Plugin; event_data is the broker's mosquitto_evt_message for this call.
-        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe { (event_data as *const mosquitto_evt_message).as_ref() }) else {
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
+            (event_data as *const mosquitto_evt_message).as_ref()
+        }) else {
             return 0;
         };
         // SAFETY: the topic is a NUL-terminated string owned by the message for this call.
-        let Some(topic) = (unsafe { str_of(ev.topic) }) else { return 0 };
+        let Some(topic) = (unsafe { str_of(ev.topic) }) else {
+            return 0;
+        };
         if !p.cfg.forwards(topic) {
             return 0;
         }
@@ -140,17 +157,29 @@ unsafe extern "C" fn on_message(_event: c_int, event_data: *mut c_void, userdata
             Vec::new()
         } else {
             // SAFETY: the broker guarantees payloadlen readable bytes at payload for this call.
-            unsafe { std::slice::from_raw_parts(ev.payload as *const u8, ev.payloadlen as usize) }.to_vec()
+            unsafe { std::slice::from_raw_parts(ev.payload as *const u8, ev.payloadlen as usize) }
+                .to_vec()
         };
-        p.send(ToWorker::Publish(Message { topic: topic.to_owned(), payload, qos: ev.qos, retain: ev.retain }));
+        p.send(ToWorker::Publish(Message {
+            topic: topic.to_owned(),
+            payload,
+            qos: ev.qos,
+            retain: ev.retain,
+        }));
         0
     })
 }
 
-unsafe extern "C" fn on_acl_check(_event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+unsafe extern "C" fn on_acl_check(
+    _event: c_int,
+    event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
     guarded("ACL_CHECK", MOSQ_ERR_PLUGIN_DEFER as c_int, || {
         // SAFETY: userdata is our Plugin; event_data is the broker's mosquitto_evt_acl_check.
-        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe { (event_data as *const mosquitto_evt_acl_check).as_ref() }) else {
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
+            (event_data as *const mosquitto_evt_acl_check).as_ref()
+        }) else {
             return MOSQ_ERR_PLUGIN_DEFER as c_int;
         };
         let answer = match p.acl {
@@ -162,33 +191,58 @@ unsafe extern "C" fn on_acl_check(_event: c_int, event_data: *mut c_void, userda
             return answer; // reads and writes: the hot path, nothing to do
         }
         // SAFETY: the filter is a NUL-terminated string owned by the broker for this call.
-        let (Some(client), Some(filter)) = (client_id(ev.client), unsafe { str_of(ev.topic) }) else { return answer };
+        let (Some(client), Some(filter)) = (client_id(ev.client), unsafe { str_of(ev.topic) })
+        else {
+            return answer;
+        };
         let filter = filter.to_owned();
-        p.send(if subscribe { ToWorker::Subscribe { client, filter } } else { ToWorker::Unsubscribe { client, filter } });
+        p.send(if subscribe {
+            ToWorker::Subscribe { client, filter }
+        } else {
+            ToWorker::Unsubscribe { client, filter }
+        });
         answer
     })
 }
 
-unsafe extern "C" fn on_subscribe_v21(event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+unsafe extern "C" fn on_subscribe_v21(
+    event: c_int,
+    event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
     guarded("SUBSCRIBE", MOSQ_ERR_SUCCESS as c_int, || {
         // SAFETY: on Mosquitto 2.1 event_data is a mosquitto_evt_subscribe/_unsubscribe.
-        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe { (event_data as *const EvtSubscribeV21).as_ref() }) else {
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
+            (event_data as *const EvtSubscribeV21).as_ref()
+        }) else {
             return MOSQ_ERR_SUCCESS as c_int;
         };
         // SAFETY: both strings are owned by the broker for this call.
-        let (Some(client), Some(filter)) = (unsafe { str_of(ev.data.clientid) }, unsafe { str_of(ev.data.topic_filter) }) else {
+        let (Some(client), Some(filter)) = (unsafe { str_of(ev.data.clientid) }, unsafe {
+            str_of(ev.data.topic_filter)
+        }) else {
             return MOSQ_ERR_SUCCESS as c_int;
         };
         let (client, filter) = (client.to_owned(), filter.to_owned());
-        p.send(if event == MOSQ_EVT_SUBSCRIBE_V21 { ToWorker::Subscribe { client, filter } } else { ToWorker::Unsubscribe { client, filter } });
+        p.send(if event == MOSQ_EVT_SUBSCRIBE_V21 {
+            ToWorker::Subscribe { client, filter }
+        } else {
+            ToWorker::Unsubscribe { client, filter }
+        });
         MOSQ_ERR_SUCCESS as c_int
     })
 }
 
-unsafe extern "C" fn on_disconnect(_event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+unsafe extern "C" fn on_disconnect(
+    _event: c_int,
+    event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
     guarded("DISCONNECT", MOSQ_ERR_SUCCESS as c_int, || {
         // SAFETY: userdata is our Plugin; event_data is the broker's mosquitto_evt_disconnect.
-        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe { (event_data as *const mosquitto_evt_disconnect).as_ref() }) else {
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
+            (event_data as *const mosquitto_evt_disconnect).as_ref()
+        }) else {
             return MOSQ_ERR_SUCCESS as c_int;
         };
         // A persistent session keeps its subscriptions (and so our interest) after the client goes.
@@ -203,10 +257,16 @@ unsafe extern "C" fn on_disconnect(_event: c_int, event_data: *mut c_void, userd
     })
 }
 
-unsafe extern "C" fn on_tick(_event: c_int, _event_data: *mut c_void, userdata: *mut c_void) -> c_int {
+unsafe extern "C" fn on_tick(
+    _event: c_int,
+    _event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
     guarded("TICK", MOSQ_ERR_SUCCESS as c_int, || {
         // SAFETY: userdata is our Plugin.
-        let Some(p) = (unsafe { plugin(userdata) }) else { return MOSQ_ERR_SUCCESS as c_int };
+        let Some(p) = (unsafe { plugin(userdata) }) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
         // Nothing pending costs one try_recv.
         for _ in 0..INJECT_PER_TICK {
             match p.worker.from_worker.try_recv() {
@@ -215,8 +275,15 @@ unsafe extern "C" fn on_tick(_event: c_int, _event_data: *mut c_void, userdata: 
                 Err(_) => break,
             }
         }
-        if p.dropped > p.dropped_reported && p.last_drop_report.elapsed() >= Duration::from_secs(10) {
-            log_now(Level::Warning, &format!("mqtt-twister: worker queue full, {} events dropped so far", p.dropped));
+        if p.dropped > p.dropped_reported && p.last_drop_report.elapsed() >= Duration::from_secs(10)
+        {
+            log_now(
+                Level::Warning,
+                &format!(
+                    "mqtt-twister: worker queue full, {} events dropped so far",
+                    p.dropped
+                ),
+            );
             p.dropped_reported = p.dropped;
             p.last_drop_report = Instant::now();
         }
@@ -226,7 +293,9 @@ unsafe extern "C" fn on_tick(_event: c_int, _event_data: *mut c_void, userdata: 
 
 /// Publishes a message from the network into the broker. Broker thread only.
 fn inject(m: Message) {
-    let Ok(topic) = CString::new(m.topic) else { return };
+    let Ok(topic) = CString::new(m.topic) else {
+        return;
+    };
     let len = m.payload.len();
     let payload = if len == 0 {
         ptr::null_mut()
@@ -234,7 +303,10 @@ fn inject(m: Message) {
         // SAFETY: the broker's allocator, so the broker can free the payload it takes over.
         let p = unsafe { mosquitto_malloc(len) };
         if p.is_null() {
-            log_now(Level::Error, "mqtt-twister: out of memory injecting a message");
+            log_now(
+                Level::Error,
+                "mqtt-twister: out of memory injecting a message",
+            );
             return;
         }
         // SAFETY: p has len writable bytes and does not overlap the Vec.
@@ -243,13 +315,26 @@ fn inject(m: Message) {
     };
     // SAFETY: broker thread (TICK); clientid NULL; topic is copied by the broker; on success the broker
     // owns payload (allocated with mosquitto_malloc), on failure it is still ours to free.
-    let rc = unsafe { mosquitto_broker_publish(ptr::null(), topic.as_ptr(), len as c_int, payload, m.qos as c_int, m.retain, ptr::null_mut()) };
+    let rc = unsafe {
+        mosquitto_broker_publish(
+            ptr::null(),
+            topic.as_ptr(),
+            len as c_int,
+            payload,
+            m.qos as c_int,
+            m.retain,
+            ptr::null_mut(),
+        )
+    };
     if rc != MOSQ_ERR_SUCCESS as c_int {
         if !payload.is_null() {
             // SAFETY: the broker did not take the payload.
             unsafe { mosquitto_free(payload) };
         }
-        log_now(Level::Warning, &format!("mqtt-twister: broker refused a message from the network (error {rc})"));
+        log_now(
+            Level::Warning,
+            &format!("mqtt-twister: broker refused a message from the network (error {rc})"),
+        );
     }
 }
 
@@ -261,7 +346,11 @@ pub fn plugin_version(count: c_int, versions: *const c_int) -> c_int {
     }
     // SAFETY: the broker passes `count` readable ints.
     let offered = unsafe { std::slice::from_raw_parts(versions, count as usize) };
-    if offered.contains(&5) { 5 } else { -1 }
+    if offered.contains(&5) {
+        5
+    } else {
+        -1
+    }
 }
 
 /// SAFETY (for callers): `opts` points to `count` options alive for this call.
@@ -274,7 +363,13 @@ unsafe fn read_options(opts: *mut mosquitto_opt, count: c_int) -> Vec<(String, S
     list.iter()
         .map(|o| {
             // SAFETY: key and value are NUL-terminated strings (or null) owned by the broker.
-            let text = |p: *mut c_char| if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
+            let text = |p: *mut c_char| {
+                if p.is_null() {
+                    String::new()
+                } else {
+                    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+                }
+            };
             (text(o.key), text(o.value))
         })
         .collect()
@@ -296,10 +391,20 @@ fn resolve_password(cfg: &Config) -> Result<String, String> {
     match &cfg.rpc_password {
         PasswordSource::Inline(s) => Ok(s.0.clone()),
         PasswordSource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}rpc_password_file: cannot read {}: {e}", config::PREFIX, path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "{}rpc_password_file: cannot read {}: {e}",
+                    config::PREFIX,
+                    path.display()
+                )
+            })?;
             let pw = text.lines().next().unwrap_or("").trim().to_string();
             if pw.is_empty() {
-                return Err(format!("{}rpc_password_file: {} is empty", config::PREFIX, path.display()));
+                return Err(format!(
+                    "{}rpc_password_file: {} is empty",
+                    config::PREFIX,
+                    path.display()
+                ));
             }
             Ok(pw)
         }
@@ -307,11 +412,15 @@ fn resolve_password(cfg: &Config) -> Result<String, String> {
 }
 
 fn load_state(cfg: &Config) -> Result<Option<Saved>, String> {
-    let Some(path) = &cfg.state_file else { return Ok(None) };
+    let Some(path) = &cfg.state_file else {
+        return Ok(None);
+    };
     let saved = Saved::load(path).map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
     if saved.is_none() {
         // Fail now, not at the first post, when the file cannot be written.
-        Saved::default().save(path).map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
+        Saved::default()
+            .save(path)
+            .map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
     }
     Ok(saved)
 }
@@ -336,7 +445,12 @@ fn unregister_all(p: &mut Plugin) {
     }
 }
 
-pub fn plugin_init(id: *mut mosquitto_plugin_id_t, userdata: *mut *mut c_void, opts: *mut mosquitto_opt, count: c_int) -> c_int {
+pub fn plugin_init(
+    id: *mut mosquitto_plugin_id_t,
+    userdata: *mut *mut c_void,
+    opts: *mut mosquitto_opt,
+    count: c_int,
+) -> c_int {
     guarded("init", MOSQ_ERR_UNKNOWN as c_int, || {
         // SAFETY: the broker passes `count` options valid for this call.
         let options = unsafe { read_options(opts, count) };
@@ -350,7 +464,11 @@ pub fn plugin_init(id: *mut mosquitto_plugin_id_t, userdata: *mut *mut c_void, o
         };
         let v21 = is_mosquitto_21();
         let broker_conf = access::read_running_broker();
-        if !v21 && broker_conf.as_ref().is_some_and(|c| c.per_listener_settings) {
+        if !v21
+            && broker_conf
+                .as_ref()
+                .is_some_and(|c| c.per_listener_settings)
+        {
             return refuse("per_listener_settings true is not supported on Mosquitto 2.0: the broker never calls the plugin's TICK there, so nothing would ever arrive from the network. Set per_listener_settings false.");
         }
         let acl = match access::decide(cfg.access, broker_conf.as_ref()) {
@@ -362,16 +480,31 @@ pub fn plugin_init(id: *mut mosquitto_plugin_id_t, userdata: *mut *mut c_void, o
             Err(e) => return refuse(&e),
         };
         let (url, user) = (cfg.rpc_url.clone(), cfg.rpc_user.clone());
-        let make_rpc = move |timeout| Box::new(HttpTwister::new(&url, &user, &password, timeout)) as Box<dyn Twister>;
+        let make_rpc = move |timeout| {
+            Box::new(HttpTwister::new(&url, &user, &password, timeout)) as Box<dyn Twister>
+        };
         let worker = match WorkerHandle::spawn(cfg.clone(), make_rpc, saved) {
             Ok(w) => w,
             Err(e) => return refuse(&format!("cannot start the worker thread: {e}")),
         };
-        let mut p = Box::new(Plugin { id, cfg: cfg.clone(), worker, acl, registered: Vec::new(), dropped: 0, dropped_reported: 0, last_drop_report: Instant::now() });
+        let mut p = Box::new(Plugin {
+            id,
+            cfg: cfg.clone(),
+            worker,
+            acl,
+            registered: Vec::new(),
+            dropped: 0,
+            dropped_reported: 0,
+            last_drop_report: Instant::now(),
+        });
         let mut ok = register(&mut p, MOSQ_EVT_MESSAGE as c_int, on_message)
             && register(&mut p, MOSQ_EVT_TICK as c_int, on_tick)
             && register(&mut p, MOSQ_EVT_DISCONNECT as c_int, on_disconnect);
-        let via = if ok && v21 && register(&mut p, MOSQ_EVT_SUBSCRIBE_V21, on_subscribe_v21) && register(&mut p, MOSQ_EVT_UNSUBSCRIBE_V21, on_subscribe_v21) {
+        let via = if ok
+            && v21
+            && register(&mut p, MOSQ_EVT_SUBSCRIBE_V21, on_subscribe_v21)
+            && register(&mut p, MOSQ_EVT_UNSUBSCRIBE_V21, on_subscribe_v21)
+        {
             "SUBSCRIBE events"
         } else {
             ok = ok && register(&mut p, MOSQ_EVT_ACL_CHECK as c_int, on_acl_check);

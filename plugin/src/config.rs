@@ -89,22 +89,56 @@ pub enum ConfigError {
 
 const LISTS: &[&str] = &["follow", "publish", "private", "subscribe"];
 const SCALARS: &[&str] = &[
-    "rpc_url", "rpc_user", "rpc_password", "rpc_password_file", "user", "poll_interval_ms",
-    "batch_delay_ms", "interest_refresh_ms", "profile_debounce_ms", "rpc_timeout_ms", "max_queue",
-    "state_file", "create_user", "access", "wire_format",
+    "rpc_url",
+    "rpc_user",
+    "rpc_password",
+    "rpc_password_file",
+    "user",
+    "poll_interval_ms",
+    "batch_delay_ms",
+    "interest_refresh_ms",
+    "profile_debounce_ms",
+    "rpc_timeout_ms",
+    "max_queue",
+    "state_file",
+    "create_user",
+    "access",
+    "wire_format",
 ];
 const KNOWN: &[&str] = &[
-    "rpc_url", "rpc_user", "rpc_password", "rpc_password_file", "user", "follow", "publish", "private",
-    "subscribe", "poll_interval_ms", "batch_delay_ms", "interest_refresh_ms", "profile_debounce_ms",
-    "rpc_timeout_ms", "max_queue", "state_file", "create_user", "access", "wire_format",
+    "rpc_url",
+    "rpc_user",
+    "rpc_password",
+    "rpc_password_file",
+    "user",
+    "follow",
+    "publish",
+    "private",
+    "subscribe",
+    "poll_interval_ms",
+    "batch_delay_ms",
+    "interest_refresh_ms",
+    "profile_debounce_ms",
+    "rpc_timeout_ms",
+    "max_queue",
+    "state_file",
+    "create_user",
+    "access",
+    "wire_format",
 ];
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 fn millis(key: &str, v: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
-    let n: u64 = v.trim().parse().map_err(|_| invalid(key, format!("'{v}' is not a whole number of milliseconds")))?;
+    let n: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, format!("'{v}' is not a whole number of milliseconds")))?;
     if !(min..=max).contains(&n) {
         return Err(invalid(key, format!("{n} is outside {min}..={max}")));
     }
@@ -123,7 +157,10 @@ fn username(key: &str, v: &str) -> Result<String, ConfigError> {
     if twister_rules::is_valid_username(v) {
         Ok(v.to_string())
     } else {
-        Err(invalid(key, format!("'{v}' is not a Twister user name (1-16 of a-z, 0-9, _)")))
+        Err(invalid(
+            key,
+            format!("'{v}' is not a Twister user name (1-16 of a-z, 0-9, _)"),
+        ))
     }
 }
 
@@ -143,7 +180,10 @@ fn user_list(key: &str, v: &str) -> Result<Vec<String>, ConfigError> {
 fn filter(key: &str, v: &str) -> Result<String, ConfigError> {
     let f = v.trim();
     if !topic::is_valid_filter(f) || f.starts_with("$share/") {
-        return Err(invalid(key, format!("'{f}' is not a valid MQTT topic filter")));
+        return Err(invalid(
+            key,
+            format!("'{f}' is not a valid MQTT topic filter"),
+        ));
     }
     Ok(f.to_string())
 }
@@ -162,15 +202,29 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
             seen.push(k);
         }
     }
-    debug_assert!(KNOWN.iter().all(|k| LISTS.contains(k) || SCALARS.contains(k)));
+    debug_assert!(KNOWN
+        .iter()
+        .all(|k| LISTS.contains(k) || SCALARS.contains(k)));
     let get = |key: &str| opts.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim());
-    let all = |key: &'static str| opts.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.trim());
+    let all = |key: &'static str| {
+        opts.iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.trim())
+    };
 
-    let rpc_url = get("rpc_url").unwrap_or("http://127.0.0.1:28332/").to_string();
+    let rpc_url = get("rpc_url")
+        .unwrap_or("http://127.0.0.1:28332/")
+        .to_string();
     if !(rpc_url.starts_with("http://") || rpc_url.starts_with("https://")) || rpc_url.len() < 10 {
-        return Err(invalid("rpc_url", format!("'{rpc_url}' is not an http:// URL")));
+        return Err(invalid(
+            "rpc_url",
+            format!("'{rpc_url}' is not an http:// URL"),
+        ));
     }
-    let rpc_user = get("rpc_user").filter(|s| !s.is_empty()).ok_or(ConfigError::Missing("rpc_user"))?.to_string();
+    let rpc_user = get("rpc_user")
+        .filter(|s| !s.is_empty())
+        .ok_or(ConfigError::Missing("rpc_user"))?
+        .to_string();
     let rpc_password = match (get("rpc_password"), get("rpc_password_file")) {
         (Some(_), Some(_)) => return Err(ConfigError::TwoPasswords),
         (Some(""), None) => return Err(invalid("rpc_password", "must not be empty")),
@@ -189,34 +243,66 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
             }
         }
     }
-    let publish = all("publish").map(|v| filter("publish", v)).collect::<Result<Vec<_>, _>>()?;
-    let subscribe = all("subscribe").map(|v| filter("subscribe", v)).collect::<Result<Vec<_>, _>>()?;
+    let publish = all("publish")
+        .map(|v| filter("publish", v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let subscribe = all("subscribe")
+        .map(|v| filter("subscribe", v))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut private = Vec::new();
     for v in all("private") {
         let Some((f, users)) = v.split_once([' ', '\t']) else {
-            return Err(invalid("private", format!("'{v}' must be '<topic filter> <user>[,<user>...]'")));
+            return Err(invalid(
+                "private",
+                format!("'{v}' must be '<topic filter> <user>[,<user>...]'"),
+            ));
         };
         let users = user_list("private", users)?;
         if users.contains(&user) {
-            return Err(invalid("private", format!("cannot send direct messages to ourselves ({user})")));
+            return Err(invalid(
+                "private",
+                format!("cannot send direct messages to ourselves ({user})"),
+            ));
         }
-        private.push(PrivateRule { filter: filter("private", f)?, users });
+        private.push(PrivateRule {
+            filter: filter("private", f)?,
+            users,
+        });
     }
 
     let access = match get("access").unwrap_or("auto") {
         "auto" => AccessMode::Auto,
         "defer" => AccessMode::Defer,
         "allow" => AccessMode::Allow,
-        other => return Err(invalid("access", format!("'{other}' is not auto, defer or allow"))),
+        other => {
+            return Err(invalid(
+                "access",
+                format!("'{other}' is not auto, defer or allow"),
+            ))
+        }
     };
     let wire_format = match get("wire_format").unwrap_or("v1") {
         "v1" => WireFormat::V1,
         "poc" => WireFormat::Poc,
-        other => return Err(invalid("wire_format", format!("'{other}' is not v1 or poc"))),
+        other => {
+            return Err(invalid(
+                "wire_format",
+                format!("'{other}' is not v1 or poc"),
+            ))
+        }
     };
     let max_queue = match get("max_queue") {
         None => 10_000,
-        Some(v) => v.parse().ok().filter(|n| (1..=10_000_000).contains(n)).ok_or_else(|| invalid("max_queue", format!("'{v}' is not a number from 1 to 10000000")))?,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=10_000_000).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "max_queue",
+                    format!("'{v}' is not a number from 1 to 10000000"),
+                )
+            })?,
     };
     let state_file = match get("state_file") {
         None => None,
@@ -243,7 +329,10 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         rpc_timeout: ms("rpc_timeout_ms", 5000, 100, 600_000)?,
         max_queue,
         state_file,
-        create_user: get("create_user").map(|v| boolean("create_user", v)).transpose()?.unwrap_or(false),
+        create_user: get("create_user")
+            .map(|v| boolean("create_user", v))
+            .transpose()?
+            .unwrap_or(false),
         access,
         wire_format,
     })
@@ -257,7 +346,11 @@ impl Config {
 
     /// Whether a local message on `topic` leaves this broker at all (public or private).
     pub fn forwards(&self, topic: &str) -> bool {
-        self.publish.iter().any(|f| topic::matches(f, topic)) || self.private.iter().any(|r| topic::matches(&r.filter, topic))
+        self.publish.iter().any(|f| topic::matches(f, topic))
+            || self
+                .private
+                .iter()
+                .any(|r| topic::matches(&r.filter, topic))
     }
 }
 
@@ -266,11 +359,17 @@ mod tests {
     use super::*;
 
     fn opts(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn base() -> Vec<(&'static str, &'static str)> {
-        vec![("rpc_user", "rpc"), ("rpc_password", "secret"), ("user", "alice")]
+        vec![
+            ("rpc_user", "rpc"),
+            ("rpc_password", "secret"),
+            ("user", "alice"),
+        ]
     }
 
     fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
@@ -301,16 +400,29 @@ mod tests {
             ("subscribe", "cmd/alice/#"),
         ])
         .unwrap();
-        assert_eq!(c.follow, vec!["bob", "carol", "dave"], "ourselves is never in the follow list");
+        assert_eq!(
+            c.follow,
+            vec!["bob", "carol", "dave"],
+            "ourselves is never in the follow list"
+        );
         assert_eq!(c.publish, vec!["sensors/#", "alerts/+"]);
-        assert_eq!(c.private, vec![PrivateRule { filter: "doors/#".into(), users: vec!["bob".into(), "carol".into()] }]);
+        assert_eq!(
+            c.private,
+            vec![PrivateRule {
+                filter: "doors/#".into(),
+                users: vec!["bob".into(), "carol".into()]
+            }]
+        );
         assert!(c.forwards("doors/1") && c.forwards("sensors/x/y") && !c.forwards("other"));
     }
 
     #[test]
     fn every_error_names_its_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("poll_interval_ms", "fast")], "plugin_opt_poll_interval_ms"),
+            (
+                &[("poll_interval_ms", "fast")],
+                "plugin_opt_poll_interval_ms",
+            ),
             (&[("poll_interval_ms", "5")], "plugin_opt_poll_interval_ms"),
             (&[("follow", "Bob")], "plugin_opt_follow"),
             (&[("publish", "a/#/b")], "plugin_opt_publish"),
@@ -334,10 +446,24 @@ mod tests {
 
     #[test]
     fn required_keys() {
-        assert_eq!(parse(&opts(&[("rpc_password", "p"), ("user", "a")])).unwrap_err(), ConfigError::Missing("rpc_user"));
-        assert_eq!(parse(&opts(&[("rpc_user", "r"), ("user", "a")])).unwrap_err(), ConfigError::Missing("rpc_password"));
-        assert_eq!(parse(&opts(&[("rpc_user", "r"), ("rpc_password", "p")])).unwrap_err(), ConfigError::Missing("user"));
-        let c = parse(&opts(&[("rpc_user", "r"), ("rpc_password_file", "/etc/pw"), ("user", "a")])).unwrap();
+        assert_eq!(
+            parse(&opts(&[("rpc_password", "p"), ("user", "a")])).unwrap_err(),
+            ConfigError::Missing("rpc_user")
+        );
+        assert_eq!(
+            parse(&opts(&[("rpc_user", "r"), ("user", "a")])).unwrap_err(),
+            ConfigError::Missing("rpc_password")
+        );
+        assert_eq!(
+            parse(&opts(&[("rpc_user", "r"), ("rpc_password", "p")])).unwrap_err(),
+            ConfigError::Missing("user")
+        );
+        let c = parse(&opts(&[
+            ("rpc_user", "r"),
+            ("rpc_password_file", "/etc/pw"),
+            ("user", "a"),
+        ]))
+        .unwrap();
         assert_eq!(c.rpc_password, PasswordSource::File("/etc/pw".into()));
     }
 

@@ -27,7 +27,9 @@ pub struct DhtThread {
 
 /// The profile's value and sequence number as the DHT holds them (seq 0: no profile yet).
 pub fn read_profile(rpc: &dyn Twister, user: &str) -> Result<(Map<String, Value>, i64), String> {
-    let got = rpc.call("dhtget", json!([user, PROFILE, "s", DHTGET_TIMEOUT_MS])).map_err(|e| format!("dhtget: {e}"))?;
+    let got = rpc
+        .call("dhtget", json!([user, PROFILE, "s", DHTGET_TIMEOUT_MS]))
+        .map_err(|e| format!("dhtget: {e}"))?;
     let Some(item) = got.as_array().and_then(|a| a.first()) else {
         return Ok((Map::new(), 0));
     };
@@ -39,7 +41,13 @@ pub fn read_profile(rpc: &dyn Twister, user: &str) -> Result<(Map<String, Value>
 /// The topic filters in a profile value; `None` when it has none.
 pub fn topics_of(profile: &Map<String, Value>) -> Option<Vec<String>> {
     let list = profile.get(TOPICS_KEY)?.as_array()?;
-    Some(list.iter().filter_map(Value::as_str).filter(|f| crate::topic::is_valid_filter(f)).map(String::from).collect())
+    Some(
+        list.iter()
+            .filter_map(Value::as_str)
+            .filter(|f| crate::topic::is_valid_filter(f))
+            .map(String::from)
+            .collect(),
+    )
 }
 
 /// Writes `filters` into the profile, keeping every other key, then reads it back to be sure.
@@ -52,17 +60,30 @@ pub fn write_profile(rpc: &dyn Twister, user: &str, filters: &[String]) -> Resul
     let value = Value::Object(value);
     let size = twister_rules::dht_value_size(&value, true);
     if size > twister_rules::MAX_DHT_SINGLE {
-        return Err(format!("the profile would be {size} bytes with {} filters; Twister keeps at most {}", filters.len(), twister_rules::MAX_DHT_SINGLE));
+        return Err(format!(
+            "the profile would be {size} bytes with {} filters; Twister keeps at most {}",
+            filters.len(),
+            twister_rules::MAX_DHT_SINGLE
+        ));
     }
-    rpc.call("dhtput", json!([user, PROFILE, "s", value, user, seq + 1])).map_err(|e| format!("dhtput: {e}"))?;
+    rpc.call("dhtput", json!([user, PROFILE, "s", value, user, seq + 1]))
+        .map_err(|e| format!("dhtput: {e}"))?;
     let (back, _) = read_profile(rpc, user)?;
     if topics_of(&back).as_deref() != Some(filters) {
-        return Err("the DHT did not keep the new profile (another writer with a higher seq?)".into());
+        return Err(
+            "the DHT did not keep the new profile (another writer with a higher seq?)".into(),
+        );
     }
     Ok(())
 }
 
-fn serve(cfg: Arc<Config>, rpc: Box<dyn Twister>, jobs: Receiver<DhtJob>, worker: Sender<ToWorker>, broker: Sender<ToBroker>) {
+fn serve(
+    cfg: Arc<Config>,
+    rpc: Box<dyn Twister>,
+    jobs: Receiver<DhtJob>,
+    worker: Sender<ToWorker>,
+    broker: Sender<ToBroker>,
+) {
     while let Ok(first) = jobs.recv() {
         // Coalesce: only the newest profile matters, and one read of every user asked about.
         let mut write: Option<Vec<String>> = None;
@@ -78,21 +99,34 @@ fn serve(cfg: Arc<Config>, rpc: Box<dyn Twister>, jobs: Receiver<DhtJob>, worker
         if let Some(filters) = write {
             let r = write_profile(rpc.as_ref(), &cfg.user, &filters);
             if r.is_ok() {
-                let _ = broker.try_send(ToBroker::Log(Level::Info, format!("mqtt-twister: profile interest is now {filters:?}")));
+                let _ = broker.try_send(ToBroker::Log(
+                    Level::Info,
+                    format!("mqtt-twister: profile interest is now {filters:?}"),
+                ));
             }
-            if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = worker.try_send(ToWorker::ProfileWritten(r)) {
+            if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
+                worker.try_send(ToWorker::ProfileWritten(r))
+            {
                 return;
             }
         }
         for user in read {
             match read_profile(rpc.as_ref(), &user) {
                 Ok((profile, _)) => {
-                    if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = worker.try_send(ToWorker::RemoteInterest { user, filters: topics_of(&profile) }) {
+                    if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
+                        worker.try_send(ToWorker::RemoteInterest {
+                            user,
+                            filters: topics_of(&profile),
+                        })
+                    {
                         return;
                     }
                 }
                 Err(e) => {
-                    let _ = broker.try_send(ToBroker::Log(Level::Warning, format!("mqtt-twister: reading the interest of {user}: {e}")));
+                    let _ = broker.try_send(ToBroker::Log(
+                        Level::Warning,
+                        format!("mqtt-twister: reading the interest of {user}: {e}"),
+                    ));
                 }
             }
         }
@@ -100,12 +134,25 @@ fn serve(cfg: Arc<Config>, rpc: Box<dyn Twister>, jobs: Receiver<DhtJob>, worker
 }
 
 impl DhtThread {
-    pub fn spawn(cfg: Arc<Config>, rpc: Box<dyn Twister>, worker: Sender<ToWorker>, broker: Sender<ToBroker>) -> Self {
+    pub fn spawn(
+        cfg: Arc<Config>,
+        rpc: Box<dyn Twister>,
+        worker: Sender<ToWorker>,
+        broker: Sender<ToBroker>,
+    ) -> Self {
         let (tx, rx) = unbounded();
-        let thread = std::thread::Builder::new().name("mqtt-twister-dht".into()).spawn(move || serve(cfg, rpc, rx, worker, broker));
+        let thread = std::thread::Builder::new()
+            .name("mqtt-twister-dht".into())
+            .spawn(move || serve(cfg, rpc, rx, worker, broker));
         match thread {
-            Ok(t) => DhtThread { jobs: Some(tx), thread: Some(t) },
-            Err(_) => DhtThread { jobs: None, thread: None },
+            Ok(t) => DhtThread {
+                jobs: Some(tx),
+                thread: Some(t),
+            },
+            Err(_) => DhtThread {
+                jobs: None,
+                thread: None,
+            },
         }
     }
 

@@ -15,15 +15,24 @@ pub struct Interest {
 
 impl Interest {
     pub fn new(fixed: &[String]) -> Self {
-        Interest { fixed: fixed.to_vec(), ..Default::default() }
+        Interest {
+            fixed: fixed.to_vec(),
+            ..Default::default()
+        }
     }
 
     /// Returns true when the set of filters changed.
     pub fn subscribe(&mut self, client: &str, raw_filter: &str) -> bool {
-        let Some(filter) = topic::strip_shared(raw_filter).filter(|f| topic::is_valid_filter(f)) else {
+        let Some(filter) = topic::strip_shared(raw_filter).filter(|f| topic::is_valid_filter(f))
+        else {
             return false;
         };
-        if !self.by_client.entry(client.to_string()).or_default().insert(filter.to_string()) {
+        if !self
+            .by_client
+            .entry(client.to_string())
+            .or_default()
+            .insert(filter.to_string())
+        {
             return false;
         }
         let n = self.counts.entry(filter.to_string()).or_insert(0);
@@ -32,14 +41,21 @@ impl Interest {
     }
 
     pub fn unsubscribe(&mut self, client: &str, raw_filter: &str) -> bool {
-        let Some(filter) = topic::strip_shared(raw_filter) else { return false };
-        let removed = self.by_client.get_mut(client).is_some_and(|s| s.remove(filter));
+        let Some(filter) = topic::strip_shared(raw_filter) else {
+            return false;
+        };
+        let removed = self
+            .by_client
+            .get_mut(client)
+            .is_some_and(|s| s.remove(filter));
         removed && self.release(filter)
     }
 
     /// A client whose session ended: all its subscriptions are gone.
     pub fn client_gone(&mut self, client: &str) -> bool {
-        let Some(filters) = self.by_client.remove(client) else { return false };
+        let Some(filters) = self.by_client.remove(client) else {
+            return false;
+        };
         let mut changed = false;
         for f in filters {
             changed |= self.release(&f);
@@ -63,14 +79,22 @@ impl Interest {
 
     /// Sorted, without duplicates: what goes into the profile's `mqtt_topics`.
     pub fn filters(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.counts.keys().cloned().chain(self.fixed.iter().cloned()).collect();
+        let mut all: Vec<String> = self
+            .counts
+            .keys()
+            .cloned()
+            .chain(self.fixed.iter().cloned())
+            .collect();
         all.sort();
         all.dedup();
         all
     }
 
     pub fn wants(&self, topic_name: &str) -> bool {
-        self.fixed.iter().chain(self.counts.keys()).any(|f| topic::matches(f, topic_name))
+        self.fixed
+            .iter()
+            .chain(self.counts.keys())
+            .any(|f| topic::matches(f, topic_name))
     }
 }
 

@@ -33,12 +33,21 @@ mod exports {
     }
 
     #[no_mangle]
-    pub extern "C" fn mosquitto_plugin_init(id: *mut mosquitto_plugin_id_t, userdata: *mut *mut c_void, opts: *mut mosquitto_opt, count: c_int) -> c_int {
+    pub extern "C" fn mosquitto_plugin_init(
+        id: *mut mosquitto_plugin_id_t,
+        userdata: *mut *mut c_void,
+        opts: *mut mosquitto_opt,
+        count: c_int,
+    ) -> c_int {
         broker::plugin_init(id, userdata, opts, count)
     }
 
     #[no_mangle]
-    pub extern "C" fn mosquitto_plugin_cleanup(userdata: *mut c_void, opts: *mut mosquitto_opt, count: c_int) -> c_int {
+    pub extern "C" fn mosquitto_plugin_cleanup(
+        userdata: *mut c_void,
+        opts: *mut mosquitto_opt,
+        count: c_int,
+    ) -> c_int {
         broker::plugin_cleanup(userdata, opts, count)
     }
 }

@@ -75,14 +75,19 @@ fn parse_reply(body: &str) -> Result<Value, RpcError> {
         Some(Value::Null) | None => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
         Some(e) => Err(RpcError::Rpc {
             code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
-            message: e.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+            message: e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
         }),
     }
 }
 
 impl Twister for HttpTwister {
     fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
-        let body = json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}).to_string();
+        let body =
+            json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}).to_string();
         let sent = self
             .agent
             .post(&self.url)
@@ -90,7 +95,11 @@ impl Twister for HttpTwister {
             .set("Content-Type", "application/json")
             .send_string(&body);
         match sent {
-            Ok(resp) => parse_reply(&resp.into_string().map_err(|e| RpcError::Transport(e.kind().to_string()))?),
+            Ok(resp) => parse_reply(
+                &resp
+                    .into_string()
+                    .map_err(|e| RpcError::Transport(e.kind().to_string()))?,
+            ),
             Err(ureq::Error::Status(status, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 match parse_reply(&text) {
@@ -109,16 +118,30 @@ mod tests {
 
     #[test]
     fn replies_are_read_like_twisterd_writes_them() {
-        assert_eq!(parse_reply(r#"{"result":5,"error":null,"id":1}"#), Ok(json!(5)));
-        assert_eq!(parse_reply(r#"{"result":null,"error":null,"id":1}"#), Ok(Value::Null));
-        let e = parse_reply(r#"{"result":null,"error":{"code":-32602,"message":"bad post signature"},"id":1}"#).unwrap_err();
+        assert_eq!(
+            parse_reply(r#"{"result":5,"error":null,"id":1}"#),
+            Ok(json!(5))
+        );
+        assert_eq!(
+            parse_reply(r#"{"result":null,"error":null,"id":1}"#),
+            Ok(Value::Null)
+        );
+        let e = parse_reply(
+            r#"{"result":null,"error":{"code":-32602,"message":"bad post signature"},"id":1}"#,
+        )
+        .unwrap_err();
         assert!(e.is_rpc(RPC_INVALID_PARAMS) && e.message_starts("bad post"));
         assert!(matches!(parse_reply("<html>"), Err(RpcError::BadReply(_))));
     }
 
     #[test]
     fn unreachable_node_is_a_transport_error_without_credentials() {
-        let t = HttpTwister::new("http://127.0.0.1:1/", "user", "hunter2", Duration::from_millis(500));
+        let t = HttpTwister::new(
+            "http://127.0.0.1:1/",
+            "user",
+            "hunter2",
+            Duration::from_millis(500),
+        );
         let e = t.call("getinfo", json!([])).unwrap_err();
         assert!(matches!(e, RpcError::Transport(_)), "{e:?}");
         assert!(!e.to_string().contains("hunter2"));

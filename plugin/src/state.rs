@@ -21,7 +21,11 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn at(k: i64) -> Self {
-        Cursor { k, dm_id: -1, seen: BTreeSet::new() }
+        Cursor {
+            k,
+            dm_id: -1,
+            seen: BTreeSet::new(),
+        }
     }
 
     /// True the first time a piece is seen; false for a duplicate or a piece older than the window.
@@ -61,16 +65,37 @@ impl Saved {
         let cursors: Map<String, Value> = self
             .cursors
             .iter()
-            .map(|(u, c)| (u.clone(), json!({"k": c.k, "dm_id": c.dm_id, "seen": c.seen})))
+            .map(|(u, c)| {
+                (
+                    u.clone(),
+                    json!({"k": c.k, "dm_id": c.dm_id, "seen": c.seen}),
+                )
+            })
             .collect();
         json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors})
     }
 
     pub fn from_json(v: &Value) -> Option<Saved> {
-        let mut s = Saved { next_k: v.get("next_k")?.as_i64()?, seq: v.get("seq")?.as_u64()?, cursors: BTreeMap::new() };
+        let mut s = Saved {
+            next_k: v.get("next_k")?.as_i64()?,
+            seq: v.get("seq")?.as_u64()?,
+            cursors: BTreeMap::new(),
+        };
         for (u, c) in v.get("cursors")?.as_object()? {
-            let seen = c.get("seen")?.as_array()?.iter().map(Value::as_i64).collect::<Option<_>>()?;
-            s.cursors.insert(u.clone(), Cursor { k: c.get("k")?.as_i64()?, dm_id: c.get("dm_id")?.as_i64()?, seen });
+            let seen = c
+                .get("seen")?
+                .as_array()?
+                .iter()
+                .map(Value::as_i64)
+                .collect::<Option<_>>()?;
+            s.cursors.insert(
+                u.clone(),
+                Cursor {
+                    k: c.get("k")?.as_i64()?,
+                    dm_id: c.get("dm_id")?.as_i64()?,
+                    seen,
+                },
+            );
         }
         Some(s)
     }
@@ -79,8 +104,11 @@ impl Saved {
     pub fn load(path: &Path) -> Result<Option<Saved>, StateError> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let v: Value = serde_json::from_slice(&bytes).map_err(|_| StateError::Corrupt(path.into()))?;
-                Saved::from_json(&v).map(Some).ok_or_else(|| StateError::Corrupt(path.into()))
+                let v: Value =
+                    serde_json::from_slice(&bytes).map_err(|_| StateError::Corrupt(path.into()))?;
+                Saved::from_json(&v)
+                    .map(Some)
+                    .ok_or_else(|| StateError::Corrupt(path.into()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StateError::Read(path.into(), e)),
@@ -94,7 +122,8 @@ impl Saved {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(self.to_json().to_string().as_bytes()).map_err(werr)?;
+        f.write_all(self.to_json().to_string().as_bytes())
+            .map_err(werr)?;
         f.sync_all().map_err(werr)?;
         std::fs::rename(&tmp, path).map_err(werr)
     }
@@ -109,7 +138,10 @@ mod tests {
         let mut c = Cursor::at(10);
         assert!(c.first_sight(11));
         assert!(!c.first_sight(11));
-        assert!(c.first_sight(5), "late piece inside the window is delivered once");
+        assert!(
+            c.first_sight(5),
+            "late piece inside the window is delivered once"
+        );
         assert!(!c.first_sight(5));
         c.advance(40);
         assert!(!c.first_sight(20), "too old");
@@ -121,7 +153,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         assert_eq!(Saved::load(&path).unwrap(), None);
-        let mut s = Saved { next_k: 12, seq: 99, ..Default::default() };
+        let mut s = Saved {
+            next_k: 12,
+            seq: 99,
+            ..Default::default()
+        };
         let mut c = Cursor::at(7);
         c.first_sight(8);
         c.dm_id = 3;

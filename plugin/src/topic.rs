@@ -26,7 +26,10 @@ pub fn is_valid_filter(filter: &str) -> bool {
 pub fn strip_shared(filter: &str) -> Option<&str> {
     match filter.strip_prefix(SHARED_PREFIX) {
         None => Some(filter),
-        Some(rest) => rest.split_once('/').map(|(_, f)| f).filter(|f| !f.is_empty()),
+        Some(rest) => rest
+            .split_once('/')
+            .map(|(_, f)| f)
+            .filter(|f| !f.is_empty()),
     }
 }
 

@@ -102,20 +102,43 @@ pub fn encode_poc(m: &Message) -> String {
     s
 }
 
-fn item(v: &Value, i: usize, topic_key: &str, payload_key: &str, qos_key: &str, retain_key: &str) -> Result<Message, WireError> {
-    let topic = v.get(topic_key).and_then(Value::as_str).ok_or(WireError::Item(i, "no topic"))?;
-    let payload = v.get(payload_key).and_then(Value::as_str).ok_or(WireError::Item(i, "no payload"))?;
-    let payload = B64.decode(payload).map_err(|_| WireError::Item(i, "payload is not base64"))?;
+fn item(
+    v: &Value,
+    i: usize,
+    topic_key: &str,
+    payload_key: &str,
+    qos_key: &str,
+    retain_key: &str,
+) -> Result<Message, WireError> {
+    let topic = v
+        .get(topic_key)
+        .and_then(Value::as_str)
+        .ok_or(WireError::Item(i, "no topic"))?;
+    let payload = v
+        .get(payload_key)
+        .and_then(Value::as_str)
+        .ok_or(WireError::Item(i, "no payload"))?;
+    let payload = B64
+        .decode(payload)
+        .map_err(|_| WireError::Item(i, "payload is not base64"))?;
     let qos = match v.get(qos_key) {
         None => 0,
-        Some(q) => q.as_u64().filter(|q| *q <= 2).ok_or(WireError::Item(i, "qos is not 0, 1 or 2"))? as u8,
+        Some(q) => q
+            .as_u64()
+            .filter(|q| *q <= 2)
+            .ok_or(WireError::Item(i, "qos is not 0, 1 or 2"))? as u8,
     };
     let retain = match v.get(retain_key) {
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(r) => r.as_u64().ok_or(WireError::Item(i, "bad retain flag"))? != 0,
     };
-    Ok(Message { topic: topic.to_string(), payload, qos, retain })
+    Ok(Message {
+        topic: topic.to_string(),
+        payload,
+        qos,
+        retain,
+    })
 }
 
 /// Reads a post's or DM's whole text (`msg` + `msg2`).
@@ -129,8 +152,15 @@ pub fn decode(text: &str) -> Result<Vec<Message>, WireError> {
         if version != 1 {
             return Err(WireError::Version(version));
         }
-        let items = v.get("m").and_then(Value::as_array).ok_or(WireError::NotMqtt)?;
-        return items.iter().enumerate().map(|(i, it)| item(it, i, "t", "p", "q", "r")).collect();
+        let items = v
+            .get("m")
+            .and_then(Value::as_array)
+            .ok_or(WireError::NotMqtt)?;
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| item(it, i, "t", "p", "q", "r"))
+            .collect();
     }
     if v.get("topic").is_some() {
         return Ok(vec![item(&v, 0, "topic", "payload", "qos", "retain")?]);
@@ -143,16 +173,28 @@ mod tests {
     use super::*;
 
     fn msg(topic: &str, payload: &[u8], qos: u8, retain: bool) -> Message {
-        Message { topic: topic.into(), payload: payload.into(), qos, retain }
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+        }
     }
 
     #[test]
     fn envelope_round_trips_a_batch() {
-        let batch = [msg("a/b", b"hello", 0, false), msg("ü/€ \"q\"", &[0, 255, 10], 2, true), msg("e", b"", 1, false)];
+        let batch = [
+            msg("a/b", b"hello", 0, false),
+            msg("ü/€ \"q\"", &[0, 255, 10], 2, true),
+            msg("e", b"", 1, false),
+        ];
         let items: Vec<String> = batch.iter().map(encode_item).collect();
         let text = envelope(7, items.iter().map(String::as_str));
         assert!(text.is_ascii());
-        assert_eq!(text.len(), envelope_size(7, items.len(), items.iter().map(String::len).sum()));
+        assert_eq!(
+            text.len(),
+            envelope_size(7, items.len(), items.iter().map(String::len).sum())
+        );
         assert_eq!(decode(&text).unwrap(), batch.to_vec());
     }
 
@@ -160,22 +202,38 @@ mod tests {
     fn mentions_and_hashtags_are_escaped() {
         let text = encode_item(&msg("users/@bob/#x", b"", 0, false));
         assert!(!text.contains('@') && !text.contains('#'), "{text}");
-        assert_eq!(decode(&envelope(1, [text.as_str()])).unwrap()[0].topic, "users/@bob/#x");
+        assert_eq!(
+            decode(&envelope(1, [text.as_str()])).unwrap()[0].topic,
+            "users/@bob/#x"
+        );
     }
 
     #[test]
     fn proof_of_concept_messages_are_read_and_written() {
         let poc = r#"{"topic": "doors/1", "payload": "b3Blbg==", "qos": 1}"#;
-        assert_eq!(decode(poc).unwrap(), vec![msg("doors/1", b"open", 1, false)]);
+        assert_eq!(
+            decode(poc).unwrap(),
+            vec![msg("doors/1", b"open", 1, false)]
+        );
         let m = msg("doors/2", b"shut", 0, false);
         assert_eq!(decode(&encode_poc(&m)).unwrap(), vec![m]);
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in ["", "hello world", "[1,2]", "{}", r#"{"v":1}"#, r#"{"v":"x","m":[]}"#, r#"{"topic":"a"}"#,
-            r#"{"topic":"a","payload":"!!"}"#, r#"{"topic":"a","payload":"","qos":7}"#, r#"{"v":1,"m":[{"t":"a","p":"","r":"x"}]}"#,
-            "{\"topic\":\"a\",\"payload\":\"\u{0}\"}"] {
+        for bad in [
+            "",
+            "hello world",
+            "[1,2]",
+            "{}",
+            r#"{"v":1}"#,
+            r#"{"v":"x","m":[]}"#,
+            r#"{"topic":"a"}"#,
+            r#"{"topic":"a","payload":"!!"}"#,
+            r#"{"topic":"a","payload":"","qos":7}"#,
+            r#"{"v":1,"m":[{"t":"a","p":"","r":"x"}]}"#,
+            "{\"topic\":\"a\",\"payload\":\"\u{0}\"}",
+        ] {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
         assert_eq!(decode(r#"{"v":2,"m":[]}"#), Err(WireError::Version(2)));

@@ -7,7 +7,9 @@
 use crate::config::{Config, WireFormat};
 use crate::dht::{DhtJob, DhtThread};
 use crate::interest::{any_matches, Interest};
-use crate::rpc::{RpcError, Twister, RPC_INVALID_PARAMS, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME};
+use crate::rpc::{
+    RpcError, Twister, RPC_INVALID_PARAMS, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME,
+};
 use crate::state::{Cursor, Saved, REORDER_WINDOW};
 use crate::wire::{self, Message};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -22,11 +24,22 @@ use twister_rules::PostHeader;
 #[derive(Debug)]
 pub enum ToWorker {
     Publish(Message),
-    Subscribe { client: String, filter: String },
-    Unsubscribe { client: String, filter: String },
-    ClientGone { client: String },
+    Subscribe {
+        client: String,
+        filter: String,
+    },
+    Unsubscribe {
+        client: String,
+        filter: String,
+    },
+    ClientGone {
+        client: String,
+    },
     /// From the DHT thread: a followed user's published interest (`None`: no profile or no topics).
-    RemoteInterest { user: String, filters: Option<Vec<String>> },
+    RemoteInterest {
+        user: String,
+        filters: Option<Vec<String>>,
+    },
     /// From the DHT thread: our profile write finished.
     ProfileWritten(Result<(), String>),
     /// The broker is unloading the plugin: flush, save, stop.
@@ -121,19 +134,29 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub fn spawn(cfg: Arc<Config>, make_rpc: impl Fn(Duration) -> Box<dyn Twister> + Send + 'static, saved: Option<Saved>) -> std::io::Result<Self> {
+    pub fn spawn(
+        cfg: Arc<Config>,
+        make_rpc: impl Fn(Duration) -> Box<dyn Twister> + Send + 'static,
+        saved: Option<Saved>,
+    ) -> std::io::Result<Self> {
         let (to_worker, inbox) = bounded(CHANNEL_CAPACITY);
         let (to_broker, from_worker) = bounded(CHANNEL_CAPACITY);
         let dht_inbox = to_worker.clone();
-        let thread = std::thread::Builder::new().name("mqtt-twister".into()).spawn(move || {
-            let rpc = make_rpc(cfg.rpc_timeout);
-            // dhtget waits up to its timeout for the network: the DHT thread gets a longer HTTP timeout.
-            let dht_rpc = make_rpc(cfg.rpc_timeout + Duration::from_secs(4));
-            let dht = DhtThread::spawn(cfg.clone(), dht_rpc, dht_inbox, to_broker.clone());
-            let worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
-            worker.run();
-        })?;
-        Ok(WorkerHandle { to_worker: Some(to_worker), from_worker, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("mqtt-twister".into())
+            .spawn(move || {
+                let rpc = make_rpc(cfg.rpc_timeout);
+                // dhtget waits up to its timeout for the network: the DHT thread gets a longer HTTP timeout.
+                let dht_rpc = make_rpc(cfg.rpc_timeout + Duration::from_secs(4));
+                let dht = DhtThread::spawn(cfg.clone(), dht_rpc, dht_inbox, to_broker.clone());
+                let worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
+                worker.run();
+            })?;
+        Ok(WorkerHandle {
+            to_worker: Some(to_worker),
+            from_worker,
+            thread: Some(thread),
+        })
     }
 
     /// Closes the channel and waits for the worker to flush, save and stop.
@@ -156,13 +179,24 @@ impl Drop for WorkerHandle {
 
 fn text_of(post: &Value) -> String {
     let up = &post["userpost"];
-    let mut t = up.get("msg").and_then(Value::as_str).unwrap_or("").to_string();
+    let mut t = up
+        .get("msg")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     t.push_str(up.get("msg2").and_then(Value::as_str).unwrap_or(""));
     t
 }
 
 impl Worker {
-    fn new(cfg: Arc<Config>, rpc: Box<dyn Twister>, inbox: Receiver<ToWorker>, to_broker: Sender<ToBroker>, dht: DhtThread, saved: Option<Saved>) -> Self {
+    fn new(
+        cfg: Arc<Config>,
+        rpc: Box<dyn Twister>,
+        inbox: Receiver<ToWorker>,
+        to_broker: Sender<ToBroker>,
+        dht: DhtThread,
+        saved: Option<Saved>,
+    ) -> Self {
         let now = Instant::now();
         let state_found = saved.is_some();
         let w = Worker {
@@ -197,13 +231,19 @@ impl Worker {
             counters: Counters::default(),
         };
         if w.cfg.state_file.is_some() && !state_found {
-            w.log(Level::Info, "no saved state yet: reading followed users from their newest post on");
+            w.log(
+                Level::Info,
+                "no saved state yet: reading followed users from their newest post on",
+            );
         }
         w
     }
 
     fn log(&self, level: Level, msg: impl Into<String>) {
-        let _ = self.to_broker.try_send(ToBroker::Log(level, format!("mqtt-twister: {}", msg.into())));
+        let _ = self.to_broker.try_send(ToBroker::Log(
+            level,
+            format!("mqtt-twister: {}", msg.into()),
+        ));
     }
 
     /// Logs `msg` only the first time `key` is seen.
@@ -214,11 +254,14 @@ impl Worker {
         }
     }
 
-    /// Logs an RPC failure once per change of state, with the method and the error's kind.
+    /// Logs an RPC failure once per change of state (the error's kind), naming the method that met it.
     fn rpc_failed(&mut self, method: &str, e: &RpcError) {
-        let kind = format!("{method}: {}", e.kind());
+        let kind = e.kind();
         if self.trouble.as_deref() != Some(kind.as_str()) {
-            self.log(Level::Error, format!("twisterd call {method} failed: {e}; retrying with backoff"));
+            self.log(
+                Level::Error,
+                format!("twisterd call {method} failed: {e}; retrying with backoff"),
+            );
             self.trouble = Some(kind);
         }
     }
@@ -302,7 +345,8 @@ impl Worker {
             self.dht.send(DhtJob::WriteProfile(self.interest.filters()));
         }
         if now >= self.next_interest_refresh && !self.private_recipients().is_empty() {
-            self.dht.send(DhtJob::ReadInterest(self.private_recipients()));
+            self.dht
+                .send(DhtJob::ReadInterest(self.private_recipients()));
             self.next_interest_refresh = now + self.cfg.interest_refresh;
         }
         if !self.unfollowed.is_empty() && now >= self.next_refollow {
@@ -312,7 +356,12 @@ impl Worker {
     }
 
     fn private_recipients(&self) -> Vec<String> {
-        let mut users: Vec<String> = self.cfg.private.iter().flat_map(|r| r.users.iter().cloned()).collect();
+        let mut users: Vec<String> = self
+            .cfg
+            .private
+            .iter()
+            .flat_map(|r| r.users.iter().cloned())
+            .collect();
         users.sort();
         users.dedup();
         users
@@ -344,7 +393,12 @@ impl Worker {
                     Some(f) => self.remote.insert(user, f),
                     None => self.remote.remove(&user),
                 };
-                if !self.remote_known && self.private_recipients().iter().all(|u| self.interest_answered.contains(u)) {
+                if !self.remote_known
+                    && self
+                        .private_recipients()
+                        .iter()
+                        .all(|u| self.interest_answered.contains(u))
+                {
                     self.remote_known = true;
                     for msg in std::mem::take(&mut self.held_private) {
                         self.enqueue_private(&msg);
@@ -354,7 +408,10 @@ impl Worker {
             ToWorker::Shutdown => {}
             ToWorker::ProfileWritten(Ok(())) => self.profile_backoff = Duration::from_millis(500),
             ToWorker::ProfileWritten(Err(e)) => {
-                self.log(Level::Warning, format!("writing our interest to the Twister profile failed: {e}; retrying"));
+                self.log(
+                    Level::Warning,
+                    format!("writing our interest to the Twister profile failed: {e}; retrying"),
+                );
                 self.profile_due = Some(Instant::now() + self.profile_backoff);
                 self.profile_backoff = (self.profile_backoff * 2).min(MAX_BACKOFF);
             }
@@ -388,7 +445,11 @@ impl Worker {
     }
 
     fn outbound(&mut self, msg: Message) {
-        let public = self.cfg.publish.iter().any(|f| crate::topic::matches(f, &msg.topic));
+        let public = self
+            .cfg
+            .publish
+            .iter()
+            .any(|f| crate::topic::matches(f, &msg.topic));
         if public && self.make_room() {
             let item = self.encode(&msg);
             self.public.items.push_back(item);
@@ -396,7 +457,12 @@ impl Worker {
             self.queued += 1;
             self.counters.forwarded += 1;
         }
-        if self.cfg.private.iter().any(|r| crate::topic::matches(&r.filter, &msg.topic)) {
+        if self
+            .cfg
+            .private
+            .iter()
+            .any(|r| crate::topic::matches(&r.filter, &msg.topic))
+        {
             if self.remote_known {
                 self.enqueue_private(&msg);
             } else if self.make_room() {
@@ -413,7 +479,10 @@ impl Worker {
                 continue;
             }
             for u in &rule.users {
-                let interested = self.remote.get(u).is_some_and(|f| any_matches(f, &msg.topic));
+                let interested = self
+                    .remote
+                    .get(u)
+                    .is_some_and(|f| any_matches(f, &msg.topic));
                 if interested && !recipients.contains(u) {
                     recipients.push(u.clone());
                 }
@@ -448,17 +517,26 @@ impl Worker {
             Ok(v) => v,
             Err(_) => return self.retry_startup(),
         };
-        let in_wallet = wallet.as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+        let in_wallet = wallet
+            .as_array()
+            .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
         if !in_wallet {
             if !self.cfg.create_user {
                 self.log_once("not-in-wallet", Level::Error, format!("user '{user}' is not in twisterd's wallet: create it there (createwalletuser + sendnewusertransaction) or set plugin_opt_create_user true"));
                 return self.retry_startup();
             }
             match self.call("createwalletuser", json!([user])) {
-                Ok(_) => self.log(Level::Notice, format!("created user '{user}' in twisterd's wallet")),
+                Ok(_) => self.log(
+                    Level::Notice,
+                    format!("created user '{user}' in twisterd's wallet"),
+                ),
                 Err(e) if e.is_rpc(RPC_WALLET_INVALID_ACCOUNT_NAME) => {}
                 Err(e) => {
-                    self.log_once("create-failed", Level::Error, format!("createwalletuser {user} failed: {e}"));
+                    self.log_once(
+                        "create-failed",
+                        Level::Error,
+                        format!("createwalletuser {user} failed: {e}"),
+                    );
                     return self.retry_startup();
                 }
             }
@@ -470,17 +548,30 @@ impl Worker {
             Ok(v) => v,
             Err(_) => return self.retry_startup(),
         };
-        let follows_self = following.as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+        let follows_self = following
+            .as_array()
+            .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
         if !follows_self {
             // Following only takes users registered in a block: ourselves not yet.
             if self.cfg.create_user {
                 match self.call("sendnewusertransaction", json!([user])) {
-                    Ok(_) => self.log(Level::Notice, format!("registration of '{user}' sent; waiting for a block")),
+                    Ok(_) => self.log(
+                        Level::Notice,
+                        format!("registration of '{user}' sent; waiting for a block"),
+                    ),
                     Err(e) if e.is_rpc(RPC_VERIFY_REJECTED) => {}
-                    Err(e) => self.log_once("register-failed", Level::Error, format!("sendnewusertransaction {user} failed: {e}")),
+                    Err(e) => self.log_once(
+                        "register-failed",
+                        Level::Error,
+                        format!("sendnewusertransaction {user} failed: {e}"),
+                    ),
                 }
             }
-            self.log_once("waiting-registration", Level::Notice, format!("waiting for '{user}' to be registered in a block"));
+            self.log_once(
+                "waiting-registration",
+                Level::Notice,
+                format!("waiting for '{user}' to be registered in a block"),
+            );
             self.startup_backoff = Duration::from_millis(250);
             self.next_startup = Instant::now() + self.startup_backoff;
             return;
@@ -495,7 +586,10 @@ impl Worker {
         }
         for u in self.cfg.follow.clone() {
             if let Some(last) = lasthave.get(&u).and_then(Value::as_i64) {
-                self.saved.cursors.entry(u).or_insert_with(|| Cursor::at(last));
+                self.saved
+                    .cursors
+                    .entry(u)
+                    .or_insert_with(|| Cursor::at(last));
             }
         }
         self.state_dirty = true;
@@ -505,7 +599,13 @@ impl Worker {
         if self.private_recipients().is_empty() {
             self.remote_known = true;
         }
-        self.log(Level::Notice, format!("ready: Twister user '{user}', next post number {}, following {:?}", self.saved.next_k, self.cfg.follow));
+        self.log(
+            Level::Notice,
+            format!(
+                "ready: Twister user '{user}', next post number {}, following {:?}",
+                self.saved.next_k, self.cfg.follow
+            ),
+        );
     }
 
     /// Follows ourselves and the configured users; remembers who is not registered yet. False when
@@ -518,13 +618,32 @@ impl Worker {
             self.next_refollow = Instant::now() + Duration::from_secs(5);
             return false;
         }
-        let Ok(following) = self.call("getfollowing", json!([user])) else { return false };
-        let held: Vec<&str> = following.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        let missing: Vec<String> = self.cfg.follow.iter().filter(|u| !held.contains(&u.as_str())).cloned().collect();
+        let Ok(following) = self.call("getfollowing", json!([user])) else {
+            return false;
+        };
+        let held: Vec<&str> = following
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let missing: Vec<String> = self
+            .cfg
+            .follow
+            .iter()
+            .filter(|u| !held.contains(&u.as_str()))
+            .cloned()
+            .collect();
         if !missing.is_empty() && missing != self.unfollowed {
-            self.log(Level::Warning, format!("cannot follow {missing:?} yet (not registered on the blockchain?); retrying"));
+            self.log(
+                Level::Warning,
+                format!(
+                    "cannot follow {missing:?} yet (not registered on the blockchain?); retrying"
+                ),
+            );
         } else if missing.is_empty() && !self.unfollowed.is_empty() {
-            self.log(Level::Notice, format!("now following {:?}", self.unfollowed));
+            self.log(
+                Level::Notice,
+                format!("now following {:?}", self.unfollowed),
+            );
         }
         self.unfollowed = missing;
         self.next_refollow = Instant::now() + Duration::from_secs(5);
@@ -534,12 +653,22 @@ impl Worker {
     // ----- outbound -----
 
     fn flush_due_at(&self) -> Option<Instant> {
-        let oldest = std::iter::once(&self.public).chain(self.private.values()).filter_map(|q| q.since).min()?;
+        let oldest = std::iter::once(&self.public)
+            .chain(self.private.values())
+            .filter_map(|q| q.since)
+            .min()?;
         Some((oldest + self.cfg.batch_delay).max(self.post_retry_at))
     }
 
     fn header(&self) -> PostHeader<'_> {
-        PostHeader { user: &self.cfg.user, k: self.saved.next_k, lastk: Some(self.saved.next_k), height: WORST_HEIGHT, time: WORST_TIME, reply: None }
+        PostHeader {
+            user: &self.cfg.user,
+            k: self.saved.next_k,
+            lastk: Some(self.saved.next_k),
+            height: WORST_HEIGHT,
+            time: WORST_TIME,
+            reply: None,
+        }
     }
 
     /// How many queued items fit in one post of `budget` bytes (0: the first alone is too big).
@@ -562,7 +691,9 @@ impl Worker {
     fn text(&self, items: &VecDeque<String>, n: usize) -> String {
         match self.cfg.wire_format {
             WireFormat::Poc => items[0].clone(),
-            WireFormat::V1 => wire::envelope(self.saved.seq, items.iter().take(n).map(String::as_str)),
+            WireFormat::V1 => {
+                wire::envelope(self.saved.seq, items.iter().take(n).map(String::as_str))
+            }
         }
     }
 
@@ -621,14 +752,24 @@ impl Worker {
                 self.post_backoff = Duration::from_millis(250);
                 true
             }
-            Err(e) if e.message_starts("too much posts") || e.message_starts("bad post signature") => {
+            Err(e)
+                if e.message_starts("too much posts") || e.message_starts("bad post signature") =>
+            {
                 // Out of post budget (or registered too recently): wait for the next block; the
                 // queue keeps filling, so the next post carries more.
-                self.log_once(&format!("budget-{}", e.kind()), Level::Notice, format!("twisterd: {e}; queueing until the next block (this notice is shown once)"));
+                self.log_once(
+                    &format!("budget-{}", e.kind()),
+                    Level::Notice,
+                    format!(
+                        "twisterd: {e}; queueing until the next block (this notice is shown once)"
+                    ),
+                );
                 self.backoff_posts();
                 false
             }
-            Err(e) if e.is_rpc(RPC_INVALID_PARAMS) && e.message_starts("bad bencoded post size") => {
+            Err(e)
+                if e.is_rpc(RPC_INVALID_PARAMS) && e.message_starts("bad bencoded post size") =>
+            {
                 self.log(Level::Error, format!("twisterd found a post of {} bytes too large (budget {budget}): sending one message per post", text.len()));
                 if n == 1 {
                     self.counters.dropped_too_big += 1;
@@ -661,7 +802,11 @@ impl Worker {
         for _ in 0..n {
             q.items.pop_front();
         }
-        q.since = if q.items.is_empty() { None } else { Some(Instant::now()) };
+        q.since = if q.items.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
         self.queued = self.queued.saturating_sub(n);
     }
 
@@ -669,8 +814,12 @@ impl Worker {
 
     fn poll(&mut self) {
         let user = self.cfg.user.clone();
-        let Ok(lasthave) = self.call("getlasthave", json!([user])) else { return };
-        let Some(map) = lasthave.as_object() else { return };
+        let Ok(lasthave) = self.call("getlasthave", json!([user])) else {
+            return;
+        };
+        let Some(map) = lasthave.as_object() else {
+            return;
+        };
         if let Some(own) = map.get(&user).and_then(Value::as_i64) {
             if own >= self.saved.next_k {
                 self.log(Level::Warning, format!("twisterd holds our post {own} above our next number {}: another writer uses '{user}'? moving on", self.saved.next_k));
@@ -684,7 +833,12 @@ impl Worker {
             .filter_map(|(u, last)| last.as_i64().map(|l| (u.clone(), l)))
             .collect();
         for (u, last) in grown {
-            let cursor = self.saved.cursors.entry(u.clone()).or_insert_with(|| Cursor::at(last)).clone();
+            let cursor = self
+                .saved
+                .cursors
+                .entry(u.clone())
+                .or_insert_with(|| Cursor::at(last))
+                .clone();
             if last > cursor.k {
                 self.fetch(&u, cursor, last);
             }
@@ -694,12 +848,22 @@ impl Worker {
     fn fetch(&mut self, from: &str, mut cursor: Cursor, last: i64) {
         let user = self.cfg.user.clone();
         // DMs first, judged against the cursor before it moves (DM ids are positions that can shift).
-        let dms = self.call("getdirectmsgs", json!([user, 1000, [{"username": from, "since_id": cursor.dm_id - REORDER_WINDOW}]]));
+        let dms = self.call(
+            "getdirectmsgs",
+            json!([user, 1000, [{"username": from, "since_id": cursor.dm_id - REORDER_WINDOW}]]),
+        );
         let Ok(dms) = dms else { return };
-        for e in dms.get(from).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
+        for e in dms
+            .get(from)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
             let id = e.get("id").and_then(Value::as_i64).unwrap_or(-1);
             cursor.dm_id = cursor.dm_id.max(id);
-            if e.get("fromMe").and_then(Value::as_bool) != Some(false) || e.get("from").and_then(Value::as_str) != Some(from) {
+            if e.get("fromMe").and_then(Value::as_bool) != Some(false)
+                || e.get("from").and_then(Value::as_str) != Some(from)
+            {
                 continue;
             }
             let k = e.get("k").and_then(Value::as_i64).unwrap_or(-1);
@@ -707,7 +871,11 @@ impl Worker {
                 self.counters.duplicates += 1;
                 continue;
             }
-            let text = e.get("text").and_then(Value::as_str).unwrap_or("").to_string();
+            let text = e
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             self.received(from, k, "DM", &text);
         }
         let mut since = cursor.k;
@@ -715,11 +883,20 @@ impl Worker {
             let upto = (since + FETCH_WINDOW).min(last);
             // One slot more than the window can hold: twisterd may put its promoted post first.
             let count = upto - since + 1;
-            let Ok(posts) = self.call("getposts", json!([count, [{"username": from, "since_id": since, "max_id": upto}]])) else { return self.keep_cursor(from, cursor) };
+            let Ok(posts) = self.call(
+                "getposts",
+                json!([count, [{"username": from, "since_id": since, "max_id": upto}]]),
+            ) else {
+                return self.keep_cursor(from, cursor);
+            };
             let mut posts: Vec<Value> = posts.as_array().cloned().unwrap_or_default();
             posts.sort_by_key(|p| p["userpost"]["k"].as_i64().unwrap_or(-1));
             for p in posts {
-                if p.get("sig_userpost").and_then(Value::as_str).unwrap_or("").is_empty() {
+                if p.get("sig_userpost")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty()
+                {
                     continue; // twisterd's promoted post
                 }
                 let up = &p["userpost"];
@@ -759,7 +936,11 @@ impl Worker {
                     // Retained messages are kept even with no subscriber now, for those who come later.
                     if m.retain || self.interest.wants(&m.topic) {
                         self.counters.injected += 1;
-                        if self.to_broker.send_timeout(ToBroker::Publish(m), Duration::from_secs(1)).is_err() {
+                        if self
+                            .to_broker
+                            .send_timeout(ToBroker::Publish(m), Duration::from_secs(1))
+                            .is_err()
+                        {
                             self.counters.dropped_queue_full += 1;
                         }
                     }
@@ -767,7 +948,13 @@ impl Worker {
             }
             Err(e) => {
                 self.counters.malformed += 1;
-                self.log(Level::Warning, format!("skipped {what} {k} of {from}: {e} (malformed so far: {})", self.counters.malformed));
+                self.log(
+                    Level::Warning,
+                    format!(
+                        "skipped {what} {k} of {from}: {e} (malformed so far: {})",
+                        self.counters.malformed
+                    ),
+                );
             }
         }
     }
@@ -782,7 +969,11 @@ impl Worker {
         };
         match self.saved.save(&path) {
             Ok(()) => self.state_dirty = false,
-            Err(e) => self.log_once("state-write", Level::Error, format!("{e}: a restart may replay or reuse post numbers")),
+            Err(e) => self.log_once(
+                "state-write",
+                Level::Error,
+                format!("{e}: a restart may replay or reuse post numbers"),
+            ),
         }
     }
 
@@ -799,7 +990,10 @@ impl Worker {
             }
         }
         if self.queued > 0 {
-            self.log(Level::Warning, format!("stopping with {} messages not yet posted", self.queued));
+            self.log(
+                Level::Warning,
+                format!("stopping with {} messages not yet posted", self.queued),
+            );
         }
         self.save_state();
         let c = self.counters;

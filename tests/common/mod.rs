@@ -17,17 +17,28 @@ pub const RPC_PASSWORD: &str = "test-secret";
 /// target/debug, found from this test binary's path (target/debug/deps/<test>).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn plugin_path() -> PathBuf {
     let p = target_dir().join("libmqtt_twister.so");
-    assert!(p.exists(), "{} missing: run `cargo build` (make test does) before the tests", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build` (make test does) before the tests",
+        p.display()
+    );
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` every 50 ms until it returns Some, or panics with `what` after `timeout`.
@@ -37,14 +48,20 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// A temporary directory mosquitto can write after dropping root privileges.
 pub fn workdir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new().prefix("mqtt-twister-test").tempdir().unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("mqtt-twister-test")
+        .tempdir()
+        .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     d
@@ -64,7 +81,12 @@ impl DevNode {
     }
 
     pub fn start_with(extra: &[&str], port: u16) -> DevNode {
-        let mut args = vec![format!("-rpcuser={RPC_USER}"), format!("-rpcpassword={RPC_PASSWORD}"), format!("-rpcport={port}"), "-spaminterval=0".into()];
+        let mut args = vec![
+            format!("-rpcuser={RPC_USER}"),
+            format!("-rpcpassword={RPC_PASSWORD}"),
+            format!("-rpcport={port}"),
+            "-spaminterval=0".into(),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(target_dir().join("twister-devnode"))
             .args(&args)
@@ -73,10 +95,25 @@ impl DevNode {
             .spawn()
             .expect("start twister-devnode (built by cargo build)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("dev node said: {line}")).to_string();
-        let port = url.trim_start_matches("http://127.0.0.1:").trim_end_matches('/').parse().unwrap();
-        DevNode { child, port, url, args }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("dev node said: {line}"))
+            .to_string();
+        let port = url
+            .trim_start_matches("http://127.0.0.1:")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        DevNode {
+            child,
+            port,
+            url,
+            args,
+        }
     }
 
     /// SIGTERM: the node saves its state and exits.
@@ -87,8 +124,16 @@ impl DevNode {
 
     /// Starts again on the same port with the same flags.
     pub fn restart(&mut self) {
-        let args: Vec<&str> = self.args.iter().filter(|a| !a.starts_with("-rpc")).map(String::as_str).collect();
-        let args: Vec<&str> = args.into_iter().filter(|a| *a != "-spaminterval=0").collect();
+        let args: Vec<&str> = self
+            .args
+            .iter()
+            .filter(|a| !a.starts_with("-rpc"))
+            .map(String::as_str)
+            .collect();
+        let args: Vec<&str> = args
+            .into_iter()
+            .filter(|a| *a != "-spaminterval=0")
+            .collect();
         // The old process has exited (stop); dropping its guard is harmless.
         *self = DevNode::start_with(&args, self.port);
     }
@@ -98,7 +143,8 @@ impl DevNode {
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
-        self.call(method, params.clone()).unwrap_or_else(|e| panic!("{method} {params}: {e:?}"))
+        self.call(method, params.clone())
+            .unwrap_or_else(|e| panic!("{method} {params}: {e:?}"))
     }
 
     /// A registered user able to post, created directly (not by a plugin).
@@ -106,14 +152,23 @@ impl DevNode {
         self.ok("createwalletuser", json!([name]));
         self.ok("sendnewusertransaction", json!([name]));
         let h = self.ok("getblockcount", json!([])).as_i64().unwrap();
-        wait_for(Duration::from_secs(10), "two blocks", || (self.ok("getblockcount", json!([])).as_i64().unwrap() >= h + 2).then_some(()));
+        wait_for(Duration::from_secs(10), "two blocks", || {
+            (self.ok("getblockcount", json!([])).as_i64().unwrap() >= h + 2).then_some(())
+        });
         self.ok("follow", json!([name, [name]]));
     }
 
     pub fn profile_topics(&self, user: &str) -> Option<Vec<String>> {
         let got = self.ok("dhtget", json!([user, "profile", "s"]));
-        let list = got.get(0)?["p"]["v"].get("mqtt_topics")?.as_array()?.clone();
-        Some(list.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        let list = got.get(0)?["p"]["v"]
+            .get("mqtt_topics")?
+            .as_array()?
+            .clone();
+        Some(
+            list.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+        )
     }
 }
 
@@ -126,9 +181,13 @@ impl Drop for DevNode {
 
 pub fn rpc(url: &str, method: &str, params: Value) -> Result<Value, (i64, String)> {
     use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{RPC_USER}:{RPC_PASSWORD}"));
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{RPC_USER}:{RPC_PASSWORD}"));
     let body = json!({"id": 1, "method": method, "params": params});
-    let resp = match ureq::post(url).set("Authorization", &format!("Basic {auth}")).send_string(&body.to_string()) {
+    let resp = match ureq::post(url)
+        .set("Authorization", &format!("Basic {auth}"))
+        .send_string(&body.to_string())
+    {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => return Err((0, e.to_string())),
@@ -137,7 +196,10 @@ pub fn rpc(url: &str, method: &str, params: Value) -> Result<Value, (i64, String
     let v: Value = serde_json::from_str(&text).map_err(|e| (0, e.to_string()))?;
     match &v["error"] {
         Value::Null => Ok(v["result"].clone()),
-        e => Err((e["code"].as_i64().unwrap_or(0), e["message"].as_str().unwrap_or("").to_string())),
+        e => Err((
+            e["code"].as_i64().unwrap_or(0),
+            e["message"].as_str().unwrap_or("").to_string(),
+        )),
     }
 }
 
@@ -166,7 +228,10 @@ pub fn plugin_conf(node: &DevNode, dir: &Path, user: &str, extra: &[&str]) -> St
     ];
     // An extra line replaces the default with the same key; list keys simply add up.
     let key = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
-    let mut lines: Vec<String> = defaults.into_iter().filter(|d| !extra.iter().any(|e| key(e) == key(d))).collect();
+    let mut lines: Vec<String> = defaults
+        .into_iter()
+        .filter(|d| !extra.iter().any(|e| key(e) == key(d)))
+        .collect();
     lines.extend(extra.iter().map(|e| e.to_string()));
     lines.join("\n") + "\n"
 }
@@ -182,23 +247,47 @@ impl Broker {
         let conf = dir.join(format!("{name}.conf"));
         let log = dir.join(format!("{name}.log"));
         std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{body}")).unwrap();
-        let logfile = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(logfile).spawn().expect("mosquitto (apt-get install mosquitto)");
-        let mut b = Broker { child: Some(child), port, conf, log };
-        wait_for(Duration::from_secs(10), "mosquitto to listen or exit", || {
-            (std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() || !b.running()).then_some(())
-        });
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        let mut b = Broker {
+            child: Some(child),
+            port,
+            conf,
+            log,
+        };
+        wait_for(
+            Duration::from_secs(10),
+            "mosquitto to listen or exit",
+            || {
+                (std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() || !b.running())
+                    .then_some(())
+            },
+        );
         b
     }
 
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Waits for the broker to exit by itself; its exit status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let child = self.child.as_mut().unwrap();
-        wait_for(timeout, "mosquitto to exit", || child.try_wait().ok().flatten())
+        wait_for(timeout, "mosquitto to exit", || {
+            child.try_wait().ok().flatten()
+        })
     }
 
     pub fn log_text(&self) -> String {
@@ -206,7 +295,11 @@ impl Broker {
     }
 
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
-        wait_for(timeout, &format!("'{needle}' in {}:\n{}", self.log.display(), self.log_text()), || self.log_text().contains(needle).then_some(()));
+        wait_for(
+            timeout,
+            &format!("'{needle}' in {}:\n{}", self.log.display(), self.log_text()),
+            || self.log_text().contains(needle).then_some(()),
+        );
     }
 
     /// The plugin has reached twisterd and is following its users.
@@ -252,16 +345,28 @@ pub struct Mqtt {
     acks: Receiver<Ack>,
 }
 
-fn pump(mut connection: Connection, messages: std::sync::mpsc::Sender<Received>, acks: std::sync::mpsc::Sender<Ack>) {
+fn pump(
+    mut connection: Connection,
+    messages: std::sync::mpsc::Sender<Received>,
+    acks: std::sync::mpsc::Sender<Ack>,
+) {
     for event in connection.iter() {
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let _ = messages.send(Received { topic: p.topic.clone(), payload: p.payload.to_vec(), qos: p.qos as u8, retain: p.retain });
+                let _ = messages.send(Received {
+                    topic: p.topic.clone(),
+                    payload: p.payload.to_vec(),
+                    qos: p.qos as u8,
+                    retain: p.retain,
+                });
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
                 let _ = acks.send(Ack::Sub(s.return_codes));
             }
-            Ok(Event::Incoming(Packet::ConnAck(_))) | Ok(Event::Incoming(Packet::UnsubAck(_))) | Ok(Event::Incoming(Packet::PubAck(_))) | Ok(Event::Incoming(Packet::PubComp(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(_)))
+            | Ok(Event::Incoming(Packet::UnsubAck(_)))
+            | Ok(Event::Incoming(Packet::PubAck(_)))
+            | Ok(Event::Incoming(Packet::PubComp(_))) => {
                 let _ = acks.send(Ack::Other);
             }
             Ok(_) => {}
@@ -279,13 +384,19 @@ impl Mqtt {
         let (mtx, messages) = channel();
         let (atx, acks) = channel();
         std::thread::spawn(move || pump(connection, mtx, atx));
-        let m = Mqtt { client, messages, acks };
+        let m = Mqtt {
+            client,
+            messages,
+            acks,
+        };
         m.expect_ack("CONNACK");
         m
     }
 
     fn expect_ack(&self, what: &str) -> Ack {
-        self.acks.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no {what}"))
+        self.acks
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no {what}"))
     }
 
     /// Subscribes and waits for the SUBACK; true when the broker granted it.
@@ -293,7 +404,9 @@ impl Mqtt {
         self.client.subscribe(filter, qos).unwrap();
         loop {
             if let Ack::Sub(codes) = self.expect_ack("SUBACK") {
-                return codes.iter().all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
+                return codes
+                    .iter()
+                    .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
             }
         }
     }
@@ -303,7 +416,9 @@ impl Mqtt {
     }
 
     pub fn publish(&self, topic: &str, payload: &[u8], qos: QoS, retain: bool) {
-        self.client.publish(topic, qos, retain, payload.to_vec()).unwrap();
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .unwrap();
     }
 
     pub fn recv(&self, timeout: Duration) -> Option<Received> {
@@ -311,7 +426,8 @@ impl Mqtt {
     }
 
     pub fn expect(&self, timeout: Duration, what: &str) -> Received {
-        self.recv(timeout).unwrap_or_else(|| panic!("nothing received: {what}"))
+        self.recv(timeout)
+            .unwrap_or_else(|| panic!("nothing received: {what}"))
     }
 
     pub fn disconnect(self) {
@@ -336,8 +452,16 @@ impl Pair {
         a_lines.extend_from_slice(a_extra);
         let mut b_lines = vec!["plugin_opt_follow alice"];
         b_lines.extend_from_slice(b_extra);
-        let a = Broker::start(dir.path(), "a", &plugin_conf(&node, dir.path(), "alice", &a_lines));
-        let b = Broker::start(dir.path(), "b", &plugin_conf(&node, dir.path(), "bob", &b_lines));
+        let a = Broker::start(
+            dir.path(),
+            "a",
+            &plugin_conf(&node, dir.path(), "alice", &a_lines),
+        );
+        let b = Broker::start(
+            dir.path(),
+            "b",
+            &plugin_conf(&node, dir.path(), "bob", &b_lines),
+        );
         a.wait_ready();
         b.wait_ready();
         Pair { node, dir, a, b }
@@ -346,7 +470,13 @@ impl Pair {
 
 /// Waits until `user`'s profile lists `filter` (the broker has published its interest).
 pub fn wait_interest(node: &DevNode, user: &str, filter: &str) {
-    wait_for(Duration::from_secs(10), &format!("{user}'s profile to list {filter}"), || {
-        node.profile_topics(user).filter(|t| t.iter().any(|f| f == filter)).map(|_| ())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{user}'s profile to list {filter}"),
+        || {
+            node.profile_topics(user)
+                .filter(|t| t.iter().any(|f| f == filter))
+                .map(|_| ())
+        },
+    );
 }

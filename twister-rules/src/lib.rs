@@ -113,7 +113,10 @@ pub fn post_size(h: &PostHeader, text: &str) -> usize {
     }
     up += entry("n", bstr_len(h.user.len()));
     if let Some((rn, rk)) = h.reply {
-        up += entry("reply", 2 + entry("k", bint_len(rk)) + entry("n", bstr_len(rn.len())));
+        up += entry(
+            "reply",
+            2 + entry("k", bint_len(rk)) + entry("n", bstr_len(rn.len())),
+        );
     }
     up += entry("time", bint_len(h.time));
     signed(up)
@@ -182,7 +185,11 @@ pub fn bencode_normalize(v: &Value) -> Value {
         Value::Object(o) => {
             let mut keys: Vec<&String> = o.keys().collect();
             keys.sort();
-            Value::Object(keys.into_iter().map(|k| (k.clone(), bencode_normalize(&o[k]))).collect())
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), bencode_normalize(&o[k])))
+                    .collect(),
+            )
         }
         other => other.clone(),
     }
@@ -192,9 +199,17 @@ pub fn bencode_normalize(v: &Value) -> Value {
 pub fn bencode_len(v: &Value) -> usize {
     match v {
         Value::String(s) => bstr_len(s.len()),
-        Value::Number(n) => n.as_i64().map(bint_len).unwrap_or(bstr_len(UNINITIALIZED.len())),
+        Value::Number(n) => n
+            .as_i64()
+            .map(bint_len)
+            .unwrap_or(bstr_len(UNINITIALIZED.len())),
         Value::Array(a) => 2 + a.iter().map(bencode_len).sum::<usize>(),
-        Value::Object(o) => 2 + o.iter().map(|(k, v)| bstr_len(k.len()) + bencode_len(v)).sum::<usize>(),
+        Value::Object(o) => {
+            2 + o
+                .iter()
+                .map(|(k, v)| bstr_len(k.len()) + bencode_len(v))
+                .sum::<usize>()
+        }
         _ => bstr_len(UNINITIALIZED.len()),
     }
 }
@@ -202,8 +217,20 @@ pub fn bencode_len(v: &Value) -> usize {
 /// Worst-case bencoded size of the signed `p` of a DHT item holding `value` for a user of 16
 /// characters and a resource name of 32: what a writer must keep under the 8192/768-byte limits.
 pub fn dht_value_size(value: &Value, single: bool) -> usize {
-    let target = 2 + bstr_len(1) + bstr_len(MAX_USERNAME) + bstr_len(1) + bstr_len(MAX_DHT_RESOURCE) + bstr_len(1) + bstr_len(1);
-    let mut p = 2 + bstr_len(6) + bint_len(99_999_999) + bstr_len(6) + target + bstr_len(4) + bint_len(9_999_999_999);
+    let target = 2
+        + bstr_len(1)
+        + bstr_len(MAX_USERNAME)
+        + bstr_len(1)
+        + bstr_len(MAX_DHT_RESOURCE)
+        + bstr_len(1)
+        + bstr_len(1);
+    let mut p = 2
+        + bstr_len(6)
+        + bint_len(99_999_999)
+        + bstr_len(6)
+        + target
+        + bstr_len(4)
+        + bint_len(9_999_999_999);
     if single {
         p += bstr_len(3) + bint_len(i64::MAX);
     }
@@ -215,7 +242,14 @@ mod tests {
     use super::*;
 
     fn alice(k: i64, lastk: Option<i64>) -> PostHeader<'static> {
-        PostHeader { user: "alice", k, lastk, height: 53, time: 1_795_572_614, reply: None }
+        PostHeader {
+            user: "alice",
+            k,
+            lastk,
+            height: 53,
+            time: 1_795_572_614,
+            reply: None,
+        }
     }
 
     #[test]
@@ -236,7 +270,14 @@ mod tests {
 
     #[test]
     fn recorded_dm_limits_match_to_the_byte() {
-        let h = PostHeader { user: "alice", k: 69, lastk: None, height: 53, time: 1_795_572_652, reply: None };
+        let h = PostHeader {
+            user: "alice",
+            k: 69,
+            lastk: None,
+            height: 53,
+            time: 1_795_572_652,
+            reply: None,
+        };
         assert!(dm_size(&h, "bob", 1723) <= MAX_POST_BYTES);
         assert!(dm_size(&h, "bob", 1724) > MAX_POST_BYTES);
         assert_eq!(max_dm_bytes(&h, "bob"), 1723);
@@ -248,7 +289,10 @@ mod tests {
     #[test]
     fn longer_names_leave_less_room() {
         let short = max_post_ascii(&alice(5, Some(4)));
-        let long = max_post_ascii(&PostHeader { user: "sixteen_chars_xx", ..alice(5, Some(4)) });
+        let long = max_post_ascii(&PostHeader {
+            user: "sixteen_chars_xx",
+            ..alice(5, Some(4))
+        });
         // 11 more name bytes and one more digit in its length prefix
         assert_eq!(short - long, 12);
     }

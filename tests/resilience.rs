@@ -1,0 +1,207 @@
+//! Restarts, outages and bad input from the network.
+
+mod common;
+use common::*;
+use rumqttc::QoS;
+use serde_json::json;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_broker_restart_neither_replays_nor_skips() {
+    let node = DevNode::start();
+    let dir = workdir();
+    let d = dir.path();
+    let persist = format!(
+        "persistence true\npersistence_location {}/\nautosave_interval 1",
+        d.display()
+    );
+    let a = Broker::start(
+        d,
+        "a",
+        &plugin_conf(
+            &node,
+            d,
+            "alice",
+            &["plugin_opt_follow bob", "plugin_opt_publish cont/#"],
+        ),
+    );
+    let b_conf = plugin_conf(
+        &node,
+        d,
+        "bob",
+        &[
+            "plugin_opt_follow alice",
+            "plugin_opt_subscribe cont/#",
+            &persist,
+        ],
+    );
+    let mut b = Broker::start(d, "b", &b_conf);
+    a.wait_ready();
+    b.wait_ready();
+    let publ = Mqtt::connect(a.port, "pub-a", true);
+    let sub = Mqtt::connect(b.port, "durable", false);
+    assert!(sub.subscribe("cont/#", QoS::AtLeastOnce));
+    publ.publish("cont/1", b"before", QoS::AtLeastOnce, false);
+    assert_eq!(sub.expect(T, "cont/1").payload, b"before");
+    sub.disconnect();
+
+    let port = b.port;
+    b.stop();
+    publ.publish("cont/2", b"while B was down", QoS::AtLeastOnce, false);
+    // Wait until A has posted it before B comes back.
+    wait_for(T, "alice's post of cont/2", || {
+        let posts = node.ok("getposts", json!([50, [{"username": "alice"}]]));
+        posts
+            .to_string()
+            .contains(&base64_of(b"while B was down"))
+            .then_some(())
+    });
+    let b = Broker::start_on(d, "b", &b_conf, port);
+    b.wait_ready();
+    let sub = Mqtt::connect(b.port, "durable", false);
+    let first = sub.expect(T, "cont/2 after the restart");
+    assert_eq!(
+        (first.topic.as_str(), first.payload.as_slice()),
+        ("cont/2", &b"while B was down"[..]),
+        "cont/1 must not be replayed"
+    );
+    publ.publish("cont/3", b"after", QoS::AtLeastOnce, false);
+    assert_eq!(sub.expect(T, "cont/3").topic, "cont/3");
+}
+
+fn base64_of(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[test]
+fn twisterd_down_then_back_loses_nothing_and_local_clients_carry_on() {
+    let data = workdir();
+    let datadir = format!("-datadir={}", data.path().join("node").display());
+    let mut node = DevNode::start_with(&["-blockinterval=0.2", &datadir], 0);
+    let dir = workdir();
+    let d = dir.path();
+    let a = Broker::start(
+        d,
+        "a",
+        &plugin_conf(
+            &node,
+            d,
+            "alice",
+            &[
+                "plugin_opt_follow bob",
+                "plugin_opt_publish out/#",
+                "plugin_opt_rpc_timeout_ms 1000",
+            ],
+        ),
+    );
+    let b = Broker::start(
+        d,
+        "b",
+        &plugin_conf(
+            &node,
+            d,
+            "bob",
+            &["plugin_opt_follow alice", "plugin_opt_rpc_timeout_ms 1000"],
+        ),
+    );
+    a.wait_ready();
+    b.wait_ready();
+    let remote = Mqtt::connect(b.port, "remote", true);
+    assert!(remote.subscribe("out/#", QoS::AtLeastOnce));
+    wait_interest(&node, "bob", "out/#");
+
+    node.stop();
+    let local = Mqtt::connect(a.port, "local", true);
+    assert!(local.subscribe("out/#", QoS::AtLeastOnce));
+    let publ = Mqtt::connect(a.port, "pub-a", true);
+    publ.publish("out/1", b"during the outage", QoS::AtLeastOnce, false);
+    assert_eq!(
+        local
+            .expect(T, "local delivery while twisterd is down")
+            .payload,
+        b"during the outage"
+    );
+    a.wait_log("twisterd unreachable", T);
+
+    node.restart();
+    let got = remote.expect(Duration::from_secs(40), "out/1 once twisterd is back");
+    assert_eq!(got.payload, b"during the outage");
+    a.wait_log("twisterd answers again", T);
+    let log = a.log_text();
+    assert_eq!(
+        log.matches("twisterd unreachable").count(),
+        1,
+        "one log line per change of state:\n{log}"
+    );
+    assert!(!log.contains(RPC_PASSWORD), "credentials never logged");
+}
+
+#[test]
+fn malformed_posts_from_a_followed_user_are_skipped_and_counted() {
+    let p = Pair::start(
+        &["plugin_opt_publish ok/#"],
+        &["plugin_opt_follow mallory", "plugin_opt_subscribe ok/#"],
+    );
+    p.node.user("mallory");
+    p.b.wait_log("now following [\"mallory\"]", T);
+    let sub = Mqtt::connect(p.b.port, "sub-b", true);
+    assert!(sub.subscribe("ok/#", QoS::AtLeastOnce));
+    let garbage = [
+        "just words".to_string(),
+        r#"{"topic": "$SYS/broker/clients", "payload": "eA==", "qos": 0}"#.to_string(),
+        r#"{"v":1,"m":[{"t":"ok/+","p":"eA==","q":0}]}"#.to_string(),
+        r#"{"v":1,"m":[{"t":"ok/x","p":"***","q":0}]}"#.to_string(),
+        r#"{"v":9,"m":[]}"#.to_string(),
+        "{\"topic\":\"ok/a\",\"payload\":\"eA==\",\"qos\":7}".to_string(),
+    ];
+    for (k, text) in garbage.iter().enumerate() {
+        p.node
+            .ok("newpostmsg", json!(["mallory", k as i64 + 1, text]));
+    }
+    // A 2014 proof-of-concept message from mallory is fine, and so is alice's.
+    p.node.ok(
+        "newpostmsg",
+        json!([
+            "mallory",
+            10,
+            r#"{"topic": "ok/poc", "payload": "b2xk", "qos": 0}"#
+        ]),
+    );
+    let publ = Mqtt::connect(p.a.port, "pub-a", true);
+    publ.publish("ok/alice", b"valid", QoS::AtLeastOnce, false);
+    let mut got: Vec<String> = (0..2)
+        .map(|_| sub.expect(T, "the two valid messages").topic)
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["ok/alice", "ok/poc"]);
+    assert!(
+        sub.recv(Duration::from_millis(300)).is_none(),
+        "nothing from the garbage"
+    );
+    let log = p.b.log_text();
+    assert_eq!(
+        log.matches("of mallory:").count() + log.matches("from mallory").count(),
+        garbage.len(),
+        "each skipped post logged once:\n{log}"
+    );
+    assert!(p.b.log_text().contains("malformed so far"));
+}
+
+#[test]
+fn a_message_too_big_for_one_post_is_refused_with_a_log_line_and_others_pass() {
+    let p = Pair::start(
+        &["plugin_opt_publish big/#"],
+        &["plugin_opt_subscribe big/#"],
+    );
+    let sub = Mqtt::connect(p.b.port, "sub-b", true);
+    assert!(sub.subscribe("big/#", QoS::AtLeastOnce));
+    let publ = Mqtt::connect(p.a.port, "pub-a", true);
+    publ.publish("big/huge", &vec![7u8; 4000], QoS::AtLeastOnce, false);
+    publ.publish("big/fits", &vec![7u8; 1200], QoS::AtLeastOnce, false);
+    let got = sub.expect(T, "the message that fits");
+    assert_eq!((got.topic.as_str(), got.payload.len()), ("big/fits", 1200));
+    p.a.wait_log("one Twister post carries at most", T);
+}
