@@ -117,10 +117,9 @@ pub fn execute(shared: &Shared, req: &Value) -> Result<Value, RpcError> {
     if method == "devnode_fault" {
         let p = Params::new(params, 1, 1, crate::fault::USAGE)?;
         let v = p.value(0)?;
-        return shared
-            .faults()
-            .configure(v)
-            .map(|_| shared.faults().describe());
+        let mut faults = shared.faults();
+        faults.configure(v)?;
+        return Ok(faults.describe());
     }
     let Some(m) = find_method(method) else {
         return Err(RpcError::new(RPC_METHOD_NOT_FOUND, "Method not found"));
