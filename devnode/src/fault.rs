@@ -86,7 +86,10 @@ impl Faults {
     }
 
     pub fn active(&self) -> bool {
-        !self.latency.is_zero() || self.busy > 0.0 || self.http500 > 0.0 || self.stall_until.is_some()
+        !self.latency.is_zero()
+            || self.busy > 0.0
+            || self.http500 > 0.0
+            || self.stall_until.is_some()
     }
 
     pub fn refusing(&self, now: Instant) -> bool {

@@ -138,7 +138,11 @@ fn html_error(w: &mut TcpStream, status: u16) {
 fn is_admin_call(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("method").and_then(|m| m.as_str()).map(|m| m.starts_with("devnode_")))
+        .and_then(|v| {
+            v.get("method")
+                .and_then(|m| m.as_str())
+                .map(|m| m.starts_with("devnode_"))
+        })
         .unwrap_or(false)
 }
 

@@ -21,21 +21,41 @@ impl Node {
     }
 
     pub fn try_start(extra: &[&str]) -> Result<Node, String> {
-        let mut args = vec![format!("-rpcuser={USER}"), format!("-rpcpassword={PASSWORD}")];
+        let mut args = vec![
+            format!("-rpcuser={USER}"),
+            format!("-rpcpassword={PASSWORD}"),
+        ];
         if !extra.iter().any(|a| a.starts_with("-rpcport=")) {
             args.push("-rpcport=0".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_twister-devnode")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_twister-devnode"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         if line.is_empty() {
             let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             let _ = child.wait();
             return Err(err);
         }
-        let port = line.split("127.0.0.1:").nth(1).and_then(|r| r.split('/').next()).and_then(|p| p.parse().ok()).ok_or(line.clone())?;
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .ok_or(line.clone())?;
         Ok(Node { child, port })
     }
 
@@ -52,7 +72,13 @@ impl Node {
         let mut req = ureq::post(&self.url());
         if let Some((u, p)) = auth {
             use base64::Engine;
-            req = req.set("Authorization", &format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
+            req = req.set(
+                "Authorization",
+                &format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                ),
+            );
         }
         let resp = match req.send_string(body) {
             Ok(r) => r,
@@ -61,19 +87,26 @@ impl Node {
         };
         let status = resp.status();
         let text = resp.into_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub fn call(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
         let (_, v) = self.post(&json!({"id": 1, "method": method, "params": params}).to_string());
         match &v["error"] {
             Value::Null => Ok(v["result"].clone()),
-            e => Err((e["code"].as_i64().unwrap(), e["message"].as_str().unwrap().to_string())),
+            e => Err((
+                e["code"].as_i64().unwrap(),
+                e["message"].as_str().unwrap().to_string(),
+            )),
         }
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
-        self.call(method, params.clone()).unwrap_or_else(|e| panic!("{method} {params}: {e:?}"))
+        self.call(method, params.clone())
+            .unwrap_or_else(|e| panic!("{method} {params}: {e:?}"))
     }
 
     pub fn signal(&mut self, sig: i32) {
@@ -94,7 +127,9 @@ impl Drop for Node {
 
 /// One raw HTTP/1.1 exchange on `stream`; returns the head and body.
 pub fn raw_exchange(stream: &mut TcpStream, request: &str) -> (String, String) {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut head = String::new();
@@ -117,9 +152,16 @@ pub fn raw_exchange(stream: &mut TcpStream, request: &str) -> (String, String) {
 
 pub fn basic() -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    )
 }
 
 pub fn rpc_request(body: &str) -> String {
-    format!("POST / HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n{body}", basic(), body.len())
+    format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        basic(),
+        body.len()
+    )
 }
