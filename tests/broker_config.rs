@@ -1,8 +1,7 @@
 //! The broker refuses to start on a wrong plugin_opt, naming the key; access is what it is without the
 //! plugin.
 
-mod common;
-use common::*;
+use mqtt_twister_harness::*;
 use rumqttc::QoS;
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! Subscription interest: the broker's live subscriptions end up in its Twister profile.
 
-mod common;
-use common::*;
+use mqtt_twister_harness::*;
 use rumqttc::QoS;
 use serde_json::json;
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! Messages crossing from one Mosquitto to another through the plugin and the dev node.
 
-mod common;
-use common::*;
+use mqtt_twister_harness::*;
 use rumqttc::QoS;
 use serde_json::json;
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! Restarts, outages and bad input from the network.
 
-mod common;
-use common::*;
+use mqtt_twister_harness::*;
 use rumqttc::QoS;
 use serde_json::json;
 use std::time::Duration;

@@ -472,10 +472,17 @@ mod tests {
         let opts: Vec<(String, String)> = include_str!("../../mosquitto.conf.example")
             .lines()
             .filter_map(|l| l.trim().strip_prefix(PREFIX))
-            .map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.trim().to_string())).unwrap())
+            .map(|l| {
+                l.split_once(' ')
+                    .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                    .unwrap()
+            })
             .collect();
         let c = parse(&opts).unwrap();
-        assert_eq!((c.user.as_str(), c.follow.len(), c.private.len()), ("kitchen", 2, 1));
+        assert_eq!(
+            (c.user.as_str(), c.follow.len(), c.private.len()),
+            ("kitchen", 2, 1)
+        );
     }
 
     #[test]

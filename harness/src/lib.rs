@@ -1,6 +1,6 @@
-//! Real parts for integration tests: the dev node over HTTP, Mosquitto loading the built plugin, MQTT
-//! clients. Every process is killed when its guard drops; readiness is polled, never slept for.
-#![allow(dead_code)]
+//! Real parts for integration tests and benchmarks: the dev node over HTTP, Mosquitto loading the built
+//! plugin, MQTT clients. Every process is killed when its guard drops; readiness is polled, never slept
+//! for.
 
 use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
@@ -14,13 +14,16 @@ use std::time::{Duration, Instant};
 pub const RPC_USER: &str = "test";
 pub const RPC_PASSWORD: &str = "test-secret";
 
-/// target/debug, found from this test binary's path (target/debug/deps/<test>).
+/// target/debug or target/release, found from the running binary's path (target/<profile>/deps/<test>
+/// for a test, target/<profile>/<bin> for the benchmark).
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("binary path");
+    let dir = exe.parent().expect("binary directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn plugin_path() -> PathBuf {
@@ -274,6 +277,10 @@ impl Broker {
             },
         );
         b
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     pub fn running(&mut self) -> bool {
