@@ -204,3 +204,34 @@ fn a_message_too_big_for_one_post_is_refused_with_a_log_line_and_others_pass() {
     assert_eq!((got.topic.as_str(), got.payload.len()), ("big/fits", 1200));
     p.a.wait_log("one Twister post carries at most", T);
 }
+
+/// CPU ticks (1/100 s) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_broker_with_the_plugin_stays_idle_even_with_twisterd_down() {
+    let mut p = Pair::start(
+        &["plugin_opt_publish x/#", "plugin_opt_poll_interval_ms 100"],
+        &[],
+    );
+    for phase in ["twisterd up", "twisterd down"] {
+        let before = cpu_ticks(p.a.pid());
+        std::thread::sleep(Duration::from_secs(2));
+        let used = cpu_ticks(p.a.pid()) - before;
+        // A worker that spins burns about 200 ticks in 2 s; an idle one a handful.
+        assert!(
+            used < 60,
+            "{phase}: the broker used {used} CPU ticks in 2 s while idle"
+        );
+        p.node.stop();
+    }
+}

@@ -344,10 +344,13 @@ impl Worker {
             self.profile_due = None;
             self.dht.send(DhtJob::WriteProfile(self.interest.filters()));
         }
-        if now >= self.next_interest_refresh && !self.private_recipients().is_empty() {
-            self.dht
-                .send(DhtJob::ReadInterest(self.private_recipients()));
+        if now >= self.next_interest_refresh {
+            // Always moved on: a deadline left in the past would make the worker spin.
             self.next_interest_refresh = now + self.cfg.interest_refresh;
+            let recipients = self.private_recipients();
+            if !recipients.is_empty() {
+                self.dht.send(DhtJob::ReadInterest(recipients));
+            }
         }
         if !self.unfollowed.is_empty() && now >= self.next_refollow {
             self.follow_all();
@@ -611,11 +614,12 @@ impl Worker {
     /// Follows ourselves and the configured users; remembers who is not registered yet. False when
     /// twisterd could not be asked.
     fn follow_all(&mut self) -> bool {
+        // Set first, so that no way out of here leaves a deadline in the past.
+        self.next_refollow = Instant::now() + Duration::from_secs(5);
         let user = self.cfg.user.clone();
         let mut all = vec![user.clone()];
         all.extend(self.cfg.follow.iter().cloned());
         if self.call("follow", json!([user, all])).is_err() {
-            self.next_refollow = Instant::now() + Duration::from_secs(5);
             return false;
         }
         let Ok(following) = self.call("getfollowing", json!([user])) else {
