@@ -52,10 +52,7 @@ fn a_broker_restart_neither_replays_nor_skips() {
     // Wait until A has posted it before B comes back.
     wait_for(T, "alice's post of cont/2", || {
         let posts = node.ok("getposts", json!([50, [{"username": "alice"}]]));
-        posts
-            .to_string()
-            .contains(&base64_of(b"while B was down"))
-            .then_some(())
+        posts.to_string().contains("while B was down").then_some(())
     });
     let b = Broker::start_on(d, "b", &b_conf, port);
     b.wait_ready();
@@ -68,11 +65,6 @@ fn a_broker_restart_neither_replays_nor_skips() {
     );
     publ.publish("cont/3", b"after", QoS::AtLeastOnce, false);
     assert_eq!(sub.expect(T, "cont/3").topic, "cont/3");
-}
-
-fn base64_of(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 #[test]

@@ -71,6 +71,8 @@ pub struct Config {
     pub create_user: bool,
     pub access: AccessMode,
     pub wire_format: WireFormat,
+    /// Every `publish` and `private` filter, compiled for the MESSAGE callback.
+    pub forward_filters: topic::FilterSet,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -313,7 +315,10 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         None => Ok(Duration::from_millis(default)),
         Some(v) => millis(key, v, min, max),
     };
+    let forward_filters =
+        topic::FilterSet::new(publish.iter().chain(private.iter().map(|r| &r.filter)));
     Ok(Config {
+        forward_filters,
         rpc_url,
         rpc_user,
         rpc_password,
@@ -339,18 +344,9 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
 }
 
 impl Config {
-    /// Every user whose posts we read: the configured ones (never ourselves).
-    pub fn followed(&self) -> &[String] {
-        &self.follow
-    }
-
     /// Whether a local message on `topic` leaves this broker at all (public or private).
     pub fn forwards(&self, topic: &str) -> bool {
-        self.publish.iter().any(|f| topic::matches(f, topic))
-            || self
-                .private
-                .iter()
-                .any(|r| topic::matches(&r.filter, topic))
+        self.forward_filters.matches_any(topic)
     }
 }
 
