@@ -43,7 +43,7 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--help" | "-h" => {
-                println!("mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,P3,P4,P5]");
+                println!("mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,P3,P4,P5,D1,D2]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (see --help)"),
@@ -362,7 +362,7 @@ fn p2_p4(ctx: &mut Ctx, args: &Args, report: &mut Report) {
     report.ratio("P2 relay/bridge", r / br, ">= 0.5");
     let pk = report.figure("P4", "payload bytes per post / 1873", "frac", &packing);
     report.ratio(
-        "P4 packing (64-byte payloads, base64 on the wire)",
+        "P4 packing (64-byte text payloads)",
         pk,
         "report",
     );
@@ -479,6 +479,48 @@ fn p5(ctx: &mut Ctx, args: &Args, report: &mut Report) {
     report.ratio("P5 RSS loaded plugin/plain", wl / pl, "report");
 }
 
+/// D1: small RPCs per second from several keep-alive clients; D2: memory per stored post.
+fn devnode_figures(args: &Args, report: &mut Report) {
+    let mut rates = Vec::new();
+    let mut per_post = Vec::new();
+    for _ in 0..args.rounds.min(3) {
+        let node = DevNode::start_with(&["-blockinterval=0"], 0);
+        node.ok("createwalletuser", json!(["d"]));
+        node.ok("sendnewusertransaction", json!(["d"]));
+        node.ok("devnode_mine", json!([30_000]));
+        node.ok("follow", json!(["d", ["d"]]));
+        let clients = 4;
+        let window = Duration::from_secs(2);
+        let url = node.url.clone();
+        let threads: Vec<_> = (0..clients)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    let mut calls = 0u64;
+                    while start.elapsed() < window {
+                        rpc(&url, "getlasthave", json!(["d"])).expect("getlasthave");
+                        calls += 1;
+                    }
+                    calls as f64 / start.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        rates.push(threads.into_iter().map(|t| t.join().unwrap()).sum::<f64>());
+        let pid = node.pid();
+        let before = rss_kib(pid);
+        let posts = 20_000;
+        for k in 0..posts {
+            node.ok("newpostmsg", json!(["d", k, format!("{k:0>100}")]));
+        }
+        per_post.push((rss_kib(pid) - before) * 1024.0 / posts as f64);
+    }
+    let r = report.figure("D1", "dev node small RPCs, 4 clients", "call/s", &rates);
+    report.ratio("D1 dev node calls/s", r, ">= 5000");
+    let b = report.figure("D2", "dev node memory per stored post (100 chars)", "bytes", &per_post);
+    report.ratio("D2 dev node bytes per stored post", b, "report");
+}
+
 fn main() {
     let args = parse_args();
     let _ = plugin_path();
@@ -518,6 +560,9 @@ fn main() {
     }
     if want("P5") {
         p5(&mut ctx, &args, &mut report);
+    }
+    if want("D1") || want("D2") {
+        devnode_figures(&args, &mut report);
     }
     println!();
     for r in &report.ratios {
