@@ -227,3 +227,71 @@ fn an_idle_broker_with_the_plugin_stays_idle_even_with_twisterd_down() {
         p.node.stop();
     }
 }
+
+#[test]
+fn messages_not_yet_posted_survive_a_broker_restart() {
+    let data = workdir();
+    let datadir = format!("-datadir={}", data.path().join("node").display());
+    let mut node = DevNode::start_with(&["-blockinterval=0.2", &datadir], 0);
+    let dir = workdir();
+    let d = dir.path();
+    let a_conf = plugin_conf(
+        &node,
+        d,
+        "alice",
+        &[
+            "plugin_opt_follow bob",
+            "plugin_opt_publish out/#",
+            "plugin_opt_rpc_timeout_ms 500",
+        ],
+    );
+    let mut a = Broker::start(d, "a", &a_conf);
+    let b = Broker::start(
+        d,
+        "b",
+        &plugin_conf(
+            &node,
+            d,
+            "bob",
+            &["plugin_opt_follow alice", "plugin_opt_subscribe out/#"],
+        ),
+    );
+    a.wait_ready();
+    b.wait_ready();
+    let remote = Mqtt::connect(b.port, "remote", true);
+    assert!(remote.subscribe("out/#", QoS::AtLeastOnce));
+
+    node.stop();
+    let publ = Mqtt::connect(a.port, "pub-a", true);
+    publ.publish(
+        "out/kept",
+        b"accepted while twisterd was down",
+        QoS::AtLeastOnce,
+        false,
+    );
+    a.wait_log("twisterd unreachable", T);
+    let port = a.port;
+    publ.disconnect();
+    a.stop();
+    assert!(
+        a.log_text()
+            .contains("stopping with 1 messages not yet posted (kept in the state file"),
+        "{}",
+        a.log_text()
+    );
+
+    node.restart();
+    let a = Broker::start_on(d, "a", &a_conf, port);
+    a.wait_log(
+        "1 messages not posted before the last stop are queued again",
+        T,
+    );
+    let got = remote.expect(
+        Duration::from_secs(30),
+        "the message kept across A's restart",
+    );
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_slice()),
+        ("out/kept", &b"accepted while twisterd was down"[..])
+    );
+}

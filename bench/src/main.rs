@@ -361,11 +361,7 @@ fn p2_p4(ctx: &mut Ctx, args: &Args, report: &mut Report) {
     let br = report.figure("P2", "mosquitto bridge", "msg/s", &bridge);
     report.ratio("P2 relay/bridge", r / br, ">= 0.5");
     let pk = report.figure("P4", "payload bytes per post / 1873", "frac", &packing);
-    report.ratio(
-        "P4 packing (64-byte text payloads)",
-        pk,
-        "report",
-    );
+    report.ratio("P4 packing (64-byte text payloads)", pk, "report");
 }
 
 /// Latencies in ms of `count` messages sent at `rate` per second from `a` to a subscriber on `b`.
@@ -517,7 +513,12 @@ fn devnode_figures(args: &Args, report: &mut Report) {
     }
     let r = report.figure("D1", "dev node small RPCs, 4 clients", "call/s", &rates);
     report.ratio("D1 dev node calls/s", r, ">= 5000");
-    let b = report.figure("D2", "dev node memory per stored post (100 chars)", "bytes", &per_post);
+    let b = report.figure(
+        "D2",
+        "dev node memory per stored post (100 chars)",
+        "bytes",
+        &per_post,
+    );
     report.ratio("D2 dev node bytes per stored post", b, "report");
 }
 

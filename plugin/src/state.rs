@@ -48,6 +48,24 @@ pub struct Saved {
     pub next_k: i64,
     pub seq: u64,
     pub cursors: BTreeMap<String, Cursor>,
+    /// Messages accepted from local clients but not posted when the broker stopped.
+    pub unsent: Vec<Unsent>,
+}
+
+/// Where an unsent message was going.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    Public,
+    Direct(String),
+    /// A private forward whose recipients were not decided yet.
+    Undecided,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsent {
+    pub to: Destination,
+    /// The message as a wire item (`wire::encode_item`).
+    pub item: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +90,19 @@ impl Saved {
                 )
             })
             .collect();
-        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors})
+        let unsent: Vec<Value> = self
+            .unsent
+            .iter()
+            .map(|u| {
+                let to = match &u.to {
+                    Destination::Public => json!({"public": true}),
+                    Destination::Direct(user) => json!({"dm": user}),
+                    Destination::Undecided => json!({"undecided": true}),
+                };
+                json!({"to": to, "item": u.item})
+            })
+            .collect();
+        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent})
     }
 
     pub fn from_json(v: &Value) -> Option<Saved> {
@@ -80,7 +110,27 @@ impl Saved {
             next_k: v.get("next_k")?.as_i64()?,
             seq: v.get("seq")?.as_u64()?,
             cursors: BTreeMap::new(),
+            unsent: Vec::new(),
         };
+        for u in v
+            .get("unsent")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let to = &u["to"];
+            let to = if let Some(user) = to.get("dm").and_then(Value::as_str) {
+                Destination::Direct(user.to_string())
+            } else if to.get("undecided").is_some() {
+                Destination::Undecided
+            } else {
+                Destination::Public
+            };
+            s.unsent.push(Unsent {
+                to,
+                item: u.get("item")?.as_str()?.to_string(),
+            });
+        }
         for (u, c) in v.get("cursors")?.as_object()? {
             let seen = c
                 .get("seen")?
@@ -162,6 +212,20 @@ mod tests {
         c.first_sight(8);
         c.dm_id = 3;
         s.cursors.insert("bob".into(), c);
+        s.unsent = vec![
+            Unsent {
+                to: Destination::Public,
+                item: "{\"t\":\"a\",\"x\":\"1\",\"q\":1}".into(),
+            },
+            Unsent {
+                to: Destination::Direct("carol".into()),
+                item: "{}".into(),
+            },
+            Unsent {
+                to: Destination::Undecided,
+                item: "{}".into(),
+            },
+        ];
         s.save(&path).unwrap();
         assert_eq!(Saved::load(&path).unwrap(), Some(s));
         std::fs::write(&path, b"{\"next_k\":\"x\"}").unwrap();

@@ -114,6 +114,14 @@ pub fn envelope<'a>(seq: u64, items: impl IntoIterator<Item = &'a str>) -> Strin
     s
 }
 
+/// The message inside a queued item of either format (a v1 batch item or a proof-of-concept text).
+pub fn item_message(item: &str) -> Option<Message> {
+    let one = |v: Result<Vec<Message>, WireError>| {
+        v.ok().filter(|m| m.len() == 1).and_then(|mut m| m.pop())
+    };
+    one(decode(item)).or_else(|| one(decode(&envelope(0, [item]))))
+}
+
 /// The proof-of-concept's format: one message, no retain flag.
 pub fn encode_poc(m: &Message) -> String {
     let mut s = String::from("{\"topic\":");
@@ -252,6 +260,15 @@ mod tests {
             decode(r#"{"v":1,"m":[{"t":"a","x":"s","p":"eA=="}]}"#).is_err(),
             "one payload only"
         );
+    }
+
+    #[test]
+    fn queued_items_of_both_formats_give_back_their_message() {
+        let m = msg("a/b", b"payload", 1, true);
+        assert_eq!(item_message(&encode_item(&m)), Some(m.clone()));
+        let poc = Message { retain: false, ..m };
+        assert_eq!(item_message(&encode_poc(&poc)), Some(poc));
+        assert_eq!(item_message("garbage"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::interest::{any_matches, Interest};
 use crate::rpc::{
     RpcError, Twister, RPC_INVALID_PARAMS, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME,
 };
-use crate::state::{Cursor, Saved, REORDER_WINDOW};
+use crate::state::{Cursor, Destination, Saved, Unsent, REORDER_WINDOW};
 use crate::wire::{self, Message};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
@@ -199,7 +199,7 @@ impl Worker {
     ) -> Self {
         let now = Instant::now();
         let state_found = saved.is_some();
-        let w = Worker {
+        let mut w = Worker {
             interest: Interest::new(&cfg.subscribe),
             cfg,
             rpc,
@@ -236,7 +236,66 @@ impl Worker {
                 "no saved state yet: reading followed users from their newest post on",
             );
         }
+        w.restore_unsent();
         w
+    }
+
+    /// Queues again what a previous run accepted but could not post before it stopped.
+    fn restore_unsent(&mut self) {
+        let unsent = std::mem::take(&mut self.saved.unsent);
+        if unsent.is_empty() {
+            return;
+        }
+        let n = unsent.len();
+        for u in unsent {
+            let Some(msg) = wire::item_message(&u.item) else {
+                continue;
+            };
+            let item = self.encode(&msg);
+            let queue = match u.to {
+                Destination::Public => &mut self.public,
+                Destination::Direct(user) => self.private.entry(user).or_default(),
+                Destination::Undecided => {
+                    self.held_private.push(msg);
+                    self.queued += 1;
+                    continue;
+                }
+            };
+            queue.items.push_back(item);
+            queue.since.get_or_insert_with(Instant::now);
+            self.queued += 1;
+        }
+        self.state_dirty = true;
+        self.log(
+            Level::Notice,
+            format!("{n} messages not posted before the last stop are queued again"),
+        );
+    }
+
+    /// Everything still queued, as it is kept in the state file.
+    fn unsent(&self) -> Vec<Unsent> {
+        let neutral = |item: &String| wire::item_message(item).map(|m| wire::encode_item(&m));
+        let mut out: Vec<Unsent> = self
+            .public
+            .items
+            .iter()
+            .filter_map(neutral)
+            .map(|item| Unsent {
+                to: Destination::Public,
+                item,
+            })
+            .collect();
+        for (user, q) in &self.private {
+            out.extend(q.items.iter().filter_map(neutral).map(|item| Unsent {
+                to: Destination::Direct(user.clone()),
+                item,
+            }));
+        }
+        out.extend(self.held_private.iter().map(|m| Unsent {
+            to: Destination::Undecided,
+            item: wire::encode_item(m),
+        }));
+        out
     }
 
     fn log(&self, level: Level, msg: impl Into<String>) {
@@ -994,11 +1053,21 @@ impl Worker {
             }
         }
         if self.queued > 0 {
+            let kept = if self.cfg.state_file.is_some() {
+                "kept in the state file for the next start"
+            } else {
+                "lost: no plugin_opt_state_file"
+            };
             self.log(
                 Level::Warning,
-                format!("stopping with {} messages not yet posted", self.queued),
+                format!(
+                    "stopping with {} messages not yet posted ({kept})",
+                    self.queued
+                ),
             );
         }
+        self.saved.unsent = self.unsent();
+        self.state_dirty = true;
         self.save_state();
         let c = self.counters;
         self.log(Level::Notice, format!(
