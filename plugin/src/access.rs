@@ -24,6 +24,25 @@ pub struct BrokerConf {
     pub acl_file: bool,
     /// `plugin` / `auth_plugin` lines other than ours.
     pub other_plugins: Vec<String>,
+    pub allow_anonymous: bool,
+    /// TCP MQTT listeners: (port, bind address).
+    pub listeners: Vec<(u16, Option<String>)>,
+}
+
+impl BrokerConf {
+    /// Where the plugin can reach its own broker as an anonymous MQTT client, to wake its event loop.
+    pub fn wake_address(&self) -> Option<std::net::SocketAddr> {
+        if !self.allow_anonymous {
+            return None;
+        }
+        let (port, bind) = self.listeners.iter().find(|(port, _)| *port != 0)?;
+        let host = match bind.as_deref() {
+            None | Some("0.0.0.0") | Some("::") => "127.0.0.1",
+            Some(h) => h,
+        };
+        use std::net::ToSocketAddrs;
+        (host, *port).to_socket_addrs().ok()?.next()
+    }
 }
 
 /// The `-c` / `--config-file` argument of the broker's command line.
@@ -55,6 +74,17 @@ pub fn parse(text: &str, include: &dyn Fn(&str) -> Vec<String>, conf: &mut Broke
         match key {
             "per_listener_settings" => conf.per_listener_settings = value == "true",
             "acl_file" => conf.acl_file = true,
+            "allow_anonymous" => conf.allow_anonymous = value == "true",
+            "listener" | "port" => {
+                let mut words = value.split_whitespace();
+                if let Some(port) = words.next().and_then(|p| p.parse().ok()) {
+                    conf.listeners.push((port, words.next().map(String::from)));
+                }
+            }
+            // A websockets listener cannot take a raw MQTT connection.
+            "protocol" if value != "mqtt" => {
+                conf.listeners.pop();
+            }
             "plugin" | "auth_plugin" if !is_ours(value) => {
                 conf.other_plugins.push(value.to_string())
             }
@@ -132,7 +162,7 @@ mod tests {
     #[test]
     fn reads_what_decides_access() {
         let c = conf("# comment\nlistener 1883\nplugin /usr/lib/x86_64-linux-gnu/libmqtt_twister.so\nplugin_opt_user a\n");
-        assert_eq!(c, BrokerConf::default());
+        assert!(!c.per_listener_settings && !c.acl_file && c.other_plugins.is_empty());
         assert_eq!(decide(AccessMode::Auto, Some(&c)), Ok(AclAnswer::Allow));
         let c = conf("acl_file /etc/acl\nplugin /x/libmqtt_twister.so\n");
         assert_eq!(decide(AccessMode::Auto, Some(&c)), Ok(AclAnswer::Defer));
@@ -150,6 +180,23 @@ mod tests {
         assert!(decide(AccessMode::Auto, None)
             .unwrap_err()
             .contains("plugin_opt_access"));
+    }
+
+    #[test]
+    fn finds_an_anonymous_tcp_listener_to_wake_the_broker() {
+        let c = conf("listener 1883 127.0.0.1\nallow_anonymous true\n");
+        assert_eq!(c.wake_address(), Some("127.0.0.1:1883".parse().unwrap()));
+        let c = conf("listener 9001\nprotocol websockets\nlistener 1884\nallow_anonymous true\n");
+        assert_eq!(c.wake_address(), Some("127.0.0.1:1884".parse().unwrap()));
+        assert_eq!(
+            conf("listener 1883\n").wake_address(),
+            None,
+            "anonymous clients are refused by default"
+        );
+        assert_eq!(
+            conf("listener 0 /run/m.sock\nallow_anonymous true\n").wake_address(),
+            None
+        );
     }
 
     #[test]

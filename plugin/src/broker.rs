@@ -9,6 +9,7 @@ use crate::bindings::*;
 use crate::config::{self, Config, PasswordSource};
 use crate::rpc::{HttpTwister, Twister};
 use crate::state::Saved;
+use crate::wake::Doorbell;
 use crate::wire::Message;
 use crate::worker::{Level, ToBroker, ToWorker, WorkerHandle};
 use crossbeam_channel::TrySendError;
@@ -483,7 +484,12 @@ pub fn plugin_init(
         let make_rpc = move |timeout| {
             Box::new(HttpTwister::new(&url, &user, &password, timeout)) as Box<dyn Twister>
         };
-        let worker = match WorkerHandle::spawn(cfg.clone(), make_rpc, saved) {
+        let wake = broker_conf
+            .as_ref()
+            .and_then(|c| c.wake_address())
+            .filter(|_| cfg.wakeup);
+        let doorbell = Doorbell::new(wake, format!("mqtt-twister-wake-{}", cfg.user));
+        let worker = match WorkerHandle::spawn(cfg.clone(), make_rpc, saved, doorbell) {
             Ok(w) => w,
             Err(e) => return refuse(&format!("cannot start the worker thread: {e}")),
         };

@@ -71,6 +71,8 @@ pub struct Config {
     pub create_user: bool,
     pub access: AccessMode,
     pub wire_format: WireFormat,
+    /// Wake the broker's loop through its own listener when messages arrive (see `wake`).
+    pub wakeup: bool,
     /// Every `publish` and `private` filter, compiled for the MESSAGE callback.
     pub forward_filters: topic::FilterSet,
 }
@@ -106,6 +108,7 @@ const SCALARS: &[&str] = &[
     "create_user",
     "access",
     "wire_format",
+    "wakeup",
 ];
 const KNOWN: &[&str] = &[
     "rpc_url",
@@ -127,6 +130,7 @@ const KNOWN: &[&str] = &[
     "create_user",
     "access",
     "wire_format",
+    "wakeup",
 ];
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -340,6 +344,10 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
             .unwrap_or(false),
         access,
         wire_format,
+        wakeup: get("wakeup")
+            .map(|v| boolean("wakeup", v))
+            .transpose()?
+            .unwrap_or(true),
     })
 }
 

@@ -12,6 +12,7 @@ pub mod interest;
 pub mod rpc;
 pub mod state;
 pub mod topic;
+pub mod wake;
 pub mod wire;
 pub mod worker;
 

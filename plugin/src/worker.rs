@@ -11,6 +11,7 @@ use crate::rpc::{
     RpcError, Twister, RPC_INVALID_PARAMS, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME,
 };
 use crate::state::{Cursor, Destination, Saved, Unsent, REORDER_WINDOW};
+use crate::wake::Doorbell;
 use crate::wire::{self, Message};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
@@ -124,6 +125,9 @@ pub struct Worker {
     trouble: Option<String>,
     said_once: Vec<String>,
     pub counters: Counters,
+    doorbell: Doorbell,
+    /// Messages were handed to the broker since the doorbell last rang.
+    ring_pending: bool,
 }
 
 /// The broker side's end: the sender the callbacks `try_send` on, the receiver TICK drains, the thread.
@@ -138,6 +142,7 @@ impl WorkerHandle {
         cfg: Arc<Config>,
         make_rpc: impl Fn(Duration) -> Box<dyn Twister> + Send + 'static,
         saved: Option<Saved>,
+        doorbell: Doorbell,
     ) -> std::io::Result<Self> {
         let (to_worker, inbox) = bounded(CHANNEL_CAPACITY);
         let (to_broker, from_worker) = bounded(CHANNEL_CAPACITY);
@@ -149,7 +154,8 @@ impl WorkerHandle {
                 // dhtget waits up to its timeout for the network: the DHT thread gets a longer HTTP timeout.
                 let dht_rpc = make_rpc(cfg.rpc_timeout + Duration::from_secs(4));
                 let dht = DhtThread::spawn(cfg.clone(), dht_rpc, dht_inbox, to_broker.clone());
-                let worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
+                let mut worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
+                worker.doorbell = doorbell;
                 worker.run();
             })?;
         Ok(WorkerHandle {
@@ -229,6 +235,8 @@ impl Worker {
             trouble: None,
             said_once: Vec::new(),
             counters: Counters::default(),
+            doorbell: Doorbell::new(None, String::new()),
+            ring_pending: false,
         };
         if w.cfg.state_file.is_some() && !state_found {
             w.log(
@@ -668,6 +676,11 @@ impl Worker {
                 self.saved.next_k, self.cfg.follow
             ),
         );
+        let wake = match self.doorbell.enabled() {
+            Some(addr) => format!("messages from the network wake the broker through its listener {addr}"),
+            None => "no anonymous TCP listener to wake the broker through: messages from the network wait for its TICK (about 100 ms when idle)".into(),
+        };
+        self.log(Level::Info, wake);
     }
 
     /// Follows ourselves and the configured users; remembers who is not registered yet. False when
@@ -876,6 +889,13 @@ impl Worker {
     // ----- inbound -----
 
     fn poll(&mut self) {
+        self.read_followed();
+        if std::mem::take(&mut self.ring_pending) {
+            self.doorbell.ring();
+        }
+    }
+
+    fn read_followed(&mut self) {
         let user = self.cfg.user.clone();
         let Ok(lasthave) = self.call("getlasthave", json!([user])) else {
             return;
@@ -999,6 +1019,7 @@ impl Worker {
                     // Retained messages are kept even with no subscriber now, for those who come later.
                     if m.retain || self.interest.wants(&m.topic) {
                         self.counters.injected += 1;
+                        self.ring_pending = true;
                         if self
                             .to_broker
                             .send_timeout(ToBroker::Publish(m), Duration::from_secs(1))
