@@ -1,5 +1,5 @@
 # mqtt-twister. Every target installs what it is missing (Debian packages need root or sudo).
-.PHONY: all deps build release test demo bench install deb clean
+.PHONY: all deps build release test demo bench profile install deb clean
 
 DEBIAN_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients libclang-dev python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -31,6 +31,11 @@ demo: build
 
 bench: release
 	cargo run --release -p mqtt-twister-bench -- $(BENCH_ARGS)
+
+# Instruction counts of the broker thread and the plugin's callbacks (valgrind callgrind).
+profile: release
+	@command -v valgrind >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind
+	bash scripts/profile.sh
 
 # Installs the plugin where Debian keeps broker plugins, plus the dev node and an example config.
 install: release
