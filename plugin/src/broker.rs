@@ -161,12 +161,15 @@ unsafe extern "C" fn on_message(
             unsafe { std::slice::from_raw_parts(ev.payload as *const u8, ev.payloadlen as usize) }
                 .to_vec()
         };
-        p.send(ToWorker::Publish(Message {
+        let queued = p.worker.publish(Message {
             topic: topic.to_owned(),
             payload,
             qos: ev.qos,
             retain: ev.retain,
-        }));
+        });
+        if !queued {
+            p.dropped += 1;
+        }
         0
     })
 }

@@ -16,6 +16,7 @@ use crate::wire::{self, Message};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,7 +25,6 @@ use twister_rules::PostHeader;
 /// What the broker thread sends to the worker.
 #[derive(Debug)]
 pub enum ToWorker {
-    Publish(Message),
     Subscribe {
         client: String,
         filter: String,
@@ -45,6 +45,8 @@ pub enum ToWorker {
     ProfileWritten(Result<(), String>),
     /// The broker is unloading the plugin: flush, save, stop.
     Shutdown,
+    /// Local messages were queued while the worker slept.
+    Wake,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,8 +136,20 @@ pub struct Worker {
 pub struct WorkerHandle {
     pub to_worker: Option<Sender<ToWorker>>,
     pub from_worker: Receiver<ToBroker>,
+    outbound: Arc<Outbound>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Messages from the MESSAGE callback to the worker. A lock-free queue, not the channel: while messages
+/// flow the worker drains it every few milliseconds on its own, so the broker's thread pays neither a
+/// lock nor a wake-up (a syscall) per message; it signals only a worker that went to sleep.
+pub struct Outbound {
+    queue: crossbeam_queue::ArrayQueue<Message>,
+    sleeping: AtomicBool,
+}
+
+/// How often a busy worker takes what the callbacks queued.
+const DRAIN_EVERY: Duration = Duration::from_millis(2);
 
 impl WorkerHandle {
     pub fn spawn(
@@ -147,6 +161,11 @@ impl WorkerHandle {
         let (to_worker, inbox) = bounded(CHANNEL_CAPACITY);
         let (to_broker, from_worker) = bounded(CHANNEL_CAPACITY);
         let dht_inbox = to_worker.clone();
+        let outbound = Arc::new(Outbound {
+            queue: crossbeam_queue::ArrayQueue::new(CHANNEL_CAPACITY),
+            sleeping: AtomicBool::new(false),
+        });
+        let worker_outbound = outbound.clone();
         let thread = std::thread::Builder::new()
             .name("mqtt-twister".into())
             .spawn(move || {
@@ -156,13 +175,31 @@ impl WorkerHandle {
                 let dht = DhtThread::spawn(cfg.clone(), dht_rpc, dht_inbox, to_broker.clone());
                 let mut worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
                 worker.doorbell = doorbell;
-                worker.run();
+                worker.run(&worker_outbound);
             })?;
         Ok(WorkerHandle {
             to_worker: Some(to_worker),
             from_worker,
+            outbound,
             thread: Some(thread),
         })
+    }
+
+    /// Queues a local message for the worker; false when the queue is full. Never blocks.
+    pub fn publish(&self, m: Message) -> bool {
+        if self.outbound.queue.push(m).is_err() {
+            return false;
+        }
+        // Pairs with the worker's store of `sleeping` before its last look at the queue.
+        fence(Ordering::SeqCst);
+        if self.outbound.sleeping.load(Ordering::SeqCst)
+            && self.outbound.sleeping.swap(false, Ordering::SeqCst)
+        {
+            if let Some(tx) = &self.to_worker {
+                let _ = tx.try_send(ToWorker::Wake);
+            }
+        }
+        true
     }
 
     /// Closes the channel and waits for the worker to flush, save and stop.
@@ -350,25 +387,45 @@ impl Worker {
         r
     }
 
-    fn run(mut self) {
+    fn run(mut self, outbound: &Outbound) {
         loop {
+            let mut drained = 0;
+            while let Some(m) = outbound.queue.pop() {
+                self.outbound(m);
+                drained += 1;
+                if drained == 8192 {
+                    break;
+                }
+            }
             let deadline = self.next_deadline();
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.inbox.recv_timeout(wait) {
-                Ok(ToWorker::Shutdown) => return self.shutdown(),
+            let mut wait = deadline.saturating_duration_since(Instant::now());
+            if drained > 0 {
+                // Busy: come back soon for more rather than be woken per message.
+                wait = wait.min(DRAIN_EVERY);
+            } else {
+                outbound.sleeping.store(true, Ordering::SeqCst);
+                if !outbound.queue.is_empty() {
+                    outbound.sleeping.store(false, Ordering::SeqCst);
+                    continue;
+                }
+            }
+            let received = self.inbox.recv_timeout(wait);
+            outbound.sleeping.store(false, Ordering::SeqCst);
+            match received {
+                Ok(ToWorker::Shutdown) => return self.shutdown(outbound),
                 Ok(m) => {
                     self.handle(m);
                     // Take what else is waiting before doing I/O, so batches fill up.
                     for _ in 0..4096 {
                         match self.inbox.try_recv() {
-                            Ok(ToWorker::Shutdown) => return self.shutdown(),
+                            Ok(ToWorker::Shutdown) => return self.shutdown(outbound),
                             Ok(m) => self.handle(m),
                             Err(_) => break,
                         }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return self.shutdown(),
+                Err(RecvTimeoutError::Disconnected) => return self.shutdown(outbound),
             }
             self.step(Instant::now());
         }
@@ -441,7 +498,6 @@ impl Worker {
 
     fn handle(&mut self, m: ToWorker) {
         match m {
-            ToWorker::Publish(msg) => self.outbound(msg),
             ToWorker::Subscribe { client, filter } => {
                 if self.interest.subscribe(&client, &filter) {
                     self.interest_changed();
@@ -475,7 +531,7 @@ impl Worker {
                     }
                 }
             }
-            ToWorker::Shutdown => {}
+            ToWorker::Shutdown | ToWorker::Wake => {}
             ToWorker::ProfileWritten(Ok(())) => self.profile_backoff = Duration::from_millis(500),
             ToWorker::ProfileWritten(Err(e)) => {
                 self.log(
@@ -1061,7 +1117,10 @@ impl Worker {
         }
     }
 
-    fn shutdown(mut self) {
+    fn shutdown(mut self, outbound: &Outbound) {
+        while let Some(m) = outbound.queue.pop() {
+            self.outbound(m);
+        }
         let until = Instant::now() + SHUTDOWN_FLUSH;
         if self.ready {
             self.post_retry_at = Instant::now();
