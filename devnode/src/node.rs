@@ -250,7 +250,9 @@ impl Node {
                 (0, Some(f)) => f,
                 _ => self.rand() as u8,
             };
-            s.push_str(&format!("{b:02x}"));
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
         }
         s
     }

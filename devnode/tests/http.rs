@@ -205,7 +205,7 @@ fn stop_rpc_shuts_down_cleanly() {
 
 #[test]
 fn faults_can_be_injected_and_cleared() {
-    let n = Node::start(&[]);
+    let n = Node::start(&["-blockinterval=0"]);
     n.ok("devnode_fault", json!([{"busy": 1.0}]));
     let (s, v) = n.post(r#"{"id":1,"method":"getblockcount","params":[]}"#);
     assert_eq!((s, v["error"]["code"].as_i64()), (500, Some(-25)));
@@ -218,6 +218,13 @@ fn faults_can_be_injected_and_cleared() {
     let t = Instant::now();
     n.ok("getblockcount", json!([]));
     assert!(t.elapsed() >= Duration::from_millis(300));
+    n.ok("devnode_fault", json!([{"stall_ms": 300}]));
+    let t = Instant::now();
+    n.ok("getblockcount", json!([]));
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "held until the stall ends"
+    );
     n.ok("devnode_fault", json!([{"refuse_ms": 400}]));
     let refused =
         std::panic::catch_unwind(|| n.post(r#"{"id":1,"method":"getblockcount","params":[]}"#));

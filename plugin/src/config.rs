@@ -83,7 +83,7 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("{PREFIX}{key}: {reason}")]
     Invalid { key: String, reason: String },
-    #[error("unknown option {PREFIX}{0} (known: {known})", known = KNOWN.join(", "))]
+    #[error("unknown option {PREFIX}{0} (known: {known})", known = known_keys().join(", "))]
     Unknown(String),
     #[error("{PREFIX}{0} is given more than once")]
     Repeated(String),
@@ -110,28 +110,10 @@ const SCALARS: &[&str] = &[
     "wire_format",
     "wakeup",
 ];
-const KNOWN: &[&str] = &[
-    "rpc_url",
-    "rpc_user",
-    "rpc_password",
-    "rpc_password_file",
-    "user",
-    "follow",
-    "publish",
-    "private",
-    "subscribe",
-    "poll_interval_ms",
-    "batch_delay_ms",
-    "interest_refresh_ms",
-    "profile_debounce_ms",
-    "rpc_timeout_ms",
-    "max_queue",
-    "state_file",
-    "create_user",
-    "access",
-    "wire_format",
-    "wakeup",
-];
+
+fn known_keys() -> Vec<&'static str> {
+    SCALARS.iter().chain(LISTS).copied().collect()
+}
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -198,7 +180,7 @@ fn filter(key: &str, v: &str) -> Result<String, ConfigError> {
 pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
     let mut seen: Vec<&str> = Vec::new();
     for (k, _) in opts {
-        if !KNOWN.contains(&k.as_str()) {
+        if !LISTS.contains(&k.as_str()) && !SCALARS.contains(&k.as_str()) {
             return Err(ConfigError::Unknown(k.clone()));
         }
         if SCALARS.contains(&k.as_str()) {
@@ -208,9 +190,6 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
             seen.push(k);
         }
     }
-    debug_assert!(KNOWN
-        .iter()
-        .all(|k| LISTS.contains(k) || SCALARS.contains(k)));
     let get = |key: &str| opts.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim());
     let all = |key: &'static str| {
         opts.iter()

@@ -65,7 +65,15 @@ pub enum ToBroker {
     Log(Level, String),
 }
 
-pub const CHANNEL_CAPACITY: usize = 65_536;
+/// Room for local messages between two drains of the worker (every 2 ms while busy). Every slot is
+/// allocated up front, so this is also memory the plugin holds from the start (about 1 MiB).
+pub const OUTBOUND_CAPACITY: usize = 16_384;
+/// How often changed state (post number, read positions) is written to the state file.
+const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Subscription events and DHT answers.
+pub const CONTROL_CAPACITY: usize = 4096;
+/// Messages from the network and log lines waiting for the broker's TICK.
+pub const TO_BROKER_CAPACITY: usize = 8192;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Posts sent in one go before the worker looks at its inbox again.
 const POSTS_PER_FLUSH: usize = 32;
@@ -128,6 +136,7 @@ pub struct Worker {
     said_once: Vec<String>,
     pub counters: Counters,
     doorbell: Doorbell,
+    last_save: Instant,
     /// Messages were handed to the broker since the doorbell last rang.
     ring_pending: bool,
 }
@@ -158,11 +167,11 @@ impl WorkerHandle {
         saved: Option<Saved>,
         doorbell: Doorbell,
     ) -> std::io::Result<Self> {
-        let (to_worker, inbox) = bounded(CHANNEL_CAPACITY);
-        let (to_broker, from_worker) = bounded(CHANNEL_CAPACITY);
+        let (to_worker, inbox) = bounded(CONTROL_CAPACITY);
+        let (to_broker, from_worker) = bounded(TO_BROKER_CAPACITY);
         let dht_inbox = to_worker.clone();
         let outbound = Arc::new(Outbound {
-            queue: crossbeam_queue::ArrayQueue::new(CHANNEL_CAPACITY),
+            queue: crossbeam_queue::ArrayQueue::new(OUTBOUND_CAPACITY),
             sleeping: AtomicBool::new(false),
         });
         let worker_outbound = outbound.clone();
@@ -273,6 +282,7 @@ impl Worker {
             said_once: Vec::new(),
             counters: Counters::default(),
             doorbell: Doorbell::new(None, String::new()),
+            last_save: now,
             ring_pending: false,
         };
         if w.cfg.state_file.is_some() && !state_found {
@@ -873,9 +883,9 @@ impl Worker {
             Ok(_) => {
                 self.saved.next_k += 1;
                 self.saved.seq += 1;
+                // Saved within STATE_SAVE_EVERY; a crash in between is covered at start-up, where the
+                // next k is also taken from twisterd's own last piece (getlasthave).
                 self.state_dirty = true;
-                // k must be on disk before the next post: a reused k is lost silently.
-                self.save_state();
                 match to {
                     None => self.counters.posts += 1,
                     Some(_) => self.counters.dms += 1,
@@ -1099,10 +1109,18 @@ impl Worker {
         }
     }
 
+    /// Writes the state file when something changed, at most every STATE_SAVE_EVERY.
     fn save_state(&mut self) {
+        if self.state_dirty && self.last_save.elapsed() >= STATE_SAVE_EVERY {
+            self.save_state_now();
+        }
+    }
+
+    fn save_state_now(&mut self) {
         if !self.state_dirty {
             return;
         }
+        self.last_save = Instant::now();
         let Some(path) = self.cfg.state_file.clone() else {
             self.state_dirty = false;
             return;
@@ -1148,7 +1166,7 @@ impl Worker {
         }
         self.saved.unsent = self.unsent();
         self.state_dirty = true;
-        self.save_state();
+        self.save_state_now();
         let c = self.counters;
         self.log(Level::Notice, format!(
             "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {} (queue full) + {} (too big)",
