@@ -1,4 +1,5 @@
 # mqtt-twister. Every target installs what it is missing (Debian packages need root or sudo).
+SHELL := bash
 .PHONY: all deps build release test demo bench profile install deb clean
 
 DEBIAN_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients libclang-dev python3
@@ -23,8 +24,10 @@ build: deps
 release: deps
 	cargo build --workspace --release
 
+# Unit and integration tests of every crate (the crates have no doc tests), then one total line.
 test: build
-	cargo test --workspace
+	set -o pipefail; cargo test --workspace --lib --bins --tests 2>&1 | tee target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all tests: %d passed, %d failed\n", p, f}' target/test.log
 
 demo: build
 	bash scripts/demo.sh
