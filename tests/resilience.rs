@@ -182,9 +182,12 @@ fn malformed_posts_from_a_followed_user_are_skipped_and_counted() {
 }
 
 #[test]
-fn a_message_too_big_for_one_post_is_refused_with_a_log_line_and_others_pass() {
+fn a_message_over_the_size_limit_is_refused_with_a_log_line_and_others_pass() {
     let p = Pair::start(
-        &["plugin_opt_publish big/#"],
+        &[
+            "plugin_opt_publish big/#",
+            "plugin_opt_max_message_bytes 3000",
+        ],
         &["plugin_opt_subscribe big/#"],
     );
     let sub = Mqtt::connect(p.b.port, "sub-b", true);
@@ -192,9 +195,71 @@ fn a_message_too_big_for_one_post_is_refused_with_a_log_line_and_others_pass() {
     let publ = Mqtt::connect(p.a.port, "pub-a", true);
     publ.publish("big/huge", &vec![7u8; 4000], QoS::AtLeastOnce, false);
     publ.publish("big/fits", &vec![7u8; 1200], QoS::AtLeastOnce, false);
-    let got = sub.expect(T, "the message that fits");
+    let got = sub.expect(T, "the message within the limit");
     assert_eq!((got.topic.as_str(), got.payload.len()), ("big/fits", 1200));
-    p.a.wait_log("one Twister post carries at most", T);
+    p.a.wait_log(
+        "dropped a message of 4000 bytes: more than plugin_opt_max_message_bytes (3000)",
+        T,
+    );
+}
+
+#[test]
+fn messages_larger_than_a_post_cross_in_fragments_publicly_and_privately() {
+    let node = DevNode::start();
+    let dir = workdir();
+    let d = dir.path();
+    let a = Broker::start(
+        d,
+        "a",
+        &plugin_conf(
+            &node,
+            d,
+            "alice",
+            &[
+                "plugin_opt_follow bob",
+                "plugin_opt_publish big/#",
+                "plugin_opt_private secret/# bob",
+            ],
+        ),
+    );
+    let b = Broker::start(
+        d,
+        "b",
+        &plugin_conf(&node, d, "bob", &["plugin_opt_follow alice"]),
+    );
+    a.wait_ready();
+    b.wait_ready();
+    let sub = Mqtt::connect(b.port, "sub-b", true);
+    assert!(sub.subscribe("big/#", QoS::AtLeastOnce));
+    assert!(sub.subscribe("secret/#", QoS::AtLeastOnce));
+    wait_interest(&node, "bob", "secret/#");
+    let publ = Mqtt::connect(a.port, "pub-a", true);
+    let binary: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let text = "{\"reading\": 21.5} ".repeat(300).into_bytes();
+    publ.publish("big/binary", &binary, QoS::AtLeastOnce, false);
+    publ.publish("big/text", &text, QoS::AtLeastOnce, true);
+    publ.publish("big/small", b"after", QoS::AtLeastOnce, false);
+    let first = sub.expect(T, "the 20,000-byte message");
+    assert_eq!(
+        (first.topic.as_str(), first.payload == binary),
+        ("big/binary", true)
+    );
+    let second = sub.expect(T, "the text message");
+    assert_eq!(
+        (second.topic.as_str(), second.payload == text),
+        ("big/text", true)
+    );
+    assert_eq!(sub.expect(T, "the small one after").payload, b"after");
+    // A private forward to bob (once alice knows his interest) is cut for a DM's smaller room.
+    let secret: Vec<u8> = (0..5_000u32).map(|i| (i % 256) as u8).collect();
+    let got = wait_for(T, "the large private message", || {
+        publ.publish("secret/plan", &secret, QoS::AtLeastOnce, false);
+        sub.recv(Duration::from_millis(700))
+    });
+    assert_eq!(
+        (got.topic.as_str(), got.payload == secret),
+        ("secret/plan", true)
+    );
 }
 
 /// CPU ticks (1/100 s) the process has used.

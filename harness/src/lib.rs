@@ -391,6 +391,8 @@ impl Mqtt {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(clean);
+        // rumqttc refuses packets over 10 KiB by default.
+        opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, connection) = Client::new(opts, 256);
         let (mtx, messages) = channel();
         let (atx, acks) = channel();

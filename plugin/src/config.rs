@@ -67,6 +67,8 @@ pub struct Config {
     pub profile_debounce: Duration,
     pub rpc_timeout: Duration,
     pub max_queue: usize,
+    /// Largest message forwarded; one larger than a post is cut into fragments.
+    pub max_message_bytes: usize,
     pub state_file: Option<PathBuf>,
     pub create_user: bool,
     pub access: AccessMode,
@@ -109,6 +111,7 @@ const SCALARS: &[&str] = &[
     "access",
     "wire_format",
     "wakeup",
+    "max_message_bytes",
 ];
 
 fn known_keys() -> Vec<&'static str> {
@@ -289,6 +292,19 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
                 )
             })?,
     };
+    let max_message_bytes = match get("max_message_bytes") {
+        None => 65_536,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=10 << 20).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "max_message_bytes",
+                    format!("'{v}' is not a number of bytes from 1 to 10485760"),
+                )
+            })?,
+    };
     let state_file = match get("state_file") {
         None => None,
         Some("") => return Err(invalid("state_file", "needs a file name")),
@@ -316,6 +332,7 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         profile_debounce: ms("profile_debounce_ms", 1000, 0, 600_000)?,
         rpc_timeout: ms("rpc_timeout_ms", 5000, 100, 600_000)?,
         max_queue,
+        max_message_bytes,
         state_file,
         create_user: get("create_user")
             .map(|v| boolean("create_user", v))

@@ -115,11 +115,61 @@ pub fn envelope<'a>(seq: u64, items: impl IntoIterator<Item = &'a str>) -> Strin
 }
 
 /// The message inside a queued item of either format (a v1 batch item or a proof-of-concept text).
-pub fn item_message(item: &str) -> Option<Message> {
-    let one = |v: Result<Vec<Message>, WireError>| {
-        v.ok().filter(|m| m.len() == 1).and_then(|mut m| m.pop())
+pub fn item_message(item: &str) -> Option<Item> {
+    let one =
+        |v: Result<Vec<Item>, WireError>| v.ok().filter(|m| m.len() == 1).and_then(|mut m| m.pop());
+    one(decode_items(item)).or_else(|| one(decode_items(&envelope(0, [item]))))
+}
+
+/// A part of a message too large for one post: `"f":[id,index,count]` in a v1 item.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fragment {
+    pub id: u64,
+    pub index: u32,
+    pub count: u32,
+}
+
+/// A decoded item: a whole message, or one fragment of one (its payload is then the fragment's part).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub message: Message,
+    pub fragment: Option<Fragment>,
+}
+
+/// Most fragments one message may be cut into.
+pub const MAX_FRAGMENTS: u32 = 100_000;
+
+/// Cuts `m` into v1 items of at most `max_item` bytes each, numbered `id`; None when even an empty
+/// fragment would not fit.
+pub fn encode_fragments(m: &Message, id: u64, max_item: usize) -> Option<Vec<String>> {
+    let item_with = |part: &[u8], index: u32, count: u32| {
+        let mut s = String::from("{\"t\":");
+        push_json_string(&mut s, &m.topic);
+        s.push_str(",\"p\":\"");
+        B64.encode_string(part, &mut s);
+        s.push_str(&format!("\",\"q\":{}", m.qos.min(2)));
+        if m.retain {
+            s.push_str(",\"r\":1");
+        }
+        s.push_str(&format!(",\"f\":[{id},{index},{count}]}}"));
+        s
     };
-    one(decode(item)).or_else(|| one(decode(&envelope(0, [item]))))
+    let overhead = item_with(&[], MAX_FRAGMENTS - 1, MAX_FRAGMENTS).len();
+    let chunk = max_item.checked_sub(overhead)? / 4 * 3;
+    if chunk == 0 {
+        return None;
+    }
+    let parts: Vec<&[u8]> = m.payload.chunks(chunk).collect();
+    let count = u32::try_from(parts.len())
+        .ok()
+        .filter(|c| *c <= MAX_FRAGMENTS)?;
+    Some(
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| item_with(p, i as u32, count))
+            .collect(),
+    )
 }
 
 /// The proof-of-concept's format: one message, no retain flag.
@@ -139,7 +189,7 @@ fn item(
     payload_key: &str,
     qos_key: &str,
     retain_key: &str,
-) -> Result<Message, WireError> {
+) -> Result<Item, WireError> {
     let topic = v
         .get(topic_key)
         .and_then(Value::as_str)
@@ -169,16 +219,56 @@ fn item(
         Some(Value::Bool(b)) => *b,
         Some(r) => r.as_u64().ok_or(WireError::Item(i, "bad retain flag"))? != 0,
     };
-    Ok(Message {
-        topic: topic.to_string(),
-        payload,
-        qos,
-        retain,
+    let fragment = match v.get("f") {
+        None => None,
+        Some(f) => {
+            let bad = WireError::Item(i, "bad fragment");
+            let n: Vec<u64> = f
+                .as_array()
+                .ok_or(bad.clone())?
+                .iter()
+                .map(|x| x.as_u64())
+                .collect::<Option<_>>()
+                .ok_or(bad.clone())?;
+            match n[..] {
+                [id, index, count] if index < count && count <= MAX_FRAGMENTS as u64 => {
+                    Some(Fragment {
+                        id,
+                        index: index as u32,
+                        count: count as u32,
+                    })
+                }
+                _ => return Err(bad),
+            }
+        }
+    };
+    Ok(Item {
+        message: Message {
+            topic: topic.to_string(),
+            payload,
+            qos,
+            retain,
+        },
+        fragment,
     })
 }
 
-/// Reads a post's or DM's whole text (`msg` + `msg2`).
+/// Reads a post's or DM's whole text (`msg` + `msg2`): whole messages only.
 pub fn decode(text: &str) -> Result<Vec<Message>, WireError> {
+    decode_items(text)?
+        .into_iter()
+        .map(|it| {
+            if it.fragment.is_some() {
+                Err(WireError::NotMqtt)
+            } else {
+                Ok(it.message)
+            }
+        })
+        .collect()
+}
+
+/// Reads a post's or DM's whole text: messages and fragments of messages.
+pub fn decode_items(text: &str) -> Result<Vec<Item>, WireError> {
     let v: Value = serde_json::from_str(text).map_err(|_| WireError::NotJson)?;
     if !v.is_object() {
         return Err(WireError::NotMqtt);
@@ -199,7 +289,11 @@ pub fn decode(text: &str) -> Result<Vec<Message>, WireError> {
             .collect();
     }
     if v.get("topic").is_some() {
-        return Ok(vec![item(&v, 0, "topic", "payload", "qos", "retain")?]);
+        let poc = item(&v, 0, "topic", "payload", "qos", "retain")?;
+        if poc.fragment.is_some() {
+            return Err(WireError::NotMqtt);
+        }
+        return Ok(vec![poc]);
     }
     Err(WireError::NotMqtt)
 }
@@ -265,10 +359,62 @@ mod tests {
     #[test]
     fn queued_items_of_both_formats_give_back_their_message() {
         let m = msg("a/b", b"payload", 1, true);
-        assert_eq!(item_message(&encode_item(&m)), Some(m.clone()));
+        assert_eq!(
+            item_message(&encode_item(&m)).map(|i| i.message),
+            Some(m.clone())
+        );
         let poc = Message { retain: false, ..m };
-        assert_eq!(item_message(&encode_poc(&poc)), Some(poc));
-        assert_eq!(item_message("garbage"), None);
+        assert_eq!(
+            item_message(&encode_poc(&poc)).map(|i| i.message),
+            Some(poc)
+        );
+        assert!(item_message("garbage").is_none());
+    }
+
+    #[test]
+    fn large_messages_are_cut_into_fragments_that_fit_and_join_back() {
+        let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+        let m = msg("big/ü", &payload, 2, true);
+        let items = encode_fragments(&m, 42, 1800).unwrap();
+        assert!(items.len() > 10);
+        assert!(items.iter().all(|i| i.len() <= 1800), "each fragment fits");
+        let mut joined = Vec::new();
+        for (n, text) in items.iter().enumerate() {
+            let got = decode_items(&envelope(1, [text.as_str()]))
+                .unwrap()
+                .pop()
+                .unwrap();
+            assert_eq!(
+                got.fragment,
+                Some(Fragment {
+                    id: 42,
+                    index: n as u32,
+                    count: items.len() as u32
+                })
+            );
+            assert_eq!(
+                (
+                    got.message.topic.as_str(),
+                    got.message.qos,
+                    got.message.retain
+                ),
+                ("big/ü", 2, true)
+            );
+            joined.extend(got.message.payload);
+            assert!(
+                decode(&envelope(1, [text.as_str()])).is_err(),
+                "a fragment is not a whole message"
+            );
+        }
+        assert_eq!(joined, payload);
+        assert!(
+            encode_fragments(&m, 1, 40).is_none(),
+            "no room for any payload"
+        );
+        for bad in [r#"[1,2]"#, r#"[1,3,3]"#, r#""x""#, r#"[1,0,1000001]"#] {
+            let text = format!(r#"{{"v":1,"m":[{{"t":"a","p":"","f":{bad}}}]}}"#);
+            assert!(decode_items(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]

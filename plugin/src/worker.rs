@@ -95,6 +95,93 @@ pub struct Counters {
     pub duplicates: u64,
     pub dropped_queue_full: u64,
     pub dropped_too_big: u64,
+    pub fragmented: u64,
+}
+
+/// Joins fragments of large messages, per sender and message id. Bounded: at most
+/// REASSEMBLY_BYTES held, a message unfinished after REASSEMBLY_TIMEOUT is dropped.
+#[derive(Default)]
+struct Reassembly {
+    partial: BTreeMap<(String, u64), Partial>,
+    bytes: usize,
+}
+
+struct Partial {
+    first: Message,
+    count: u32,
+    parts: BTreeMap<u32, Vec<u8>>,
+    since: Instant,
+}
+
+const REASSEMBLY_BYTES: usize = 32 << 20;
+const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Reassembly {
+    /// Adds one fragment; the whole message once its last fragment is in.
+    fn add(
+        &mut self,
+        from: &str,
+        f: wire::Fragment,
+        part: Message,
+    ) -> Result<Option<Message>, String> {
+        self.expire();
+        let key = (from.to_string(), f.id);
+        let entry = self.partial.entry(key.clone()).or_insert_with(|| Partial {
+            first: Message {
+                payload: Vec::new(),
+                ..part.clone()
+            },
+            count: f.count,
+            parts: BTreeMap::new(),
+            since: Instant::now(),
+        });
+        if entry.count != f.count || entry.first.topic != part.topic {
+            return Err(format!(
+                "fragment {} of message {} does not match the ones before",
+                f.index, f.id
+            ));
+        }
+        let len = part.payload.len();
+        if entry.parts.insert(f.index, part.payload).is_none() {
+            self.bytes += len;
+        }
+        if entry.parts.len() < entry.count as usize {
+            while self.bytes > REASSEMBLY_BYTES {
+                self.drop_oldest();
+            }
+            return Ok(None);
+        }
+        let Some(done) = self.partial.remove(&key) else {
+            return Ok(None);
+        };
+        let payload: Vec<u8> = done.parts.into_values().flatten().collect();
+        self.bytes -= payload.len();
+        Ok(Some(Message {
+            payload,
+            ..done.first
+        }))
+    }
+
+    fn drop_oldest(&mut self) {
+        let oldest = self
+            .partial
+            .iter()
+            .min_by_key(|(_, p)| p.since)
+            .map(|(k, _)| k.clone());
+        if let Some(p) = oldest.and_then(|k| self.partial.remove(&k)) {
+            self.bytes -= p.parts.values().map(Vec::len).sum::<usize>();
+        }
+    }
+
+    fn expire(&mut self) {
+        while self
+            .partial
+            .values()
+            .any(|p| p.since.elapsed() > REASSEMBLY_TIMEOUT)
+        {
+            self.drop_oldest();
+        }
+    }
 }
 
 /// Messages waiting for a post: items already encoded for the wire.
@@ -137,6 +224,8 @@ pub struct Worker {
     pub counters: Counters,
     doorbell: Doorbell,
     last_save: Instant,
+    reassembly: Reassembly,
+    fragment_ids: u64,
     /// Messages were handed to the broker since the doorbell last rang.
     ring_pending: bool,
 }
@@ -283,6 +372,8 @@ impl Worker {
             counters: Counters::default(),
             doorbell: Doorbell::new(None, String::new()),
             last_save: now,
+            reassembly: Reassembly::default(),
+            fragment_ids: 0,
             ring_pending: false,
         };
         if w.cfg.state_file.is_some() && !state_found {
@@ -303,10 +394,16 @@ impl Worker {
         }
         let n = unsent.len();
         for u in unsent {
-            let Some(msg) = wire::item_message(&u.item) else {
+            let Some(it) = wire::item_message(&u.item) else {
                 continue;
             };
-            let item = self.encode(&msg);
+            // A fragment goes back as it was; a whole message in the format configured now.
+            let item = if it.fragment.is_some() {
+                u.item.clone()
+            } else {
+                self.encode(&it.message)
+            };
+            let msg = it.message;
             let queue = match u.to {
                 Destination::Public => &mut self.public,
                 Destination::Direct(user) => self.private.entry(user).or_default(),
@@ -329,7 +426,15 @@ impl Worker {
 
     /// Everything still queued, as it is kept in the state file.
     fn unsent(&self) -> Vec<Unsent> {
-        let neutral = |item: &String| wire::item_message(item).map(|m| wire::encode_item(&m));
+        let neutral = |item: &String| {
+            wire::item_message(item).map(|it| {
+                if it.fragment.is_some() {
+                    item.clone()
+                } else {
+                    wire::encode_item(&it.message)
+                }
+            })
+        };
         let mut out: Vec<Unsent> = self
             .public
             .items
@@ -866,10 +971,43 @@ impl Worker {
         };
         let n = self.fit(items, budget);
         if n == 0 {
-            let size = items.front().map(String::len).unwrap_or(0);
-            self.counters.dropped_too_big += 1;
-            self.log(Level::Error, format!("dropped a message of {size} bytes encoded: one Twister post carries at most {budget}"));
+            // Too big for one post: cut it into fragments that fit (or drop it, beyond the limit).
+            let item = items.front().cloned().unwrap_or_default();
+            let room = budget.saturating_sub(wire::envelope_size(self.saved.seq, 1, 0));
+            self.fragment_ids += 1;
+            let id = (self.saved.seq << 20) | (self.fragment_ids & 0xF_FFFF);
+            let whole = wire::item_message(&item)
+                .filter(|it| it.fragment.is_none())
+                .map(|it| it.message);
+            let fragments = match &whole {
+                Some(m)
+                    if self.cfg.wire_format == WireFormat::V1
+                        && m.payload.len() <= self.cfg.max_message_bytes =>
+                {
+                    wire::encode_fragments(m, id, room)
+                }
+                _ => None,
+            };
             self.pop(&to, 1);
+            match fragments {
+                Some(parts) => {
+                    self.counters.fragmented += 1;
+                    let q = match &to {
+                        None => &mut self.public,
+                        Some(u) => self.private.entry(u.clone()).or_default(),
+                    };
+                    for part in parts.into_iter().rev() {
+                        q.items.push_front(part);
+                        self.queued += 1;
+                    }
+                    q.since.get_or_insert_with(Instant::now);
+                }
+                None => {
+                    self.counters.dropped_too_big += 1;
+                    let size = whole.map(|m| m.payload.len()).unwrap_or(item.len());
+                    self.log(Level::Error, format!("dropped a message of {size} bytes: more than plugin_opt_max_message_bytes ({}), or the poc wire format, which cannot cut it into posts (one post carries at most {budget})", self.cfg.max_message_bytes));
+                }
+            }
             return true;
         }
         let text = self.text(items, n);
@@ -1073,9 +1211,24 @@ impl Worker {
     }
 
     fn received(&mut self, from: &str, k: i64, what: &str, text: &str) {
-        match wire::decode(text) {
-            Ok(msgs) => {
-                for m in msgs {
+        match wire::decode_items(text) {
+            Ok(items) => {
+                for it in items {
+                    let m = match it.fragment {
+                        None => it.message,
+                        Some(f) => match self.reassembly.add(from, f, it.message) {
+                            Ok(Some(whole)) => whole,
+                            Ok(None) => continue,
+                            Err(e) => {
+                                self.counters.malformed += 1;
+                                self.log(
+                                    Level::Warning,
+                                    format!("skipped a fragment in {what} {k} of {from}: {e}"),
+                                );
+                                continue;
+                            }
+                        },
+                    };
                     self.counters.received += 1;
                     if !crate::topic::is_injectable(&m.topic) {
                         self.counters.malformed += 1;
