@@ -1120,11 +1120,13 @@ impl Worker {
             .filter_map(|(u, last)| last.as_i64().map(|l| (u.clone(), l)))
             .collect();
         for (u, last) in grown {
+            // Users followed at start-up got a cursor at their newest post then. One seen only now
+            // became followable after we started (registered later): all of its posts are new to us.
             let cursor = self
                 .saved
                 .cursors
                 .entry(u.clone())
-                .or_insert_with(|| Cursor::at(last))
+                .or_insert_with(|| Cursor::at(-1))
                 .clone();
             if last > cursor.k {
                 self.fetch(&u, cursor, last);
