@@ -6,6 +6,7 @@ DEBIAN_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients li
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 PLUGIN_DIR ?= /usr/lib/$(MULTIARCH)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
 all: build
@@ -26,8 +27,9 @@ release: deps
 
 # Unit and integration tests of every crate (the crates have no doc tests), then one total line.
 test: build
-	set -o pipefail; cargo test --workspace --lib --bins --tests 2>&1 | tee target/test.log
-	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all tests: %d passed, %d failed\n", p, f}' target/test.log
+	@mkdir -p $(TARGET_DIR)
+	set -o pipefail; cargo test --workspace --lib --bins --tests 2>&1 | tee $(TARGET_DIR)/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all tests: %d passed, %d failed\n", p, f}' $(TARGET_DIR)/test.log
 
 demo: build
 	bash scripts/demo.sh
