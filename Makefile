@@ -44,8 +44,8 @@ profile: release
 
 # Installs the plugin where Debian keeps broker plugins, plus the dev node and an example config.
 install: release
-	install -D -m 0644 target/release/libmqtt_twister.so $(DESTDIR)$(PLUGIN_DIR)/libmqtt_twister.so
-	install -D -m 0755 target/release/twister-devnode $(DESTDIR)/usr/bin/twister-devnode
+	install -D -m 0644 $(TARGET_DIR)/release/libmqtt_twister.so $(DESTDIR)$(PLUGIN_DIR)/libmqtt_twister.so
+	install -D -m 0755 $(TARGET_DIR)/release/twister-devnode $(DESTDIR)/usr/bin/twister-devnode
 	install -D -m 0644 mosquitto.conf.example $(DESTDIR)/usr/share/doc/mqtt-twister/mosquitto.conf.example
 
 # A Debian package of the same files.
