@@ -1330,3 +1330,71 @@ impl Worker {
         self.dht.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Fragment;
+
+    fn part(topic: &str, bytes: &[u8]) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: bytes.to_vec(),
+            qos: 1,
+            retain: false,
+        }
+    }
+
+    fn frag(id: u64, index: u32, count: u32) -> Fragment {
+        Fragment { id, index, count }
+    }
+
+    #[test]
+    fn fragments_join_in_any_order_once_each() {
+        let mut r = Reassembly::default();
+        assert_eq!(r.add("alice", frag(7, 2, 3), part("t", b"ghi")), Ok(None));
+        assert_eq!(r.add("alice", frag(7, 0, 3), part("t", b"abc")), Ok(None));
+        assert_eq!(
+            r.add("alice", frag(7, 0, 3), part("t", b"abc")),
+            Ok(None),
+            "a duplicate changes nothing"
+        );
+        // Same id from another sender is another message.
+        assert_eq!(r.add("bob", frag(7, 0, 2), part("u", b"x")), Ok(None));
+        let whole = r
+            .add("alice", frag(7, 1, 3), part("t", b"def"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (whole.topic.as_str(), whole.payload.as_slice(), whole.qos),
+            ("t", &b"abcdefghi"[..], 1)
+        );
+        assert_eq!(r.bytes, 1, "only bob's part is still held");
+    }
+
+    #[test]
+    fn a_fragment_that_contradicts_the_others_is_refused() {
+        let mut r = Reassembly::default();
+        r.add("alice", frag(1, 0, 3), part("t", b"a")).unwrap();
+        assert!(
+            r.add("alice", frag(1, 1, 4), part("t", b"b")).is_err(),
+            "other count"
+        );
+        assert!(
+            r.add("alice", frag(1, 1, 3), part("other", b"b")).is_err(),
+            "other topic"
+        );
+    }
+
+    #[test]
+    fn unfinished_messages_are_bounded_in_memory() {
+        let mut r = Reassembly::default();
+        let big = vec![0u8; 4 << 20];
+        for id in 0..20 {
+            r.add("alice", frag(id, 0, 2), part("t", &big)).unwrap();
+            assert!(r.bytes <= REASSEMBLY_BYTES, "{}", r.bytes);
+        }
+        assert!(r.partial.len() < 20, "the oldest were dropped");
+        assert!(!r.partial.contains_key(&("alice".to_string(), 0)));
+    }
+}
