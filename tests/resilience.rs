@@ -71,40 +71,15 @@ fn a_broker_restart_neither_replays_nor_skips() {
 fn twisterd_down_then_back_loses_nothing_and_local_clients_carry_on() {
     let data = workdir();
     let datadir = format!("-datadir={}", data.path().join("node").display());
-    let mut node = DevNode::start_with(&["-blockinterval=0.2", &datadir], 0);
-    let dir = workdir();
-    let d = dir.path();
-    let a = Broker::start(
-        d,
-        "a",
-        &plugin_conf(
-            &node,
-            d,
-            "alice",
-            &[
-                "plugin_opt_follow bob",
-                "plugin_opt_publish out/#",
-                "plugin_opt_rpc_timeout_ms 1000",
-            ],
-        ),
-    );
-    let b = Broker::start(
-        d,
-        "b",
-        &plugin_conf(
-            &node,
-            d,
-            "bob",
-            &["plugin_opt_follow alice", "plugin_opt_rpc_timeout_ms 1000"],
-        ),
-    );
-    a.wait_ready();
-    b.wait_ready();
+    let node = DevNode::start_with(&["-blockinterval=0.2", &datadir], 0);
+    let timeout = "plugin_opt_rpc_timeout_ms 1000";
+    let mut p = Pair::start_with(node, &["plugin_opt_publish out/#", timeout], &[timeout]);
+    let (a, b) = (&p.a, &p.b);
     let remote = Mqtt::connect(b.port, "remote", true);
     assert!(remote.subscribe("out/#", QoS::AtLeastOnce));
-    wait_interest(&node, "bob", "out/#");
+    wait_interest(&p.node, "bob", "out/#");
 
-    node.stop();
+    p.node.stop();
     let local = Mqtt::connect(a.port, "local", true);
     assert!(local.subscribe("out/#", QoS::AtLeastOnce));
     let publ = Mqtt::connect(a.port, "pub-a", true);
@@ -117,7 +92,8 @@ fn twisterd_down_then_back_loses_nothing_and_local_clients_carry_on() {
     );
     a.wait_log("twisterd unreachable", T);
 
-    node.restart();
+    p.node.restart();
+    let a = &p.a;
     let got = remote.expect(Duration::from_secs(40), "out/1 once twisterd is back");
     assert_eq!(got.payload, b"during the outage");
     a.wait_log("twisterd answers again", T);
@@ -205,30 +181,14 @@ fn a_message_over_the_size_limit_is_refused_with_a_log_line_and_others_pass() {
 
 #[test]
 fn messages_larger_than_a_post_cross_in_fragments_publicly_and_privately() {
-    let node = DevNode::start();
-    let dir = workdir();
-    let d = dir.path();
-    let a = Broker::start(
-        d,
-        "a",
-        &plugin_conf(
-            &node,
-            d,
-            "alice",
-            &[
-                "plugin_opt_follow bob",
-                "plugin_opt_publish big/#",
-                "plugin_opt_private secret/# bob",
-            ],
-        ),
+    let p = Pair::start(
+        &[
+            "plugin_opt_publish big/#",
+            "plugin_opt_private secret/# bob",
+        ],
+        &[],
     );
-    let b = Broker::start(
-        d,
-        "b",
-        &plugin_conf(&node, d, "bob", &["plugin_opt_follow alice"]),
-    );
-    a.wait_ready();
-    b.wait_ready();
+    let (a, b, node) = (&p.a, &p.b, &p.node);
     let sub = Mqtt::connect(b.port, "sub-b", true);
     assert!(sub.subscribe("big/#", QoS::AtLeastOnce));
     assert!(sub.subscribe("secret/#", QoS::AtLeastOnce));

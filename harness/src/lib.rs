@@ -459,7 +459,11 @@ pub struct Pair {
 
 impl Pair {
     pub fn start(a_extra: &[&str], b_extra: &[&str]) -> Pair {
-        let node = DevNode::start();
+        Self::start_with(DevNode::start(), a_extra, b_extra)
+    }
+
+    /// The same pair on a dev node started by the caller (with a data directory, say).
+    pub fn start_with(node: DevNode, a_extra: &[&str], b_extra: &[&str]) -> Pair {
         let dir = workdir();
         let mut a_lines = vec!["plugin_opt_follow bob"];
         a_lines.extend_from_slice(a_extra);
