@@ -36,6 +36,79 @@ pub fn plugin_path() -> PathBuf {
     p
 }
 
+/// The Mosquitto a test runs against. Every integration test runs on both (`on_both_brokers!`);
+/// the version is per test thread, so `Broker::start` needs no extra argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerVersion {
+    /// Debian bookworm's 2.0.11, the system's `mosquitto`.
+    V2_0,
+    /// 2.1.2, built from Debian's source package by `scripts/mosquitto-2.1.sh` under the target dir.
+    V2_1,
+}
+
+thread_local! {
+    static BROKER_VERSION: std::cell::Cell<BrokerVersion> = const { std::cell::Cell::new(BrokerVersion::V2_0) };
+}
+
+/// The broker version of the test running on this thread.
+pub fn broker_version() -> BrokerVersion {
+    BROKER_VERSION.with(|v| v.get())
+}
+
+/// Runs `f` with every broker it starts being `version`.
+pub fn with_broker_version<T>(version: BrokerVersion, f: impl FnOnce() -> T) -> T {
+    BROKER_VERSION.with(|v| v.set(version));
+    f()
+}
+
+/// The `mosquitto` binary of `version`. 2.1 comes from `MQTT_TWISTER_MOSQUITTO_2_1` or from
+/// `<workspace target>/mosquitto-2.1.2/sbin/mosquitto`; missing, the test fails saying how to build it.
+pub fn mosquitto_binary(version: BrokerVersion) -> PathBuf {
+    match version {
+        BrokerVersion::V2_0 => PathBuf::from("mosquitto"),
+        BrokerVersion::V2_1 => {
+            let p = std::env::var_os("MQTT_TWISTER_MOSQUITTO_2_1")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    target_dir()
+                        .parent()
+                        .expect("workspace target dir")
+                        .join("mosquitto-2.1.2/sbin/mosquitto")
+                });
+            assert!(
+                p.exists(),
+                "Mosquitto 2.1.2 not found at {}: build it with `make mosquitto-2.1` (make test does)",
+                p.display()
+            );
+            p
+        }
+    }
+}
+
+/// Declares each test once per broker version: `fn name() { body }` becomes the tests
+/// `name::mosquitto_2_0` and `name::mosquitto_2_1`. The body reads `broker_version()` where
+/// behaviour differs by version.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn body() $body
+            $(#[$meta])*
+            #[test]
+            fn mosquitto_2_0() {
+                $crate::with_broker_version($crate::BrokerVersion::V2_0, body)
+            }
+            $(#[$meta])*
+            #[test]
+            fn mosquitto_2_1() {
+                $crate::with_broker_version($crate::BrokerVersion::V2_1, body)
+            }
+        }
+    )*};
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -259,7 +332,7 @@ impl Broker {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new("mosquitto")
+        let child = Command::new(mosquitto_binary(broker_version()))
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
