@@ -2,16 +2,12 @@
 
 use serde_json::{json, Value};
 
-pub const RPC_MISC_ERROR: i64 = -1;
-pub const RPC_WALLET_ERROR: i64 = -4;
-pub const RPC_WALLET_INVALID_ACCOUNT_NAME: i64 = -11;
-pub const RPC_VERIFY_REJECTED: i64 = -22;
-pub const RPC_BUSY: i64 = -25;
-pub const RPC_INVALID_REQUEST: i64 = -32600;
-pub const RPC_METHOD_NOT_FOUND: i64 = -32601;
-pub const RPC_INVALID_PARAMS: i64 = -32602;
-pub const RPC_INTERNAL_ERROR: i64 = -32603;
-pub const RPC_PARSE_ERROR: i64 = -32700;
+// The codes live in twister-rules, shared with the plugin that recognises them.
+pub use twister_rules::errors::{
+    RPC_BUSY, RPC_INTERNAL_ERROR, RPC_INVALID_PARAMS, RPC_INVALID_REQUEST, RPC_METHOD_NOT_FOUND,
+    RPC_MISC_ERROR, RPC_PARSE_ERROR, RPC_VERIFY_REJECTED, RPC_WALLET_ERROR,
+    RPC_WALLET_INVALID_ACCOUNT_NAME,
+};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use twister_rules::{self as rules, bencode_len, bencode_normalize, PostHeader};
+use twister_rules::{self as rules, bencode_len, bencode_normalize, errors, PostHeader};
 
 const FLAG_DM: i64 = 2;
 /// DHT "m" items expire after about two weeks.
@@ -176,11 +176,11 @@ pub fn find_method(name: &str) -> Option<&'static Method> {
 }
 
 fn sig_error() -> RpcError {
-    RpcError::internal("error signing post with private key of user")
+    RpcError::internal(errors::MSG_SIGNING_FAILED)
 }
 
 fn too_many_posts(user: &str) -> RpcError {
-    RpcError::invalid_params(format!("too much posts from user '{user}' rejecting post"))
+    RpcError::invalid_params(errors::too_many_posts(user))
 }
 
 fn dht_key(n: &str, r: &str, t: &str) -> String {
@@ -290,7 +290,7 @@ impl Node {
         }
         // The post is signed at best-1 with the key valid at that height: one block after registration.
         if signed_height < reg {
-            return Err(RpcError::invalid_params("bad post signature"));
+            return Err(RpcError::invalid_params(errors::MSG_BAD_POST_SIGNATURE));
         }
         Ok(())
     }
@@ -473,7 +473,7 @@ impl Node {
             Some(_) => {
                 return Err(RpcError::new(
                     RPC_WALLET_INVALID_ACCOUNT_NAME,
-                    "Error: this username exists in wallet",
+                    errors::MSG_USER_EXISTS_IN_WALLET,
                 ))
             }
             None => self.state.wallet.push(WalletUser {
@@ -500,12 +500,12 @@ impl Node {
         if self.wallet(name).is_none() {
             return Err(RpcError::new(
                 RPC_WALLET_INVALID_ACCOUNT_NAME,
-                "Error: no such user in wallet",
+                errors::MSG_USER_NOT_IN_WALLET,
             ));
         }
         let pending = self.state.mempool.iter().any(|u| u == name);
         if !rules::is_valid_username(name) || pending || self.state.registered.contains_key(name) {
-            return Err(RpcError::new(RPC_VERIFY_REJECTED, "TX rejected"));
+            return Err(RpcError::new(RPC_VERIFY_REJECTED, errors::MSG_TX_REJECTED));
         }
         self.state.mempool.push(name.to_string());
         Ok(json!(self.random_hex(32, None)))
@@ -516,7 +516,7 @@ impl Node {
         if self.wallet(name).is_none() {
             return Err(RpcError::new(
                 RPC_WALLET_INVALID_ACCOUNT_NAME,
-                "Error: no such user in wallet",
+                errors::MSG_USER_NOT_IN_WALLET,
             ));
         }
         Ok(())
@@ -614,7 +614,7 @@ impl Node {
             reply: reply.as_ref().map(|(n, k)| (n.as_str(), *k)),
         };
         if rules::post_size(&header, &text) > rules::MAX_POST_BYTES {
-            return Err(RpcError::invalid_params("bad bencoded post size"));
+            return Err(RpcError::invalid_params(errors::MSG_BAD_POST_SIZE));
         }
         self.check_post_number(&user, k, height)?;
 
@@ -719,9 +719,7 @@ impl Node {
             return Err(sig_error());
         }
         if !self.state.registered.contains_key(&to) {
-            return Err(RpcError::internal(
-                "error encrypting to pubkey of destination user",
-            ));
+            return Err(RpcError::internal(errors::MSG_ENCRYPT_FAILED));
         }
         let time = unix_now();
         let height = self.state.height - 1;
@@ -734,7 +732,7 @@ impl Node {
             reply: None,
         };
         if rules::dm_size(&header, &to, text.len()) > rules::MAX_POST_BYTES {
-            return Err(RpcError::invalid_params("bad bencoded post size"));
+            return Err(RpcError::invalid_params(errors::MSG_BAD_POST_SIZE));
         }
         self.check_post_number(&from, k, height)?;
         if copy_self {
@@ -875,22 +873,16 @@ impl Node {
         if self.wallet(&sig_user).is_none() {
             return Err(RpcError::new(
                 RPC_WALLET_INVALID_ACCOUNT_NAME,
-                "Error: no sig_user in wallet",
+                errors::MSG_SIG_USER_NOT_IN_WALLET,
             ));
         }
         let multi = t == "m";
         if !multi && !p.has(5) {
-            return Err(RpcError::new(
-                RPC_WALLET_ERROR,
-                "Seq parameter required for single",
-            ));
+            return Err(RpcError::new(RPC_WALLET_ERROR, errors::MSG_SEQ_REQUIRED));
         }
         let seq = if p.has(5) { Some(p.int(5)?) } else { None };
         if !multi && n != sig_user {
-            return Err(RpcError::new(
-                RPC_WALLET_ERROR,
-                "Username must be the same as sig_user for single",
-            ));
+            return Err(RpcError::new(RPC_WALLET_ERROR, errors::MSG_SINGLE_OWNER));
         }
         // From here on the network drops what it does not like without telling the writer.
         let time = unix_now();

@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+pub mod errors;
+
 /// The largest signed post twisterd accepts, bencoded.
 pub const MAX_POST_BYTES: usize = 2048;
 /// Characters (Unicode scalar values) kept in `msg`; the rest goes to `msg2`.
