@@ -1,6 +1,6 @@
 # mqtt-twister. Every target installs what it is missing (Debian packages need root or sudo).
 SHELL := bash
-.PHONY: all deps build release test demo bench profile install deb clean
+.PHONY: all deps build release test demo bench profile install deb clean mosquitto-2.1
 
 DEBIAN_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients libclang-dev python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -25,8 +25,13 @@ build: deps
 release: deps
 	cargo build --workspace --release
 
+# Mosquitto 2.1.2 from Debian's source package, under $(TARGET_DIR)/mosquitto-2.1.2 (built once; the
+# system's 2.0 broker is untouched). Integration tests run on both versions.
+mosquitto-2.1:
+	bash scripts/mosquitto-2.1.sh $(TARGET_DIR)
+
 # Unit and integration tests of every crate (the crates have no doc tests), then one total line.
-test: build
+test: build mosquitto-2.1
 	@mkdir -p $(TARGET_DIR)
 	set -o pipefail; cargo test --workspace --lib --bins --tests 2>&1 | tee $(TARGET_DIR)/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all tests: %d passed, %d failed\n", p, f}' $(TARGET_DIR)/test.log
@@ -34,7 +39,7 @@ test: build
 demo: build
 	bash scripts/demo.sh
 
-bench: release
+bench: release mosquitto-2.1
 	cargo run --release -p mqtt-twister-bench -- $(BENCH_ARGS)
 
 # Instruction counts of the broker thread and the plugin's callbacks (valgrind callgrind).
