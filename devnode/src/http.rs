@@ -147,7 +147,7 @@ fn is_admin_call(body: &[u8]) -> bool {
 }
 
 /// Serves one connection until the peer closes, an error reply, or shutdown.
-fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig, stopping: &AtomicBool) {
+fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_nodelay(true);
     let Ok(mut writer) = stream.try_clone() else {
@@ -218,7 +218,9 @@ fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig, stoppi
                 }
             }
         };
-        let close = reply.close || !req.keep_alive || stopping.load(Ordering::Relaxed);
+        // Stopping does not close a kept-alive connection: twisterd serves it on and waits for the
+        // client to close it before it exits (see `serve` and main's shutdown).
+        let close = reply.close || !req.keep_alive;
         if !write_response(
             &mut writer,
             reply.status,
@@ -233,14 +235,15 @@ fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig, stoppi
     }
 }
 
-/// Accepts connections until `stopping` is set; one thread per connection, at most `max_connections`.
+/// Accepts connections until `stopping` is set (then the listener closes: new connections are refused);
+/// one thread per connection, at most `max_connections`, counted in `active` while open.
 pub fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     cfg: Arc<HttpConfig>,
     stopping: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
 ) {
-    let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         if stopping.load(Ordering::Relaxed) {
             break;
@@ -254,16 +257,11 @@ pub fn serve(
         }
         active.fetch_add(1, Ordering::Relaxed);
         let active_on_error = active.clone();
-        let (shared, cfg, stopping, active) = (
-            shared.clone(),
-            cfg.clone(),
-            stopping.clone(),
-            active.clone(),
-        );
+        let (shared, cfg, active) = (shared.clone(), cfg.clone(), active.clone());
         let spawned = std::thread::Builder::new()
             .name("rpc-conn".into())
             .spawn(move || {
-                serve_connection(stream, &shared, &cfg, &stopping);
+                serve_connection(stream, &shared, &cfg);
                 active.fetch_sub(1, Ordering::Relaxed);
             });
         if spawned.is_err() {

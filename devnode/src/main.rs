@@ -13,7 +13,7 @@ use node::Node;
 use options::{LogLevel, Options, OptionsError};
 use rpc::Shared;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::Store;
@@ -64,6 +64,42 @@ fn flush(shared: &Shared, store: Option<&Store>, max: LogLevel) {
     }
 }
 
+/// twisterd's `stop` (and SIGTERM) waits for its RPC clients to close their connections, kept-alive
+/// idle ones included; so does this node, up to STOP_WAIT_FOR_CLIENTS.
+const STOP_WAIT_FOR_CLIENTS: Duration = Duration::from_secs(60);
+
+fn wait_for_clients(open: &AtomicUsize, max: LogLevel) {
+    let until = Instant::now() + STOP_WAIT_FOR_CLIENTS;
+    let mut said = false;
+    loop {
+        let n = open.load(Ordering::SeqCst);
+        if n == 0 {
+            return;
+        }
+        if Instant::now() >= until {
+            log(
+                LogLevel::Error,
+                max,
+                &format!(
+                    "stopping with {n} RPC connections still open after {STOP_WAIT_FOR_CLIENTS:?}"
+                ),
+            );
+            return;
+        }
+        if !said {
+            said = true;
+            log(
+                LogLevel::Info,
+                max,
+                &format!(
+                    "stopping: waiting for {n} open RPC connections to close, as twisterd does"
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn run(o: Options) -> Result<(), String> {
     let store = match &o.datadir {
         Some(dir) => Some(Store::open(dir).map_err(|e| e.to_string())?),
@@ -90,6 +126,7 @@ fn run(o: Options) -> Result<(), String> {
         max_connections: 512,
     });
     let stopping = Arc::new(AtomicBool::new(false));
+    let open_connections = Arc::new(AtomicUsize::new(0));
     install_signal_handlers();
     for flag in &o.ignored {
         log(
@@ -99,10 +136,10 @@ fn run(o: Options) -> Result<(), String> {
         );
     }
     {
-        let (shared, stopping) = (shared.clone(), stopping.clone());
+        let (shared, stopping, open) = (shared.clone(), stopping.clone(), open_connections.clone());
         std::thread::Builder::new()
             .name("rpc-accept".into())
-            .spawn(move || http::serve(listener, shared, cfg, stopping))
+            .spawn(move || http::serve(listener, shared, cfg, stopping, open))
             .map_err(|e| e.to_string())?;
     }
     let height = shared.node().state.height;
@@ -123,10 +160,9 @@ fn run(o: Options) -> Result<(), String> {
         let stop_rpc = shared.node().stop_requested;
         if SIGNALLED.load(Ordering::SeqCst) || stop_rpc {
             stopping.store(true, Ordering::SeqCst);
-            if stop_rpc {
-                // Let the "stop" reply reach its caller.
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            // Wake the accept loop so it sees `stopping` and closes the listener.
+            let _ = std::net::TcpStream::connect(addr);
+            wait_for_clients(&open_connections, o.log_level);
             flush(&shared, store.as_ref(), o.log_level);
             log(LogLevel::Info, o.log_level, "stopped, state saved");
             return Ok(());

@@ -274,3 +274,40 @@ fn concurrent_clients_are_all_served() {
     let stats = n.ok("devnode_stats", json!([]));
     assert_eq!(stats["pieces"], json!(400));
 }
+
+#[test]
+fn stop_waits_for_a_kept_alive_client_connection_as_twisterd_does() {
+    for stop in ["SIGTERM", "stop RPC"] {
+        let mut n = Node::start(&[]);
+        let mut idle = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+        let (head, _) = raw_exchange(
+            &mut idle,
+            &rpc_request(r#"{"id":1,"method":"getblockcount","params":[]}"#),
+        );
+        assert!(head.contains("Connection: keep-alive"), "{head}");
+        match stop {
+            "SIGTERM" => n.signal(libc::SIGTERM),
+            _ => assert_eq!(n.ok("stop", json!([])), json!("twister server stopping")),
+        }
+        // Served on while it stays open, and the node does not exit.
+        let (head, body) = raw_exchange(
+            &mut idle,
+            &rpc_request(r#"{"id":2,"method":"getblockcount","params":[]}"#),
+        );
+        assert!(head.starts_with("HTTP/1.1 200"), "{stop}: {head}");
+        assert!(body.contains("\"result\":0"), "{body}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            n.child.try_wait().unwrap().is_none(),
+            "{stop}: exited while a client still held a connection"
+        );
+        assert!(
+            TcpStream::connect(("127.0.0.1", n.port)).is_err(),
+            "{stop}: no new connection is accepted once stopping"
+        );
+        let closed = Instant::now();
+        drop(idle);
+        assert!(n.wait().success());
+        assert!(closed.elapsed() < Duration::from_secs(5), "{stop}");
+    }
+}

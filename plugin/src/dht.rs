@@ -84,7 +84,10 @@ fn serve(
     worker: Sender<ToWorker>,
     broker: Sender<ToBroker>,
 ) {
-    while let Ok(first) = jobs.recv() {
+    loop {
+        // Idle until the next job: no connection left open to twisterd meanwhile.
+        rpc.release_idle();
+        let Ok(first) = jobs.recv() else { return };
         // Coalesce: only the newest profile matters, and one read of every user asked about.
         let mut write: Option<Vec<String>> = None;
         let mut read: Vec<String> = Vec::new();

@@ -46,26 +46,41 @@ impl RpcError {
 /// The calls the plugin makes; a trait so logic can be exercised without a node.
 pub trait Twister: Send {
     fn call(&self, method: &str, params: Value) -> Result<Value, RpcError>;
+
+    /// Closes the connections kept open between calls. twisterd's `stop` waits for every open RPC
+    /// connection to close, so a caller about to go idle lets go of them.
+    fn release_idle(&self) {}
 }
 
 pub struct HttpTwister {
-    agent: ureq::Agent,
+    /// Replaced by a fresh agent (which drops the old one's kept-alive connections) when going idle.
+    agent: std::sync::Mutex<ureq::Agent>,
+    timeout: Duration,
     url: String,
     authorization: String,
 }
 
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(timeout.min(Duration::from_secs(3)))
+        .timeout(timeout)
+        .max_idle_connections_per_host(2)
+        .build()
+}
+
 impl HttpTwister {
     pub fn new(url: &str, user: &str, password: &str, timeout: Duration) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(timeout.min(Duration::from_secs(3)))
-            .timeout(timeout)
-            .max_idle_connections_per_host(2)
-            .build();
         HttpTwister {
-            agent,
+            agent: std::sync::Mutex::new(agent(timeout)),
+            timeout,
             url: url.to_string(),
             authorization: format!("Basic {}", B64.encode(format!("{user}:{password}"))),
         }
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        // An agent is a cheap handle on its connection pool.
+        self.agent.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -89,7 +104,7 @@ impl Twister for HttpTwister {
         let body =
             json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}).to_string();
         let sent = self
-            .agent
+            .agent()
             .post(&self.url)
             .set("Authorization", &self.authorization)
             .set("Content-Type", "application/json")
@@ -109,6 +124,10 @@ impl Twister for HttpTwister {
             }
             Err(ureq::Error::Transport(t)) => Err(RpcError::Transport(t.kind().to_string())),
         }
+    }
+
+    fn release_idle(&self) {
+        *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = agent(self.timeout);
     }
 }
 

@@ -518,6 +518,8 @@ impl Worker {
                 // Busy: come back soon for more rather than be woken per message.
                 wait = wait.min(DRAIN_EVERY);
             } else {
+                // Going idle: let go of kept-alive connections, which would hold twisterd's `stop`.
+                self.rpc.release_idle();
                 outbound.sleeping.store(true, Ordering::SeqCst);
                 if !outbound.queue.is_empty() {
                     outbound.sleeping.store(false, Ordering::SeqCst);
