@@ -15,6 +15,17 @@ const DHT_MULTI_TTL_S: i64 = 14 * 24 * 3600;
 const SPAM_USER: &str = "nobody";
 const SPAM_MSG: &str = "Promoted posts are needed to run the network infrastructure. If you want to help, start generating blocks and advertise. [en]";
 
+/// Stores a DM in a conversation where twisterd's `storeNewDM` does: before the first stored DM whose
+/// time is equal or later. DMs of one second are therefore listed newest first, not by `k`, and the
+/// positions (getdirectmsgs ids) of stored DMs shift when a DM is inserted before them.
+pub fn insert_dm(conv: &mut Vec<DmEntry>, dm: DmEntry) {
+    let at = conv
+        .iter()
+        .position(|e| e.time >= dm.time)
+        .unwrap_or(conv.len());
+    conv.insert(at, dm);
+}
+
 /// Everything that survives a restart.
 #[derive(Serialize, Deserialize, Default, Clone)]
 pub struct State {
@@ -38,7 +49,7 @@ pub struct WalletUser {
     pub name: String,
     pub key: String,
     pub following: BTreeSet<String>,
-    /// Peer -> the DMs of that conversation this user holds, in arrival order.
+    /// Peer -> the DMs of that conversation this user holds, in twisterd's order (`insert_dm`).
     pub conversations: BTreeMap<String, Vec<DmEntry>>,
 }
 
@@ -322,13 +333,16 @@ impl Node {
         }) {
             return false;
         }
-        conv.push(DmEntry {
-            time,
-            text: secret.text,
-            from_me: false,
-            from: from.to_string(),
-            k,
-        });
+        insert_dm(
+            conv,
+            DmEntry {
+                time,
+                text: secret.text,
+                from_me: false,
+                from: from.to_string(),
+                k,
+            },
+        );
         true
     }
 
@@ -759,16 +773,16 @@ impl Node {
         };
         if let Some(sk) = sender_k {
             if let Some(w) = self.wallet_mut(&from) {
-                w.conversations
-                    .entry(to.clone())
-                    .or_default()
-                    .push(DmEntry {
+                insert_dm(
+                    w.conversations.entry(to.clone()).or_default(),
+                    DmEntry {
                         time,
                         text: text.clone(),
                         from_me: true,
                         from: from.clone(),
                         k: sk,
-                    });
+                    },
+                );
             }
         }
         if stored && !self.deliver_dm(&from, k) && to != from {
@@ -826,10 +840,8 @@ impl Node {
             let Some(conv) = w.conversations.get(&win.username) else {
                 continue;
             };
-            // ids are positions in the conversation sorted by time (ties in arrival order).
-            let mut sorted: Vec<&DmEntry> = conv.iter().collect();
-            sorted.sort_by_key(|e| e.time);
-            let picked: Vec<Value> = sorted
+            // ids are positions in the conversation as twisterd keeps it (see `insert_dm`).
+            let picked: Vec<Value> = conv
                 .iter()
                 .enumerate()
                 .filter(|(id, _)| win.contains(*id as i64))

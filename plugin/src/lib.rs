@@ -8,6 +8,7 @@
 pub mod access;
 pub mod config;
 pub mod dht;
+pub mod directs;
 pub mod interest;
 pub mod rpc;
 pub mod state;

@@ -15,6 +15,8 @@ pub struct Cursor {
     pub k: i64,
     /// Highest position in our DM conversation with this user that we have read.
     pub dm_id: i64,
+    /// Time of the newest DM of that conversation we have read (0: not known).
+    pub dm_time: i64,
     /// `k`s already delivered inside the re-read window (posts and DMs share `k`).
     pub seen: BTreeSet<i64>,
 }
@@ -24,6 +26,7 @@ impl Cursor {
         Cursor {
             k,
             dm_id: -1,
+            dm_time: 0,
             seen: BTreeSet::new(),
         }
     }
@@ -86,7 +89,7 @@ impl Saved {
             .map(|(u, c)| {
                 (
                     u.clone(),
-                    json!({"k": c.k, "dm_id": c.dm_id, "seen": c.seen}),
+                    json!({"k": c.k, "dm_id": c.dm_id, "dm_time": c.dm_time, "seen": c.seen}),
                 )
             })
             .collect();
@@ -143,6 +146,8 @@ impl Saved {
                 Cursor {
                     k: c.get("k")?.as_i64()?,
                     dm_id: c.get("dm_id")?.as_i64()?,
+                    // Absent from state files written before it existed.
+                    dm_time: c.get("dm_time").and_then(Value::as_i64).unwrap_or(0),
                     seen,
                 },
             );
@@ -211,6 +216,7 @@ mod tests {
         let mut c = Cursor::at(7);
         c.first_sight(8);
         c.dm_id = 3;
+        c.dm_time = 1_700_000_000;
         s.cursors.insert("bob".into(), c);
         s.unsent = vec![
             Unsent {

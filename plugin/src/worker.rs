@@ -10,7 +10,7 @@ use crate::interest::{any_matches, Interest};
 use crate::rpc::{
     RpcError, Twister, RPC_INVALID_PARAMS, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME,
 };
-use crate::state::{Cursor, Destination, Saved, Unsent, REORDER_WINDOW};
+use crate::state::{Cursor, Destination, Saved, Unsent};
 use crate::wake::Doorbell;
 use crate::wire::{self, Message};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -1138,36 +1138,25 @@ impl Worker {
 
     fn fetch(&mut self, from: &str, mut cursor: Cursor, last: i64) {
         let user = self.cfg.user.clone();
-        // DMs first, judged against the cursor before it moves (DM ids are positions that can shift).
-        let dms = self.call(
-            "getdirectmsgs",
-            json!([user, 1000, [{"username": from, "since_id": cursor.dm_id - REORDER_WINDOW}]]),
-        );
-        let Ok(dms) = dms else { return };
-        for e in dms
-            .get(from)
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            let id = e.get("id").and_then(Value::as_i64).unwrap_or(-1);
-            cursor.dm_id = cursor.dm_id.max(id);
-            if e.get("fromMe").and_then(Value::as_bool) != Some(false)
-                || e.get("from").and_then(Value::as_str) != Some(from)
-            {
-                continue;
-            }
-            let k = e.get("k").and_then(Value::as_i64).unwrap_or(-1);
-            if !cursor.first_sight(k) {
+        // DMs first, judged against the cursor before it moves; passed on in post-number order.
+        let mut reader = crate::directs::Reader::new(from, cursor.dm_id, cursor.dm_time);
+        while let Some(window) = reader.next_window() {
+            let Ok(answer) = self.call(
+                "getdirectmsgs",
+                json!([user, crate::directs::PAGE, [window]]),
+            ) else {
+                return;
+            };
+            reader.take(&answer);
+        }
+        cursor.dm_id = reader.max_id;
+        cursor.dm_time = reader.max_time;
+        for dm in reader.in_post_order() {
+            if !cursor.first_sight(dm.k) {
                 self.counters.duplicates += 1;
                 continue;
             }
-            let text = e
-                .get("text")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            self.received(from, k, "DM", &text);
+            self.received(from, dm.k, "DM", &dm.text);
         }
         let mut since = cursor.k;
         while since < last {

@@ -663,3 +663,56 @@ fn state_survives_serialization() {
         json!(["alice", "bob"])
     );
 }
+
+fn dm(time: i64, k: i64) -> DmEntry {
+    DmEntry {
+        time,
+        text: format!("m{k}"),
+        from_me: false,
+        from: "alice".into(),
+        k,
+    }
+}
+
+#[test]
+fn dms_of_one_second_are_listed_newest_first_as_twisterd_stores_them() {
+    let mut conv = Vec::new();
+    for (time, k) in [(100, 0), (100, 1), (101, 2), (101, 3), (101, 4), (102, 5)] {
+        insert_dm(&mut conv, dm(time, k));
+    }
+    let ks: Vec<i64> = conv.iter().map(|e| e.k).collect();
+    assert_eq!(ks, vec![1, 0, 4, 3, 2, 5]);
+    // One that arrives late with an older time goes before that second's others: ids shift.
+    insert_dm(&mut conv, dm(101, 9));
+    let ks: Vec<i64> = conv.iter().map(|e| e.k).collect();
+    assert_eq!(ks, vec![1, 0, 9, 4, 3, 2, 5]);
+}
+
+#[test]
+fn getdirectmsgs_lists_in_twisterds_order_not_by_k() {
+    let s = node();
+    user(&s, "alice");
+    user(&s, "bob");
+    ok(&s, "follow", json!(["bob", ["alice"]]));
+    for k in 0..20 {
+        ok(
+            &s,
+            "newdirectmsg",
+            json!(["alice", k, "bob", format!("m{k}")]),
+        );
+    }
+    for (who, peer) in [("bob", "alice"), ("alice", "bob")] {
+        let got = ok(&s, "getdirectmsgs", json!([who, 100, [{"username": peer}]]));
+        let list = got[peer].as_array().unwrap();
+        assert_eq!(list.len(), 20);
+        for (i, pair) in list.windows(2).enumerate() {
+            let (t0, t1) = (pair[0]["time"].as_i64(), pair[1]["time"].as_i64());
+            let (k0, k1) = (pair[0]["k"].as_i64(), pair[1]["k"].as_i64());
+            assert!(
+                t0 < t1 || (t0 == t1 && k0 > k1),
+                "{who}: by time, newest first within a second: {pair:?}"
+            );
+            assert_eq!(pair[0]["id"], json!(i));
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Reading a followed user's DMs to us in post-number order, whatever order twisterd lists them in.
+//!
+//! `getdirectmsgs` lists a conversation by time with one-second resolution, and within a second newest
+//! first (a new DM goes before the first stored one whose time is equal or later); its ids are positions
+//! in that list, so they shift when a DM is inserted before others. The reader therefore re-reads a
+//! window of positions below the last one it read, and pages further back while the entries it finds
+//! are as new as the newest it read before (new DMs of that second may have been inserted below), then
+//! hands the new DMs on sorted by `k`. Duplicates are left to the cursor (`(from, k)` seen once).
+
+use crate::state::REORDER_WINDOW;
+use serde_json::{json, Value};
+
+/// DMs asked for per call.
+pub const PAGE: i64 = 1000;
+/// Positions stepped back per extra call when paging back.
+const STEP_BACK: i64 = 64;
+/// Extra calls at most per read: the work per poll stays bounded.
+const MAX_CALLS: usize = 8;
+/// Seconds of clock difference tolerated between the DMs of a conversation.
+const TIME_SLACK: i64 = 1;
+
+/// One DM from the peer to us.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dm {
+    pub k: i64,
+    pub text: String,
+}
+
+/// Where the next `getdirectmsgs` call reads, and what the calls so far found.
+#[derive(Debug)]
+pub struct Reader {
+    from: String,
+    /// Exclusive lower bound of the window being read.
+    since: i64,
+    /// Inclusive upper bound; `None`: up to the newest.
+    max: Option<i64>,
+    /// Time of the newest DM read the last time (0: unknown).
+    newest_before: i64,
+    calls: usize,
+    done: bool,
+    pub max_id: i64,
+    pub max_time: i64,
+    received: Vec<Dm>,
+}
+
+impl Reader {
+    /// `last_id` and `last_time`: the highest position and the newest time read the last time.
+    pub fn new(from: &str, last_id: i64, last_time: i64) -> Self {
+        Reader {
+            from: from.to_string(),
+            since: last_id - REORDER_WINDOW,
+            max: None,
+            newest_before: last_time,
+            calls: 0,
+            done: false,
+            max_id: last_id,
+            max_time: last_time,
+            received: Vec::new(),
+        }
+    }
+
+    /// The user window of the next call, or `None` when done.
+    pub fn next_window(&self) -> Option<Value> {
+        if self.done {
+            return None;
+        }
+        let mut w = json!({"username": self.from, "since_id": self.since});
+        if let Some(m) = self.max {
+            w["max_id"] = json!(m);
+        }
+        Some(w)
+    }
+
+    /// Takes one call's answer (`{"peer": [entries oldest first]}`) and decides what to read next.
+    pub fn take(&mut self, answer: &Value) {
+        self.calls += 1;
+        let entries: &[Value] = answer
+            .get(&self.from)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut oldest: Option<(i64, i64)> = None;
+        for e in entries {
+            let (Some(id), Some(time)) = (
+                e.get("id").and_then(Value::as_i64),
+                e.get("time").and_then(Value::as_i64),
+            ) else {
+                continue;
+            };
+            if oldest.is_none_or(|(i, _)| id < i) {
+                oldest = Some((id, time));
+            }
+            self.max_id = self.max_id.max(id);
+            self.max_time = self.max_time.max(time);
+            if e.get("fromMe").and_then(Value::as_bool) != Some(false)
+                || e.get("from").and_then(Value::as_str) != Some(self.from.as_str())
+            {
+                continue;
+            }
+            let Some(k) = e.get("k").and_then(Value::as_i64) else {
+                continue;
+            };
+            let text = e.get("text").and_then(Value::as_str).unwrap_or("");
+            self.received.push(Dm {
+                k,
+                text: text.to_string(),
+            });
+        }
+        let full = entries.len() as i64 >= PAGE;
+        let next = match oldest {
+            // The window held more than one page: read the rest of it below what came.
+            Some((id, _)) if full => Some((self.since, Some(id - 1))),
+            // Entries as new as the newest read before: DMs of that second may sit further down.
+            Some((_, time))
+                if self.newest_before > 0
+                    && time >= self.newest_before - TIME_SLACK
+                    && self.since >= 0 =>
+            {
+                Some((self.since - STEP_BACK, Some(self.since)))
+            }
+            _ => None,
+        };
+        match next {
+            Some((since, max)) if self.calls <= MAX_CALLS => {
+                self.since = since.max(-1);
+                self.max = max;
+            }
+            _ => self.done = true,
+        }
+    }
+
+    /// The DMs found, once each, in post-number order.
+    pub fn in_post_order(mut self) -> Vec<Dm> {
+        self.received.sort_by_key(|d| d.k);
+        self.received.dedup_by_key(|d| d.k);
+        self.received
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A conversation as twisterd lists it: (time, k, from_me).
+    fn listing(conv: &[(i64, i64, bool)], since: i64, max: Option<i64>) -> Value {
+        let entries: Vec<Value> = conv
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| (*id as i64) > since && max.is_none_or(|m| (*id as i64) <= m))
+            .map(|(id, (time, k, me))| {
+                json!({"id": id, "time": time, "k": k, "fromMe": me,
+                       "from": if *me { "bob" } else { "alice" }, "text": format!("m{k}")})
+            })
+            .collect();
+        json!({ "alice": entries })
+    }
+
+    fn read(conv: &[(i64, i64, bool)], last_id: i64, last_time: i64) -> (Vec<i64>, Reader) {
+        let mut r = Reader::new("alice", last_id, last_time);
+        while let Some(w) = r.next_window() {
+            let since = w["since_id"].as_i64().unwrap();
+            let max = w.get("max_id").and_then(Value::as_i64);
+            r.take(&listing(conv, since, max));
+        }
+        let (max_id, max_time) = (r.max_id, r.max_time);
+        let ks = r.in_post_order().iter().map(|d| d.k).collect();
+        (ks, Reader::new("alice", max_id, max_time))
+    }
+
+    #[test]
+    fn dms_listed_newest_first_within_a_second_come_out_by_k() {
+        // As twisterd lists them: time order, newest first within a second, our own DM among them.
+        let conv = [
+            (100, 1, false),
+            (100, 0, false),
+            (101, 3, false),
+            (101, 7, true),
+            (101, 2, false),
+        ];
+        let (ks, next) = read(&conv, -1, 0);
+        assert_eq!(ks, vec![0, 1, 2, 3]);
+        assert_eq!((next.max_id, next.max_time), (4, 101));
+    }
+
+    #[test]
+    fn dms_inserted_far_below_the_last_position_read_are_found() {
+        // 40 DMs in second 100, read; then 30 more in the same second, each inserted before the
+        // first of that second: they take positions 0..29 and push the read ones up.
+        let first: Vec<(i64, i64, bool)> = (0..40).rev().map(|k| (100, k, false)).collect();
+        let (ks, next) = read(&first, -1, 0);
+        assert_eq!(ks, (0..40).collect::<Vec<_>>());
+        let mut later: Vec<(i64, i64, bool)> = (40..70).rev().map(|k| (100, k, false)).collect();
+        later.extend(first);
+        let (ks, _) = read(&later, next.max_id, next.max_time);
+        let new: Vec<i64> = ks.into_iter().filter(|k| *k >= 40).collect();
+        assert_eq!(new, (40..70).collect::<Vec<_>>(), "every new DM, in order");
+    }
+
+    #[test]
+    fn paging_back_stops_at_older_seconds_and_is_bounded() {
+        let conv: Vec<(i64, i64, bool)> = (0..500).map(|k| (k, k, false)).collect();
+        let mut r = Reader::new("alice", 499, 499);
+        let mut calls = 0;
+        while let Some(w) = r.next_window() {
+            calls += 1;
+            let since = w["since_id"].as_i64().unwrap();
+            let max = w.get("max_id").and_then(Value::as_i64);
+            r.take(&listing(&conv, since, max));
+        }
+        assert_eq!(calls, 1, "the window reached older seconds: no paging");
+        // Every DM in one second: paging back is bounded.
+        let same: Vec<(i64, i64, bool)> = (0..5000).map(|k| (7, 5000 - k, false)).collect();
+        let mut r = Reader::new("alice", 4999, 7);
+        let mut calls = 0;
+        while let Some(w) = r.next_window() {
+            calls += 1;
+            let since = w["since_id"].as_i64().unwrap();
+            let max = w.get("max_id").and_then(Value::as_i64);
+            r.take(&listing(&same, since, max));
+        }
+        assert_eq!(calls, MAX_CALLS + 1);
+    }
+
+    #[test]
+    fn a_full_page_is_followed_by_the_rest_of_the_window() {
+        let conv: Vec<(i64, i64, bool)> = (0..2500).map(|k| (k, k, false)).collect();
+        let mut r = Reader::new("alice", -1, 0);
+        while let Some(w) = r.next_window() {
+            let since = w["since_id"].as_i64().unwrap();
+            let max = w.get("max_id").and_then(Value::as_i64);
+            // Like twisterd: the newest PAGE of the window.
+            let mut l = listing(&conv, since, max);
+            let a = l["alice"].as_array_mut().unwrap();
+            let excess = a.len().saturating_sub(PAGE as usize);
+            a.drain(..excess);
+            r.take(&l);
+        }
+        assert_eq!(r.in_post_order().len(), 2500);
+    }
+}
