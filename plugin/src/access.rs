@@ -7,6 +7,9 @@
 //! - nothing: allow, exactly what the broker does without plugins;
 //! - another plugin: only the operator knows whether it decides access (`plugin_opt_access`).
 //!
+//! Mosquitto 2.1 has SUBSCRIBE events, so the plugin registers no ACL check there and access is left
+//! alone; only the wake-up listener is read from the configuration then.
+//!
 //! The broker's configuration file is found on the broker's command line (`-c FILE`).
 
 use crate::config::AccessMode;
@@ -22,26 +25,51 @@ pub enum AclAnswer {
 pub struct BrokerConf {
     pub per_listener_settings: bool,
     pub acl_file: bool,
-    /// `plugin` / `auth_plugin` lines other than ours.
+    /// Plugins other than ours: `plugin` / `auth_plugin` / `global_plugin` paths, `plugin_load` names.
     pub other_plugins: Vec<String>,
-    pub allow_anonymous: bool,
-    /// TCP MQTT listeners: (port, bind address).
-    pub listeners: Vec<(u16, Option<String>)>,
+    /// The global `allow_anonymous` (or, with `per_listener_settings true`, none: it is per listener).
+    pub allow_anonymous: Option<bool>,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Listener {
+    pub port: u16,
+    pub bind: Option<String>,
+    /// `protocol mqtt` (the default), not websockets or anything else.
+    pub mqtt: bool,
+    /// TLS or PSK (`certfile`, `psk_hint`): a plain TCP client cannot talk to it.
+    pub tls: bool,
+    /// 2.1's `listener_allow_anonymous`, or `allow_anonymous` under `per_listener_settings true`.
+    pub allow_anonymous: Option<bool>,
 }
 
 impl BrokerConf {
+    /// Whether an anonymous client may connect to `l`: the listener's own setting, else (unless
+    /// settings are per listener) the global one; unset means no, once any listener is configured.
+    fn anonymous_on(&self, l: &Listener) -> bool {
+        match l.allow_anonymous {
+            Some(allowed) => allowed,
+            None => !self.per_listener_settings && self.allow_anonymous == Some(true),
+        }
+    }
+
     /// Where the plugin can reach its own broker as an anonymous MQTT client, to wake its event loop.
     pub fn wake_address(&self) -> Option<std::net::SocketAddr> {
-        if !self.allow_anonymous {
-            return None;
+        use std::net::ToSocketAddrs;
+        if self.listeners.is_empty() {
+            // No listener configured: the broker listens on the loopback only, anonymous clients allowed.
+            return ("127.0.0.1", 1883).to_socket_addrs().ok()?.next();
         }
-        let (port, bind) = self.listeners.iter().find(|(port, _)| *port != 0)?;
-        let host = match bind.as_deref() {
+        let l = self
+            .listeners
+            .iter()
+            .find(|l| l.port != 0 && l.mqtt && !l.tls && self.anonymous_on(l))?;
+        let host = match l.bind.as_deref() {
             None | Some("0.0.0.0") | Some("::") => "127.0.0.1",
             Some(h) => h,
         };
-        use std::net::ToSocketAddrs;
-        (host, *port).to_socket_addrs().ok()?.next()
+        (host, l.port).to_socket_addrs().ok()?.next()
     }
 }
 
@@ -71,22 +99,51 @@ pub fn parse(text: &str, include: &dyn Fn(&str) -> Vec<String>, conf: &mut Broke
             .split_once(char::is_whitespace)
             .map(|(k, v)| (k, v.trim()))
             .unwrap_or((line, ""));
+        let on = value == "true";
         match key {
-            "per_listener_settings" => conf.per_listener_settings = value == "true",
+            "per_listener_settings" => conf.per_listener_settings = on,
             "acl_file" => conf.acl_file = true,
-            "allow_anonymous" => conf.allow_anonymous = value == "true",
+            "allow_anonymous" if conf.per_listener_settings => {
+                if let Some(l) = conf.listeners.last_mut() {
+                    l.allow_anonymous = Some(on);
+                }
+            }
+            "allow_anonymous" => conf.allow_anonymous = Some(on),
+            "listener_allow_anonymous" => {
+                if let Some(l) = conf.listeners.last_mut() {
+                    l.allow_anonymous = Some(on);
+                }
+            }
             "listener" | "port" => {
                 let mut words = value.split_whitespace();
                 if let Some(port) = words.next().and_then(|p| p.parse().ok()) {
-                    conf.listeners.push((port, words.next().map(String::from)));
+                    conf.listeners.push(Listener {
+                        port,
+                        bind: words.next().map(String::from),
+                        mqtt: true,
+                        ..Listener::default()
+                    });
                 }
             }
-            // A websockets listener cannot take a raw MQTT connection.
-            "protocol" if value != "mqtt" => {
-                conf.listeners.pop();
+            "protocol" => {
+                if let Some(l) = conf.listeners.last_mut() {
+                    l.mqtt = value == "mqtt";
+                }
             }
-            "plugin" | "auth_plugin" if !is_ours(value) => {
+            "certfile" | "psk_hint" => {
+                if let Some(l) = conf.listeners.last_mut() {
+                    l.tls = true;
+                }
+            }
+            "plugin" | "auth_plugin" | "global_plugin" if !is_ours(value) => {
                 conf.other_plugins.push(value.to_string())
+            }
+            // 2.1: `plugin_load <name> <path>` loads; `plugin_use <name>` only attaches it to a listener.
+            "plugin_load" => {
+                let path = value.split_whitespace().nth(1).unwrap_or(value);
+                if !is_ours(path) {
+                    conf.other_plugins.push(path.to_string());
+                }
             }
             "include_dir" => {
                 for t in include(value) {
@@ -196,6 +253,47 @@ mod tests {
         assert_eq!(
             conf("listener 0 /run/m.sock\nallow_anonymous true\n").wake_address(),
             None
+        );
+    }
+
+    #[test]
+    fn reads_the_keys_of_mosquitto_2_1() {
+        let addr = |s: &str| Some(s.parse().unwrap());
+        // listener_allow_anonymous alone opens that listener (the global default stays closed).
+        let c = conf("listener 1883 127.0.0.1\nlistener_allow_anonymous true\n");
+        assert_eq!(c.wake_address(), addr("127.0.0.1:1883"));
+        // It also closes one the global setting would open.
+        let c = conf(
+            "allow_anonymous true\nlistener 1883\nlistener_allow_anonymous false\nlistener 1884\n",
+        );
+        assert_eq!(c.wake_address(), addr("127.0.0.1:1884"));
+        // With per_listener_settings, allow_anonymous belongs to the listener above it.
+        let c = conf(
+            "per_listener_settings true\nlistener 1883\nlistener 1884\nallow_anonymous true\n",
+        );
+        assert_eq!(c.wake_address(), addr("127.0.0.1:1884"));
+        let c = conf("per_listener_settings true\nallow_anonymous true\nlistener 1883\n");
+        assert_eq!(
+            c.wake_address(),
+            None,
+            "no listener of its own says anonymous"
+        );
+        // TLS listeners cannot take the plain doorbell connection.
+        let c = conf("allow_anonymous true\nlistener 8883\ncertfile /c.pem\nlistener 1883\n");
+        assert_eq!(c.wake_address(), addr("127.0.0.1:1883"));
+        // Plugins loaded the 2.1 ways are other plugins, unless they are ours.
+        let c = conf("plugin_load dynsec /usr/lib/mosquitto_dynamic_security.so\nplugin_use dynsec\nglobal_plugin /x/acl.so\nplugin_load me /x/libmqtt_twister.so\n");
+        assert_eq!(
+            c.other_plugins,
+            vec!["/usr/lib/mosquitto_dynamic_security.so", "/x/acl.so"]
+        );
+    }
+
+    #[test]
+    fn without_a_listener_the_broker_is_local_and_anonymous() {
+        assert_eq!(
+            conf("plugin /x/libmqtt_twister.so\n").wake_address(),
+            Some("127.0.0.1:1883".parse().unwrap())
         );
     }
 
