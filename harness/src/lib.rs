@@ -283,6 +283,10 @@ pub fn rpc(url: &str, method: &str, params: Value) -> Result<Value, (i64, String
     }
 }
 
+/// The broker's log lines every test broker writes (to stderr, which the harness keeps in a file).
+pub const LOG_LINES: &str =
+    "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n";
+
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
@@ -324,9 +328,19 @@ impl Broker {
     }
 
     pub fn start_on(dir: &Path, name: &str, body: &str, port: u16) -> Broker {
+        Self::start_conf(
+            dir,
+            name,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n{LOG_LINES}{body}"),
+            port,
+        )
+    }
+
+    /// Starts mosquitto with exactly `text` as its configuration, which has a listener on `port`.
+    pub fn start_conf(dir: &Path, name: &str, text: &str, port: u16) -> Broker {
         let conf = dir.join(format!("{name}.conf"));
         let log = dir.join(format!("{name}.log"));
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{body}")).unwrap();
+        std::fs::write(&conf, text).unwrap();
         let logfile = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

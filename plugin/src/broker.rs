@@ -13,7 +13,7 @@ use crate::wake::Doorbell;
 use crate::wire::Message;
 use crate::worker::{Level, ToBroker, ToWorker, WorkerHandle};
 use crossbeam_channel::TrySendError;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::Arc;
@@ -22,6 +22,13 @@ use std::time::{Duration, Instant};
 /// Mosquitto 2.1's subscription events, absent from 2.0's headers.
 const MOSQ_EVT_SUBSCRIBE_V21: c_int = 12;
 const MOSQ_EVT_UNSUBSCRIBE_V21: c_int = 13;
+/// 2.1's way for MESSAGE to refuse a publish without disconnecting its client: the broker drops it and
+/// answers a QoS 1/2 publisher with reason code 0x97 "quota exceeded" (only MQTT 5 sees the code).
+/// 2.0 disconnects a client on any non-zero answer.
+const MOSQ_ERR_QUOTA_EXCEEDED_V21: c_int = -6;
+/// On 2.1 the pacing TICK asks to run again this soon. 2.1 otherwise sleeps up to 5 s (10 s without
+/// clients) between loop turns; 2.0 turns at least every 100 ms and ignores the request.
+const TICK_PACE_MS: c_long = 100;
 /// Items injected per TICK at most, so one tick never stalls the broker.
 const INJECT_PER_TICK: usize = 2048;
 
@@ -36,12 +43,25 @@ struct SubscriptionV21 {
     future2: [*mut c_void; 8],
 }
 
-/// `struct mosquitto_evt_subscribe` / `_unsubscribe` of Mosquitto 2.1.
+/// `struct mosquitto_evt_subscribe` / `_unsubscribe` of Mosquitto 2.1 (read only: the tail is omitted).
+/// 2.1.2 fills `data.topic_filter` but leaves `data.clientid` NULL; the client is `client`.
 #[repr(C)]
 struct EvtSubscribeV21 {
     future: *mut c_void,
-    client: *mut c_void,
+    client: *mut mosquitto,
     data: SubscriptionV21,
+}
+
+/// `struct mosquitto_evt_tick` of Mosquitto 2.1: where 2.0 has `next_ns` (never read by 2.0), 2.1 has
+/// `next_ms`, which the broker reads after the callback as "call me again in".
+#[repr(C)]
+struct EvtTickV21 {
+    future: *mut c_void,
+    now_ns: c_long,
+    next_ms: c_long,
+    now_s: libc::time_t,
+    next_s: libc::time_t,
+    future2: [*mut c_void; 4],
 }
 
 type Callback = unsafe extern "C" fn(c_int, *mut c_void, *mut c_void) -> c_int;
@@ -51,8 +71,12 @@ struct Plugin {
     cfg: Arc<Config>,
     worker: WorkerHandle,
     acl: AclAnswer,
+    /// Running in Mosquitto 2.1 (SUBSCRIBE events, QUOTA_EXCEEDED, `next_ms` in TICK).
+    v21: bool,
     registered: Vec<(c_int, Callback)>,
     dropped: u64,
+    /// Publishes refused with QUOTA_EXCEEDED (2.1, MQTT 5, QoS > 0) because the queue was full.
+    refused: u64,
     dropped_reported: u64,
     last_drop_report: Instant,
 }
@@ -115,6 +139,15 @@ fn client_id(client: *mut mosquitto) -> Option<String> {
     unsafe { str_of(mosquitto_client_id(client)) }.map(str::to_owned)
 }
 
+/// The MQTT protocol level of a client: 3 (3.1), 4 (3.1.1), 5, or 0 when unknown.
+fn protocol_version(client: *mut mosquitto) -> c_int {
+    if client.is_null() {
+        return 0;
+    }
+    // SAFETY: `client` comes from the broker's event data for the current callback.
+    unsafe { mosquitto_client_protocol_version(client) }
+}
+
 /// SAFETY (for callers): `userdata` is the pointer `plugin_init` stored, alive until cleanup.
 unsafe fn plugin<'a>(userdata: *mut c_void) -> Option<&'a mut Plugin> {
     // SAFETY: guaranteed by the caller; callbacks run one at a time on the broker's thread.
@@ -139,7 +172,9 @@ unsafe extern "C" fn on_message(
     event_data: *mut c_void,
     userdata: *mut c_void,
 ) -> c_int {
-    // Only 0 may be returned: any other code disconnects the publishing client.
+    // 2.0 disconnects the publisher on any code but 0. On 2.1, QUOTA_EXCEEDED refuses this one publish:
+    // used when the queue is full and the publisher learns it (MQTT 5, QoS 1 or 2) and can retry; the
+    // refused message reaches no local subscriber either, so everyone else's messages still pass.
     guarded("MESSAGE", 0, || {
         // SAFETY: userdata is our Plugin; event_data is the broker's mosquitto_evt_message for this call.
         let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
@@ -153,6 +188,11 @@ unsafe extern "C" fn on_message(
         };
         if !p.cfg.forwards(topic) {
             return 0;
+        }
+        let may_refuse = p.v21 && ev.qos > 0;
+        if may_refuse && p.worker.backlog_full() && protocol_version(ev.client) == 5 {
+            p.refused += 1;
+            return MOSQ_ERR_QUOTA_EXCEEDED_V21;
         }
         let payload = if ev.payload.is_null() || ev.payloadlen == 0 {
             Vec::new()
@@ -168,6 +208,10 @@ unsafe extern "C" fn on_message(
             retain: ev.retain,
         });
         if !queued {
+            if may_refuse && protocol_version(ev.client) == 5 {
+                p.refused += 1;
+                return MOSQ_ERR_QUOTA_EXCEEDED_V21;
+            }
             p.dropped += 1;
         }
         0
@@ -221,13 +265,15 @@ unsafe extern "C" fn on_subscribe_v21(
         }) else {
             return MOSQ_ERR_SUCCESS as c_int;
         };
-        // SAFETY: both strings are owned by the broker for this call.
-        let (Some(client), Some(filter)) = (unsafe { str_of(ev.data.clientid) }, unsafe {
-            str_of(ev.data.topic_filter)
-        }) else {
+        // SAFETY: both strings are owned by the broker for this call. 2.1.2 leaves data.clientid NULL:
+        // the id is then the event's client's.
+        let client = unsafe { str_of(ev.data.clientid) }
+            .map(str::to_owned)
+            .or_else(|| client_id(ev.client));
+        let (Some(client), Some(filter)) = (client, unsafe { str_of(ev.data.topic_filter) }) else {
             return MOSQ_ERR_SUCCESS as c_int;
         };
-        let (client, filter) = (client.to_owned(), filter.to_owned());
+        let filter = filter.to_owned();
         p.send(if event == MOSQ_EVT_SUBSCRIBE_V21 {
             ToWorker::Subscribe { client, filter }
         } else {
@@ -250,8 +296,10 @@ unsafe extern "C" fn on_disconnect(
             return MOSQ_ERR_SUCCESS as c_int;
         };
         // A persistent session keeps its subscriptions (and so our interest) after the client goes.
+        // 2.0 calls DISCONNECT for every client that goes; 2.1 only when its session ends with it
+        // (a persistent one goes "offline" instead), whatever its clean-start flag said.
         // SAFETY: the client pointer is valid for this call.
-        if ev.client.is_null() || !unsafe { mosquitto_client_clean_session(ev.client) } {
+        if ev.client.is_null() || !(p.v21 || unsafe { mosquitto_client_clean_session(ev.client) }) {
             return MOSQ_ERR_SUCCESS as c_int;
         }
         if let Some(client) = client_id(ev.client) {
@@ -261,6 +309,8 @@ unsafe extern "C" fn on_disconnect(
     })
 }
 
+/// Runs on every turn of the broker's loop (2.1: it asks for no delay, so it is always due), so a
+/// doorbell's wake-up always finds it.
 unsafe extern "C" fn on_tick(
     _event: c_int,
     _event_data: *mut c_void,
@@ -268,31 +318,58 @@ unsafe extern "C" fn on_tick(
 ) -> c_int {
     guarded("TICK", MOSQ_ERR_SUCCESS as c_int, || {
         // SAFETY: userdata is our Plugin.
-        let Some(p) = (unsafe { plugin(userdata) }) else {
-            return MOSQ_ERR_SUCCESS as c_int;
-        };
-        // Nothing pending costs one try_recv.
-        for _ in 0..INJECT_PER_TICK {
-            match p.worker.from_worker.try_recv() {
-                Ok(ToBroker::Publish(m)) => inject(m),
-                Ok(ToBroker::Log(level, text)) => log_now(level, &text),
-                Err(_) => break,
-            }
-        }
-        if p.dropped > p.dropped_reported && p.last_drop_report.elapsed() >= Duration::from_secs(10)
-        {
-            log_now(
-                Level::Warning,
-                &format!(
-                    "mqtt-twister: worker queue full, {} events dropped so far",
-                    p.dropped
-                ),
-            );
-            p.dropped_reported = p.dropped;
-            p.last_drop_report = Instant::now();
+        if let Some(p) = unsafe { plugin(userdata) } {
+            drain(p);
         }
         MOSQ_ERR_SUCCESS as c_int
     })
+}
+
+/// 2.1 only: a second TICK callback that asks to run again within TICK_PACE_MS, which bounds how long
+/// the broker's loop sleeps. It cannot be `on_tick`: 2.1 skips a callback until its own delay is over,
+/// so a loop turn woken earlier (by the doorbell, say) would find nothing due to drain the channel.
+unsafe extern "C" fn on_tick_pace(
+    _event: c_int,
+    event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
+    guarded("TICK", MOSQ_ERR_SUCCESS as c_int, || {
+        // SAFETY: on 2.1 event_data is the broker's mosquitto_evt_tick for this call, which it reads
+        // back after we return.
+        if let Some(ev) = unsafe { (event_data as *mut EvtTickV21).as_mut() } {
+            ev.next_s = 0;
+            ev.next_ms = TICK_PACE_MS;
+        }
+        // SAFETY: userdata is our Plugin.
+        if let Some(p) = unsafe { plugin(userdata) } {
+            drain(p);
+        }
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}
+
+/// Publishes and logs what the worker sent, and reports drops now and then. Broker thread only.
+fn drain(p: &mut Plugin) {
+    // Nothing pending costs one try_recv.
+    for _ in 0..INJECT_PER_TICK {
+        match p.worker.from_worker.try_recv() {
+            Ok(ToBroker::Publish(m)) => inject(m),
+            Ok(ToBroker::Log(level, text)) => log_now(level, &text),
+            Err(_) => break,
+        }
+    }
+    let trouble = p.dropped + p.refused;
+    if trouble > p.dropped_reported && p.last_drop_report.elapsed() >= Duration::from_secs(10) {
+        log_now(
+            Level::Warning,
+            &format!(
+                "mqtt-twister: worker queue full, {} events dropped and {} publishes refused (quota exceeded) so far",
+                p.dropped, p.refused
+            ),
+        );
+        p.dropped_reported = trouble;
+        p.last_drop_report = Instant::now();
+    }
 }
 
 /// Publishes a message from the network into the broker. Broker thread only.
@@ -475,9 +552,14 @@ pub fn plugin_init(
         {
             return refuse("per_listener_settings true is not supported on Mosquitto 2.0: the broker never calls the plugin's TICK there, so nothing would ever arrive from the network. Set per_listener_settings false.");
         }
-        let acl = match access::decide(cfg.access, broker_conf.as_ref()) {
-            Ok(a) => a,
-            Err(e) => return refuse(&e),
+        // 2.1 tells subscriptions through events: no ACL check is registered, access stays as it is.
+        let acl = if v21 {
+            AclAnswer::Defer
+        } else {
+            match access::decide(cfg.access, broker_conf.as_ref()) {
+                Ok(a) => a,
+                Err(e) => return refuse(&e),
+            }
         };
         let saved = match load_state(&cfg) {
             Ok(s) => s,
@@ -501,23 +583,25 @@ pub fn plugin_init(
             cfg: cfg.clone(),
             worker,
             acl,
+            v21,
             registered: Vec::new(),
             dropped: 0,
+            refused: 0,
             dropped_reported: 0,
             last_drop_report: Instant::now(),
         });
         let mut ok = register(&mut p, MOSQ_EVT_MESSAGE as c_int, on_message)
             && register(&mut p, MOSQ_EVT_TICK as c_int, on_tick)
+            && (!v21 || register(&mut p, MOSQ_EVT_TICK as c_int, on_tick_pace))
             && register(&mut p, MOSQ_EVT_DISCONNECT as c_int, on_disconnect);
-        let via = if ok
-            && v21
-            && register(&mut p, MOSQ_EVT_SUBSCRIBE_V21, on_subscribe_v21)
-            && register(&mut p, MOSQ_EVT_UNSUBSCRIBE_V21, on_subscribe_v21)
-        {
-            "SUBSCRIBE events"
+        let (via, access) = if v21 {
+            ok = ok
+                && register(&mut p, MOSQ_EVT_SUBSCRIBE_V21, on_subscribe_v21)
+                && register(&mut p, MOSQ_EVT_UNSUBSCRIBE_V21, on_subscribe_v21);
+            ("SUBSCRIBE events", "unchanged, no ACL check".to_string())
         } else {
             ok = ok && register(&mut p, MOSQ_EVT_ACL_CHECK as c_int, on_acl_check);
-            "ACL checks"
+            ("ACL checks", format!("{acl:?}"))
         };
         if !ok {
             unregister_all(&mut p);
@@ -527,8 +611,8 @@ pub fn plugin_init(
         log_now(
             Level::Notice,
             &format!(
-                "mqtt-twister: loaded for Twister user '{}' at {} (subscriptions seen through {via}; access: {:?})",
-                cfg.user, cfg.rpc_url, acl
+                "mqtt-twister: loaded for Twister user '{}' at {} (subscriptions seen through {via}; access: {access})",
+                cfg.user, cfg.rpc_url
             ),
         );
         if userdata.is_null() {

@@ -16,7 +16,7 @@ use crate::wire::{self, Message};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -244,6 +244,10 @@ pub struct WorkerHandle {
 pub struct Outbound {
     queue: crossbeam_queue::ArrayQueue<Message>,
     sleeping: AtomicBool,
+    /// The worker's count of messages waiting for a post, as of its last loop turn, and its bound
+    /// (`plugin_opt_max_queue`): lets the MESSAGE callback refuse a publish the worker would drop.
+    backlog: AtomicUsize,
+    max_backlog: usize,
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -261,6 +265,8 @@ impl WorkerHandle {
         let dht_inbox = to_worker.clone();
         let outbound = Arc::new(Outbound {
             queue: crossbeam_queue::ArrayQueue::new(OUTBOUND_CAPACITY),
+            backlog: AtomicUsize::new(0),
+            max_backlog: cfg.max_queue,
             sleeping: AtomicBool::new(false),
         });
         let worker_outbound = outbound.clone();
@@ -298,6 +304,13 @@ impl WorkerHandle {
             }
         }
         true
+    }
+
+    /// The worker would drop a new message for want of room (`plugin_opt_max_queue`), as far as its
+    /// last loop turn tells, or the hand-over queue itself is full. Two atomic loads.
+    pub fn backlog_full(&self) -> bool {
+        let o = &self.outbound;
+        o.queue.is_full() || o.backlog.load(Ordering::Relaxed) + o.queue.len() >= o.max_backlog
     }
 
     /// Closes the channel and waits for the worker to flush, save and stop.
@@ -545,6 +558,7 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => return self.shutdown(outbound),
             }
             self.step(Instant::now());
+            outbound.backlog.store(self.queued, Ordering::Relaxed);
         }
     }
 
@@ -851,7 +865,8 @@ impl Worker {
         );
         let wake = match self.doorbell.enabled() {
             Some(addr) => format!("messages from the network wake the broker through its listener {addr}"),
-            None => "no anonymous TCP listener to wake the broker through: messages from the network wait for its TICK (about 100 ms when idle)".into(),
+            None if !self.cfg.wakeup => "plugin_opt_wakeup false: messages from the network wait for the broker's next TICK (within about 100 ms)".into(),
+            None => "no anonymous TCP listener to wake the broker through: messages from the network wait for its next TICK (within about 100 ms)".into(),
         };
         self.log(Level::Info, wake);
     }
