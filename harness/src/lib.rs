@@ -55,10 +55,31 @@ pub fn broker_version() -> BrokerVersion {
     BROKER_VERSION.with(|v| v.get())
 }
 
-/// Runs `f` with every broker it starts being `version`.
+/// Runs `f` with every broker it starts being `version`; the version before is back afterwards, so
+/// one test can start brokers of both versions (`with_broker_version(v.other(), || Broker::start(..))`).
 pub fn with_broker_version<T>(version: BrokerVersion, f: impl FnOnce() -> T) -> T {
-    BROKER_VERSION.with(|v| v.set(version));
-    f()
+    let before = BROKER_VERSION.with(|v| v.replace(version));
+    let result = f();
+    BROKER_VERSION.with(|v| v.set(before));
+    result
+}
+
+impl BrokerVersion {
+    /// The version that is not this one.
+    pub fn other(self) -> BrokerVersion {
+        match self {
+            BrokerVersion::V2_0 => BrokerVersion::V2_1,
+            BrokerVersion::V2_1 => BrokerVersion::V2_0,
+        }
+    }
+
+    /// How the broker names itself in its log ("mosquitto version 2.0.11 running").
+    pub fn log_banner(self) -> &'static str {
+        match self {
+            BrokerVersion::V2_0 => "mosquitto version 2.0.",
+            BrokerVersion::V2_1 => "mosquitto version 2.1.",
+        }
+    }
 }
 
 /// The `mosquitto` binary of `version`. 2.1 comes from `MQTT_TWISTER_MOSQUITTO_2_1` or from

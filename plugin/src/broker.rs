@@ -77,6 +77,8 @@ struct Plugin {
     dropped: u64,
     /// Publishes refused with QUOTA_EXCEEDED (2.1, MQTT 5, QoS > 0) because the queue was full.
     refused: u64,
+    /// The pacing TICK (2.1) has said once that it asks for the next TICK.
+    pace_said: bool,
     dropped_reported: u64,
     last_drop_report: Instant,
 }
@@ -342,6 +344,13 @@ unsafe extern "C" fn on_tick_pace(
         }
         // SAFETY: userdata is our Plugin.
         if let Some(p) = unsafe { plugin(userdata) } {
+            if !p.pace_said {
+                p.pace_said = true;
+                log_now(
+                    Level::Info,
+                    &format!("mqtt-twister: Mosquitto 2.1: asking the broker for the next TICK within {TICK_PACE_MS} ms"),
+                );
+            }
             drain(p);
         }
         MOSQ_ERR_SUCCESS as c_int
@@ -587,6 +596,7 @@ pub fn plugin_init(
             registered: Vec::new(),
             dropped: 0,
             refused: 0,
+            pace_said: false,
             dropped_reported: 0,
             last_drop_report: Instant::now(),
         });
