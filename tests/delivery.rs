@@ -80,3 +80,109 @@ on_both_brokers! {
         assert_eq!(got, (0..n).collect::<Vec<_>>(), "in order, once each");
     }
 }
+
+/// Collects `n` messages on `topic` (others are skipped) as their payload numbers.
+fn collect_numbers(sub: &Mqtt, topic: &str, n: usize, wait: Duration) -> Vec<usize> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let Some(m) = sub.recv(wait) else {
+            break;
+        };
+        if m.topic == topic {
+            got.push(
+                String::from_utf8(m.payload)
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+        }
+    }
+    got
+}
+
+on_both_brokers! {
+    /// A call that times out may still have stored its post: with answers coming after the RPC
+    /// timeout, a retry that reused the number with a fuller batch was ignored by twisterd while it
+    /// answered success (14 of 1,500 messages lost without a word).
+    fn posts_answered_after_the_rpc_timeout_lose_nothing() {
+        let p = Pair::start(
+            &["plugin_opt_publish b/#", "plugin_opt_rpc_timeout_ms 1000"],
+            &["plugin_opt_subscribe b/#"],
+        );
+        let sub = Mqtt::connect(p.b.port, "sub-b", true);
+        assert!(sub.subscribe("b/#", QoS::AtLeastOnce));
+        let publ = Mqtt::connect(p.a.port, "pub-a", true);
+        let n = 600;
+        for i in 0..n {
+            if i == 150 {
+                // Stored at once, answered 2.5 s later: well after A's 1 s timeout.
+                p.node.ok("devnode_fault", json!([{"late_ms": 2500}]));
+            }
+            publ.publish("b/x", i.to_string().as_bytes(), QoS::AtLeastOnce, false);
+            std::thread::sleep(Duration::from_millis(4));
+        }
+        let got = collect_numbers(&sub, "b/x", n, T);
+        let missing: Vec<usize> = (0..n).filter(|i| !got.contains(i)).collect();
+        assert!(missing.is_empty(), "{} of {n} lost: {missing:?}", missing.len());
+        assert_eq!(got, (0..n).collect::<Vec<_>>(), "in order, once each");
+        assert!(
+            sub.recv(Duration::from_millis(500)).is_none(),
+            "nothing more (no duplicate)"
+        );
+        p.a.wait_log("it may have been stored; finding out", T);
+        p.a.wait_log("was stored by twisterd", T);
+    }
+}
+
+fn errors_answered(node: &DevNode) -> i64 {
+    node.ok("devnode_stats", json!([]))["counters"]["errors"]
+        .as_i64()
+        .unwrap()
+}
+
+on_both_brokers! {
+    /// Out of post budget, the retry wait doubled up to 30 s and did not watch for blocks: the first
+    /// message after a block came 1 s or 11 s after it.
+    fn out_of_budget_the_first_message_after_a_block_goes_at_once() {
+        // Blocks only when the test mines them, as on twisterd's regtest.
+        let node = DevNode::start_with(&["-blockinterval=0"], 0);
+        for u in ["alice", "bob"] {
+            node.ok("createwalletuser", json!([u]));
+            node.ok("sendnewusertransaction", json!([u]));
+        }
+        node.ok("devnode_mine", json!([2]));
+        for u in ["alice", "bob"] {
+            node.ok("follow", json!([u, [u]]));
+        }
+        // Registered at height 1, now 2: alice may post k 0..=22. Use them all up.
+        for k in 0..=22 {
+            node.ok("newpostmsg", json!(["alice", k, format!("filler {k}")]));
+        }
+        let p = Pair::start_with(node, &["plugin_opt_publish b/#"], &["plugin_opt_subscribe b/#"]);
+        let sub = Mqtt::connect(p.b.port, "sub-b", true);
+        assert!(sub.subscribe("b/#", QoS::AtLeastOnce));
+        let publ = Mqtt::connect(p.a.port, "pub-a", true);
+        publ.publish("b/1", b"waits for a block", QoS::AtLeastOnce, false);
+        p.a.wait_log("watching the chain height, posting at height 3", T);
+        let refused = errors_answered(&p.node);
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(
+            errors_answered(&p.node),
+            refused,
+            "no post tried again before a block could allow it"
+        );
+        assert!(sub.recv(Duration::ZERO).is_none());
+        let mined = Instant::now();
+        assert_eq!(p.node.ok("devnode_mine", json!([1])), json!(3));
+        let got = sub.expect(T, "the message after the block");
+        let after = mined.elapsed();
+        assert_eq!(got.payload, b"waits for a block");
+        assert_eq!(p.node.ok("getblockcount", json!([])), json!(3), "one block only");
+        assert!(
+            after < Duration::from_secs(2),
+            "arrived {after:?} after the block"
+        );
+        eprintln!("first message {after:?} after the block");
+        p.a.wait_log("chain at height 3: posting again", T);
+    }
+}

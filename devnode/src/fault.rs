@@ -1,11 +1,12 @@
 //! Fault injection for the plugin's reliability tests: latency, a fraction of calls answered busy (-25)
-//! or with HTTP 500, a stall (nothing answered for a while), and refused connections for a while.
+//! or with HTTP 500, a stall (nothing answered for a while), answers held back after the call was
+//! carried out (a post stored but answered late, as a slow twisterd does), and refused connections.
 
 use crate::error::RpcError;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-pub const USAGE: &str = "devnode_fault {\"latency_ms\":n,\"busy\":0..1,\"http500\":0..1,\"stall_ms\":n,\"refuse_ms\":n}\nset fault injection (dev node only); {} clears it";
+pub const USAGE: &str = "devnode_fault {\"latency_ms\":n,\"busy\":0..1,\"http500\":0..1,\"stall_ms\":n,\"late_ms\":n,\"refuse_ms\":n}\nset fault injection (dev node only); {} clears it\nstall_ms: calls wait, then are carried out; late_ms: calls are carried out at once, answered when it ends";
 
 #[derive(Default, Clone, Debug)]
 pub struct Faults {
@@ -15,6 +16,8 @@ pub struct Faults {
     /// Fraction of calls answered with HTTP 500 and no JSON body.
     pub http500: f64,
     pub stall_until: Option<Instant>,
+    /// Until then every call is carried out at once but answered only then.
+    pub late_until: Option<Instant>,
     pub refuse_until: Option<Instant>,
     rng: u64,
 }
@@ -53,18 +56,29 @@ impl Faults {
             return Err(RpcError::invalid_params(USAGE));
         };
         for key in obj.keys() {
-            if !["latency_ms", "busy", "http500", "stall_ms", "refuse_ms"].contains(&key.as_str()) {
+            if ![
+                "latency_ms",
+                "busy",
+                "http500",
+                "stall_ms",
+                "late_ms",
+                "refuse_ms",
+            ]
+            .contains(&key.as_str())
+            {
                 return Err(RpcError::invalid_params(format!("unknown fault '{key}'")));
             }
         }
         let now = Instant::now();
         let stall = millis(v, "stall_ms")?;
         let refuse = millis(v, "refuse_ms")?;
+        let late = millis(v, "late_ms")?;
         *self = Faults {
             latency: Duration::from_millis(millis(v, "latency_ms")?),
             busy: ratio(v, "busy")?,
             http500: ratio(v, "http500")?,
             stall_until: (stall > 0).then(|| now + Duration::from_millis(stall)),
+            late_until: (late > 0).then(|| now + Duration::from_millis(late)),
             refuse_until: (refuse > 0).then(|| now + Duration::from_millis(refuse)),
             rng: self.rng.max(0x2545_f491) ^ now.elapsed().as_nanos() as u64,
         };
@@ -81,6 +95,7 @@ impl Faults {
             "busy": self.busy,
             "http500": self.http500,
             "stall_ms": left(self.stall_until),
+            "late_ms": left(self.late_until),
             "refuse_ms": left(self.refuse_until),
         })
     }
@@ -90,6 +105,14 @@ impl Faults {
             || self.busy > 0.0
             || self.http500 > 0.0
             || self.stall_until.is_some()
+            || self.late_until.is_some()
+    }
+
+    /// How long to hold the answer of a call carried out now.
+    pub fn answer_late_by(&self, now: Instant) -> Duration {
+        self.late_until
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or_default()
     }
 
     pub fn refusing(&self, now: Instant) -> bool {
@@ -151,6 +174,20 @@ mod tests {
         assert!(f.configure(&json!({"latency_ms": -1})).is_err());
         assert!(f.configure(&json!({"nope": 1})).is_err());
         assert!(f.configure(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn late_answers_end_with_their_window() {
+        let mut f = Faults::default();
+        f.configure(&json!({"late_ms": 50})).unwrap();
+        let now = Instant::now();
+        assert!(f.active());
+        assert!(f.answer_late_by(now) > Duration::from_millis(10));
+        assert_eq!(f.delay(now), Duration::ZERO, "carried out at once");
+        assert_eq!(
+            f.answer_late_by(now + Duration::from_millis(60)),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -192,9 +192,10 @@ fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig) {
             );
             return;
         }
+        let admin = is_admin_call(&body);
         let (delay, verdict) = {
             let mut f = shared.faults();
-            if f.active() && !is_admin_call(&body) {
+            if f.active() && !admin {
                 (f.delay(Instant::now()), f.verdict())
             } else {
                 (Duration::ZERO, Verdict::Serve)
@@ -204,7 +205,19 @@ fn serve_connection(stream: TcpStream, shared: &Shared, cfg: &HttpConfig) {
             std::thread::sleep(delay);
         }
         let reply = match verdict {
-            Verdict::Serve => handle_body(shared, &body),
+            Verdict::Serve => {
+                let reply = handle_body(shared, &body);
+                // Carried out; the answer may still come late (the caller may have given up by then).
+                let late = if admin {
+                    Duration::ZERO
+                } else {
+                    shared.faults().answer_late_by(Instant::now())
+                };
+                if !late.is_zero() {
+                    std::thread::sleep(late);
+                }
+                reply
+            }
             Verdict::Http500 => return html_error(&mut writer, 500),
             Verdict::Busy => {
                 let id = serde_json::from_slice::<serde_json::Value>(&body)

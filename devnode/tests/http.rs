@@ -311,3 +311,30 @@ fn stop_waits_for_a_kept_alive_client_connection_as_twisterd_does() {
         assert!(closed.elapsed() < Duration::from_secs(5), "{stop}");
     }
 }
+
+#[test]
+fn late_answers_come_after_the_call_was_carried_out() {
+    let n = Node::start(&["-blockinterval=0"]);
+    n.ok("createwalletuser", json!(["alice"]));
+    n.ok("sendnewusertransaction", json!(["alice"]));
+    n.ok("devnode_mine", json!([2]));
+    n.ok("follow", json!(["alice", ["alice"]]));
+    n.ok("devnode_fault", json!([{"late_ms": 800}]));
+    let impatient = ureq::AgentBuilder::new()
+        .timeout(Duration::from_millis(200))
+        .build();
+    let body =
+        json!({"id": 1, "method": "newpostmsg", "params": ["alice", 0, "stored, answered late"]});
+    let sent = Instant::now();
+    let r = impatient
+        .post(&n.url())
+        .set("Authorization", &basic())
+        .send_string(&body.to_string());
+    assert!(r.is_err(), "the caller gave up before the answer");
+    assert!(sent.elapsed() < Duration::from_millis(700));
+    // Stored already: the node's own calls are never held, and the post is there.
+    let stats = n.ok("devnode_stats", json!([]));
+    assert_eq!(stats["counters"]["posts_stored"], json!(1), "{stats}");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(n.ok("getlasthave", json!(["alice"]))["alice"], json!(0));
+}

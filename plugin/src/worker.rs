@@ -4,12 +4,14 @@
 //!
 //! `WorkerHandle` is what the broker side holds; `Worker` is the actor behind it.
 
+mod posting;
+
 use crate::config::{Config, WireFormat};
 use crate::dht::{DhtJob, DhtThread};
+use crate::drops::{Drops, Reason};
 use crate::interest::{any_matches, Interest};
-use crate::rpc::{
-    RpcError, Twister, RPC_INVALID_PARAMS, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME,
-};
+use crate::outbox::{Budget, InFlight};
+use crate::rpc::{RpcError, Twister, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME};
 use crate::state::{Cursor, Destination, Saved, Unsent};
 use crate::wake::Doorbell;
 use crate::wire::{self, Message};
@@ -93,9 +95,11 @@ pub struct Counters {
     pub injected: u64,
     pub malformed: u64,
     pub duplicates: u64,
-    pub dropped_queue_full: u64,
-    pub dropped_too_big: u64,
     pub fragmented: u64,
+    /// Posts sent without an answer read (timeout, connection lost).
+    pub unknown_outcomes: u64,
+    /// Times posting waited for a block (out of post budget).
+    pub budget_waits: u64,
 }
 
 /// Joins fragments of large messages, per sender and message id. Bounded: at most
@@ -216,6 +220,10 @@ pub struct Worker {
     next_poll: Instant,
     post_retry_at: Instant,
     post_backoff: Duration,
+    /// A post sent whose outcome is unknown: settled before its number is used again.
+    pending: Option<InFlight>,
+    budget: Budget,
+    drops: Drops,
     profile_due: Option<Instant>,
     profile_backoff: Duration,
     next_interest_refresh: Instant,
@@ -377,6 +385,9 @@ impl Worker {
             next_poll: now,
             post_retry_at: now,
             post_backoff: Duration::from_millis(250),
+            pending: None,
+            budget: Budget::default(),
+            drops: Drops::default(),
             profile_due: None,
             profile_backoff: Duration::from_millis(500),
             next_interest_refresh: now,
@@ -690,15 +701,29 @@ impl Worker {
         }
     }
 
-    fn make_room(&mut self) -> bool {
+    fn make_room(&mut self, topic: &str) -> bool {
         if self.queued < self.cfg.max_queue {
             return true;
         }
-        self.counters.dropped_queue_full += 1;
-        if self.counters.dropped_queue_full == 1 || self.counters.dropped_queue_full % 1000 == 0 {
-            self.log(Level::Warning, format!("outgoing queue full ({} messages, plugin_opt_max_queue): dropped {} messages so far", self.cfg.max_queue, self.counters.dropped_queue_full));
-        }
+        self.drop_message(
+            Reason::QueueFull,
+            format!(
+                "a message on {topic}: {} messages already wait for a post (plugin_opt_max_queue)",
+                self.cfg.max_queue
+            ),
+        );
         false
+    }
+
+    /// Counts a message not forwarded, and says so in the log (rate-limited per reason).
+    fn drop_message(&mut self, reason: Reason, detail: String) {
+        if let Some(line) = self.drops.count(reason, &detail, Instant::now()) {
+            let level = match reason {
+                Reason::TooBig => Level::Error,
+                _ => Level::Warning,
+            };
+            self.log(level, line);
+        }
     }
 
     fn outbound(&mut self, msg: Message) {
@@ -707,7 +732,7 @@ impl Worker {
             .publish
             .iter()
             .any(|f| crate::topic::matches(f, &msg.topic));
-        if public && self.make_room() {
+        if public && self.make_room(&msg.topic) {
             let item = self.encode(&msg);
             self.public.items.push_back(item);
             self.public.since.get_or_insert_with(Instant::now);
@@ -722,7 +747,7 @@ impl Worker {
         {
             if self.remote_known {
                 self.enqueue_private(&msg);
-            } else if self.make_room() {
+            } else if self.make_room(&msg.topic) {
                 self.held_private.push(msg);
                 self.queued += 1;
             }
@@ -750,7 +775,7 @@ impl Worker {
         }
         let item = self.encode(msg);
         for u in recipients {
-            if !self.make_room() {
+            if !self.make_room(&msg.topic) {
                 return;
             }
             let q = self.private.entry(u).or_default();
@@ -914,202 +939,10 @@ impl Worker {
         true
     }
 
-    // ----- outbound -----
-
-    fn flush_due_at(&self) -> Option<Instant> {
-        let oldest = std::iter::once(&self.public)
-            .chain(self.private.values())
-            .filter_map(|q| q.since)
-            .min()?;
-        Some((oldest + self.cfg.batch_delay).max(self.post_retry_at))
-    }
-
-    fn header(&self) -> PostHeader<'_> {
-        PostHeader {
-            user: &self.cfg.user,
-            k: self.saved.next_k,
-            lastk: Some(self.saved.next_k),
-            height: WORST_HEIGHT,
-            time: WORST_TIME,
-            reply: None,
-        }
-    }
-
-    /// How many queued items fit in one post of `budget` bytes (0: the first alone is too big).
-    fn fit(&self, items: &VecDeque<String>, budget: usize) -> usize {
-        if self.cfg.wire_format == WireFormat::Poc {
-            return usize::from(items.front().is_some_and(|i| i.len() <= budget));
-        }
-        let mut total = 0;
-        let mut n = 0;
-        for item in items {
-            if wire::envelope_size(self.saved.seq, n + 1, total + item.len()) > budget {
-                break;
-            }
-            total += item.len();
-            n += 1;
-        }
-        n
-    }
-
-    fn text(&self, items: &VecDeque<String>, n: usize) -> String {
-        match self.cfg.wire_format {
-            WireFormat::Poc => items[0].clone(),
-            WireFormat::V1 => {
-                wire::envelope(self.saved.seq, items.iter().take(n).map(String::as_str))
-            }
-        }
-    }
-
-    /// Sends up to `max_posts` posts/DMs. Stops at the first failure and schedules a retry.
-    fn flush(&mut self, max_posts: usize) {
-        for _ in 0..max_posts {
-            let target: Option<String> = if !self.public.items.is_empty() {
-                None
-            } else if let Some((u, _)) = self.private.iter().find(|(_, q)| !q.items.is_empty()) {
-                Some(u.clone())
-            } else {
-                return;
-            };
-            if !self.send_one(target) {
-                return;
-            }
-        }
-    }
-
-    fn send_one(&mut self, to: Option<String>) -> bool {
-        let budget = match &to {
-            None => twister_rules::max_post_ascii(&self.header()),
-            Some(u) => twister_rules::max_dm_bytes(&self.header(), u),
-        };
-        let items = match &to {
-            None => &self.public.items,
-            Some(u) => &self.private[u].items,
-        };
-        let n = self.fit(items, budget);
-        if n == 0 {
-            // Too big for one post: cut it into fragments that fit (or drop it, beyond the limit).
-            let item = items.front().cloned().unwrap_or_default();
-            let room = budget.saturating_sub(wire::envelope_size(self.saved.seq, 1, 0));
-            self.fragment_ids += 1;
-            let id = (self.saved.seq << 20) | (self.fragment_ids & 0xF_FFFF);
-            let whole = wire::item_message(&item)
-                .filter(|it| it.fragment.is_none())
-                .map(|it| it.message);
-            let fragments = match &whole {
-                Some(m)
-                    if self.cfg.wire_format == WireFormat::V1
-                        && m.payload.len() <= self.cfg.max_message_bytes =>
-                {
-                    wire::encode_fragments(m, id, room)
-                }
-                _ => None,
-            };
-            self.pop(&to, 1);
-            match fragments {
-                Some(parts) => {
-                    self.counters.fragmented += 1;
-                    let q = match &to {
-                        None => &mut self.public,
-                        Some(u) => self.private.entry(u.clone()).or_default(),
-                    };
-                    for part in parts.into_iter().rev() {
-                        q.items.push_front(part);
-                        self.queued += 1;
-                    }
-                    q.since.get_or_insert_with(Instant::now);
-                }
-                None => {
-                    self.counters.dropped_too_big += 1;
-                    let size = whole.map(|m| m.payload.len()).unwrap_or(item.len());
-                    self.log(Level::Error, format!("dropped a message of {size} bytes: more than plugin_opt_max_message_bytes ({}), or the poc wire format, which cannot cut it into posts (one post carries at most {budget})", self.cfg.max_message_bytes));
-                }
-            }
-            return true;
-        }
-        let text = self.text(items, n);
-        let k = self.saved.next_k;
-        let user = self.cfg.user.clone();
-        let result = match &to {
-            None => self.call("newpostmsg", json!([user, k, text])),
-            Some(u) => self.call("newdirectmsg", json!([user, k, u, text])),
-        };
-        match result {
-            Ok(_) => {
-                self.saved.next_k += 1;
-                self.saved.seq += 1;
-                // Saved within STATE_SAVE_EVERY; a crash in between is covered at start-up, where the
-                // next k is also taken from twisterd's own last piece (getlasthave).
-                self.state_dirty = true;
-                match to {
-                    None => self.counters.posts += 1,
-                    Some(_) => self.counters.dms += 1,
-                }
-                self.pop(&to, n);
-                self.post_backoff = Duration::from_millis(250);
-                true
-            }
-            Err(e)
-                if e.message_starts("too much posts") || e.message_starts("bad post signature") =>
-            {
-                // Out of post budget (or registered too recently): wait for the next block; the
-                // queue keeps filling, so the next post carries more.
-                self.log_once(
-                    &format!("budget-{}", e.kind()),
-                    Level::Notice,
-                    format!(
-                        "twisterd: {e}; queueing until the next block (this notice is shown once)"
-                    ),
-                );
-                self.backoff_posts();
-                false
-            }
-            Err(e)
-                if e.is_rpc(RPC_INVALID_PARAMS) && e.message_starts("bad bencoded post size") =>
-            {
-                self.log(Level::Error, format!("twisterd found a post of {} bytes too large (budget {budget}): sending one message per post", text.len()));
-                if n == 1 {
-                    self.counters.dropped_too_big += 1;
-                    self.pop(&to, 1);
-                    return true;
-                }
-                self.backoff_posts();
-                false
-            }
-            Err(e) => {
-                if let RpcError::Rpc { .. } = e {
-                    self.log(Level::Error, format!("posting failed: {e}"));
-                }
-                self.backoff_posts();
-                false
-            }
-        }
-    }
-
-    fn backoff_posts(&mut self) {
-        self.post_retry_at = Instant::now() + self.post_backoff;
-        self.post_backoff = (self.post_backoff * 2).min(MAX_BACKOFF);
-    }
-
-    fn pop(&mut self, to: &Option<String>, n: usize) {
-        let q = match to {
-            None => &mut self.public,
-            Some(u) => self.private.entry(u.clone()).or_default(),
-        };
-        for _ in 0..n {
-            q.items.pop_front();
-        }
-        q.since = if q.items.is_empty() {
-            None
-        } else {
-            Some(Instant::now())
-        };
-        self.queued = self.queued.saturating_sub(n);
-    }
-
     // ----- inbound -----
 
     fn poll(&mut self) {
+        self.watch_height();
         self.read_followed();
         if std::mem::take(&mut self.ring_pending) {
             self.doorbell.ring();
@@ -1125,6 +958,16 @@ impl Worker {
             return;
         };
         if let Some(own) = map.get(&user).and_then(Value::as_i64) {
+            if let Some(p) = self.pending.take_if(|p| own >= p.k) {
+                self.log(
+                    Level::Info,
+                    format!(
+                        "post {} (outcome unknown) was stored by twisterd: its {} messages are done",
+                        p.k, p.items
+                    ),
+                );
+                self.posted(&p);
+            }
             if own >= self.saved.next_k {
                 self.log(Level::Warning, format!("twisterd holds our post {own} above our next number {}: another writer uses '{user}'? moving on", self.saved.next_k));
                 self.saved.next_k = own + 1;
@@ -1252,7 +1095,10 @@ impl Worker {
                             .send_timeout(ToBroker::Publish(m), Duration::from_secs(1))
                             .is_err()
                         {
-                            self.counters.dropped_queue_full += 1;
+                            self.drop_message(
+                                Reason::BrokerQueueFull,
+                                format!("a message from {from}: the broker's thread takes none"),
+                            );
                         }
                     }
                 }
@@ -1311,6 +1157,11 @@ impl Worker {
                 }
             }
         }
+        if let Some(p) = self.pending.take() {
+            // Its first copy may still land: the number is never used for other text.
+            self.saved.next_k = self.saved.next_k.max(p.k + 1);
+            self.log(Level::Warning, format!("stopping before knowing whether twisterd stored post {}: its {} messages stay queued and go again under a new number (they may arrive twice)", p.k, p.items));
+        }
         if self.queued > 0 {
             let kept = if self.cfg.state_file.is_some() {
                 "kept in the state file for the next start"
@@ -1330,8 +1181,8 @@ impl Worker {
         self.save_state_now();
         let c = self.counters;
         self.log(Level::Notice, format!(
-            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {} (queue full) + {} (too big)",
-            c.forwarded, c.posts, c.dms, c.received, c.injected, c.malformed, c.dropped_queue_full, c.dropped_too_big
+            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}",
+            c.forwarded, c.posts, c.dms, c.received, c.injected, c.malformed, self.drops.dropped(), self.drops.summary(), c.unknown_outcomes, c.budget_waits
         ));
         self.dht.stop();
     }

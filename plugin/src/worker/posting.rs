@@ -1,0 +1,315 @@
+//! The worker's posting: packing queued items into posts and DMs, numbering them, and what to do when
+//! twisterd refuses, does not answer in time, or is out of post budget (decisions in `crate::outbox`).
+
+use super::*;
+use crate::outbox::{InFlight, Sent, Verified};
+use twister_rules::errors::Refusal;
+
+impl Worker {
+    pub(super) fn flush_due_at(&self) -> Option<Instant> {
+        if self.budget.waiting() {
+            // Woken by the chain height (`watch_height`), not by a timer.
+            return None;
+        }
+        let oldest = std::iter::once(&self.public)
+            .chain(self.private.values())
+            .filter_map(|q| q.since)
+            .min()?;
+        Some((oldest + self.cfg.batch_delay).max(self.post_retry_at))
+    }
+
+    fn header(&self) -> PostHeader<'_> {
+        PostHeader {
+            user: &self.cfg.user,
+            k: self.saved.next_k,
+            lastk: Some(self.saved.next_k),
+            height: WORST_HEIGHT,
+            time: WORST_TIME,
+            reply: None,
+        }
+    }
+
+    /// How many queued items fit in one post of `budget` bytes (0: the first alone is too big).
+    fn fit(&self, items: &VecDeque<String>, budget: usize) -> usize {
+        if self.cfg.wire_format == WireFormat::Poc {
+            return usize::from(items.front().is_some_and(|i| i.len() <= budget));
+        }
+        let mut total = 0;
+        let mut n = 0;
+        for item in items {
+            if wire::envelope_size(self.saved.seq, n + 1, total + item.len()) > budget {
+                break;
+            }
+            total += item.len();
+            n += 1;
+        }
+        n
+    }
+
+    fn text(&self, items: &VecDeque<String>, n: usize) -> String {
+        match self.cfg.wire_format {
+            WireFormat::Poc => items[0].clone(),
+            WireFormat::V1 => {
+                wire::envelope(self.saved.seq, items.iter().take(n).map(String::as_str))
+            }
+        }
+    }
+
+    /// Sends up to `max_posts` posts/DMs. Stops at the first failure and schedules a retry. A post
+    /// whose outcome is unknown is settled before anything else is sent.
+    pub(super) fn flush(&mut self, max_posts: usize) {
+        for _ in 0..max_posts {
+            if self.budget.waiting() {
+                return;
+            }
+            let target: Option<String> = if let Some(p) = &self.pending {
+                p.to.clone()
+            } else if !self.public.items.is_empty() {
+                None
+            } else if let Some((u, _)) = self.private.iter().find(|(_, q)| !q.items.is_empty()) {
+                Some(u.clone())
+            } else {
+                return;
+            };
+            if !self.send_one(target) {
+                return;
+            }
+        }
+    }
+
+    /// The next post to `to`: its number, text and item count; `None` when the queue's head was
+    /// handled otherwise (cut into fragments or dropped).
+    fn next_post(&mut self, to: &Option<String>) -> Option<(i64, String, usize)> {
+        let budget = match to {
+            None => twister_rules::max_post_ascii(&self.header()),
+            Some(u) => twister_rules::max_dm_bytes(&self.header(), u),
+        };
+        let empty = VecDeque::new();
+        let items = match to {
+            None => &self.public.items,
+            Some(u) => self.private.get(u).map(|q| &q.items).unwrap_or(&empty),
+        };
+        let n = self.fit(items, budget);
+        if n > 0 {
+            return Some((self.saved.next_k, self.text(items, n), n));
+        }
+        if items.is_empty() {
+            return None;
+        }
+        // Too big for one post: cut it into fragments that fit (or drop it, beyond the limit).
+        let item = items.front().cloned().unwrap_or_default();
+        let room = budget.saturating_sub(wire::envelope_size(self.saved.seq, 1, 0));
+        self.fragment_ids += 1;
+        let id = (self.saved.seq << 20) | (self.fragment_ids & 0xF_FFFF);
+        let whole = wire::item_message(&item)
+            .filter(|it| it.fragment.is_none())
+            .map(|it| it.message);
+        let fragments = match &whole {
+            Some(m)
+                if self.cfg.wire_format == WireFormat::V1
+                    && m.payload.len() <= self.cfg.max_message_bytes =>
+            {
+                wire::encode_fragments(m, id, room)
+            }
+            _ => None,
+        };
+        self.pop(to, 1);
+        match fragments {
+            Some(parts) => {
+                self.counters.fragmented += 1;
+                let q = match to {
+                    None => &mut self.public,
+                    Some(u) => self.private.entry(u.clone()).or_default(),
+                };
+                for part in parts.into_iter().rev() {
+                    q.items.push_front(part);
+                    self.queued += 1;
+                }
+                q.since.get_or_insert_with(Instant::now);
+            }
+            None => {
+                let size = whole.map(|m| m.payload.len()).unwrap_or(item.len());
+                self.drop_message(Reason::TooBig, format!("a message of {size} bytes: more than plugin_opt_max_message_bytes ({}), or the poc wire format, which cannot cut it into posts (one post carries at most {budget})", self.cfg.max_message_bytes));
+            }
+        }
+        None
+    }
+
+    /// Sends one post or DM to `to`; false when posting must wait.
+    fn send_one(&mut self, to: Option<String>) -> bool {
+        let resend = self.pending.take();
+        let (k, text, n) = match &resend {
+            Some(p) => match self.verify_pending(p) {
+                Verified::Stored => {
+                    self.log(
+                        Level::Info,
+                        format!(
+                            "post {} (outcome unknown) was stored by twisterd: its {} messages are done",
+                            p.k, p.items
+                        ),
+                    );
+                    self.posted(p);
+                    return true;
+                }
+                Verified::Unknown => {
+                    self.pending = resend;
+                    self.backoff_posts();
+                    return false;
+                }
+                // Only the same text may go under its number: a late first copy then changes nothing.
+                Verified::NotYet => (p.k, p.text.clone(), p.items),
+            },
+            None => match self.next_post(&to) {
+                Some(next) => next,
+                None => return true,
+            },
+        };
+        let user = self.cfg.user.clone();
+        let result = match &to {
+            None => self.call("newpostmsg", json!([user, k, text])),
+            Some(u) => self.call("newdirectmsg", json!([user, k, u, text])),
+        };
+        let flight = InFlight {
+            k,
+            to,
+            text,
+            items: n,
+        };
+        match Sent::of(result) {
+            Sent::Stored => {
+                self.posted(&flight);
+                true
+            }
+            Sent::Unknown(e) => {
+                self.counters.unknown_outcomes += 1;
+                if resend.is_none() {
+                    self.log(Level::Warning, format!("no answer to post {k} ({e}): it may have been stored; finding out before number {k} is used again (unknown outcomes so far: {})", self.counters.unknown_outcomes));
+                }
+                self.pending = Some(flight);
+                self.backoff_posts();
+                false
+            }
+            Sent::Refused(e) => {
+                let refusal = match &e {
+                    RpcError::Rpc { code, message } => Refusal::classify(*code, message),
+                    _ => Refusal::Other,
+                };
+                if refusal == Refusal::TooLarge && resend.is_none() {
+                    self.log(Level::Error, format!("twisterd found a post of {} bytes too large: sending one message per post", flight.text.len()));
+                    if n == 1 {
+                        self.pop(&flight.to, 1);
+                        self.drop_message(
+                            Reason::TooBig,
+                            "twisterd refused a post of one message as too large".to_string(),
+                        );
+                        return true;
+                    }
+                    self.backoff_posts();
+                    return false;
+                }
+                // A post of unknown outcome stays as it is: its first copy may still land.
+                if resend.is_some() {
+                    self.pending = Some(flight);
+                }
+                if refusal.waits_for_a_block() {
+                    self.out_of_budget(k, refusal, &e);
+                } else {
+                    if let RpcError::Rpc { .. } = e {
+                        self.log(Level::Error, format!("posting failed: {e}"));
+                    }
+                    self.backoff_posts();
+                }
+                false
+            }
+        }
+    }
+
+    /// Our own last post number, from twisterd: settles a post of unknown outcome.
+    fn verify_pending(&mut self, p: &InFlight) -> Verified {
+        let user = self.cfg.user.clone();
+        match self.call("getlasthave", json!([user, [user]])) {
+            Ok(v) => crate::outbox::verify(&v, &user, p.k),
+            Err(_) => Verified::Unknown,
+        }
+    }
+
+    /// `p` is stored: its items leave the queue and its number is used.
+    pub(super) fn posted(&mut self, p: &InFlight) {
+        self.saved.next_k = self.saved.next_k.max(p.k + 1);
+        self.saved.seq += 1;
+        // Saved within STATE_SAVE_EVERY; a crash in between is covered at start-up, where the
+        // next k is also taken from twisterd's own last piece (getlasthave).
+        self.state_dirty = true;
+        match p.to {
+            None => self.counters.posts += 1,
+            Some(_) => self.counters.dms += 1,
+        }
+        self.pop(&p.to, p.items);
+        self.post_backoff = Duration::from_millis(250);
+    }
+
+    /// twisterd refused post `k` until a later block: wait for the chain to reach the height that can
+    /// allow it, watching the height every poll interval.
+    fn out_of_budget(&mut self, k: i64, refusal: Refusal, e: &RpcError) {
+        let height = self.chain_height();
+        let Some(height) = height else {
+            // The height cannot be read now: retry with backoff as for any failure.
+            return self.backoff_posts();
+        };
+        let wait = match refusal {
+            Refusal::BadSignature => self.budget.too_recent(height),
+            _ => self.budget.refused(k, height),
+        };
+        self.counters.budget_waits += 1;
+        let level = if self.counters.budget_waits == 1 {
+            Level::Notice
+        } else {
+            Level::Info
+        };
+        self.log(level, format!("out of post budget: twisterd refused post {k} at height {height} ({e}); queueing and watching the chain height, posting at height {wait}"));
+    }
+
+    fn chain_height(&mut self) -> Option<i64> {
+        self.call("getinfo", json!([]))
+            .ok()
+            .and_then(|v| v.get("blocks").and_then(Value::as_i64))
+    }
+
+    /// While out of budget: one `getinfo` per poll interval; posts as soon as a block allows.
+    pub(super) fn watch_height(&mut self) {
+        if !self.budget.waiting() {
+            return;
+        }
+        let Some(height) = self.chain_height() else {
+            return;
+        };
+        if self.budget.height_reached(height) {
+            self.log(
+                Level::Info,
+                format!("chain at height {height}: posting again"),
+            );
+            self.post_retry_at = Instant::now();
+        }
+    }
+
+    pub(super) fn backoff_posts(&mut self) {
+        self.post_retry_at = Instant::now() + self.post_backoff;
+        self.post_backoff = (self.post_backoff * 2).min(MAX_BACKOFF);
+    }
+
+    pub(super) fn pop(&mut self, to: &Option<String>, n: usize) {
+        let q = match to {
+            None => &mut self.public,
+            Some(u) => self.private.entry(u.clone()).or_default(),
+        };
+        for _ in 0..n {
+            q.items.pop_front();
+        }
+        q.since = if q.items.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        self.queued = self.queued.saturating_sub(n);
+    }
+}
