@@ -30,6 +30,8 @@ impl Sent {
             Err(e @ RpcError::Rpc { .. }) => Sent::Refused(e),
             // Refused before reaching the RPC handler: authentication, wrong path.
             Err(e @ RpcError::Http(401 | 403 | 404)) => Sent::Refused(e),
+            // No connection was made: nothing reached twisterd.
+            Err(e @ RpcError::NotSent(_)) => Sent::Refused(e),
             Err(e) => Sent::Unknown(e),
         }
     }
@@ -141,6 +143,8 @@ mod tests {
             Sent::of(Err(RpcError::Http(401))),
             Sent::Refused(_)
         ));
+        let not_sent = RpcError::NotSent("Connection Failed".into());
+        assert_eq!(Sent::of(Err(not_sent.clone())), Sent::Refused(not_sent));
         for unknown in [
             RpcError::Transport("timed out reading response".into()),
             RpcError::Http(500),

@@ -12,8 +12,12 @@ pub const RPC_INVALID_PARAMS: i64 = -32602;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RpcError {
+    /// No answer read: the request may or may not have been carried out.
     #[error("twisterd unreachable ({0})")]
     Transport(String),
+    /// No connection made: nothing was sent.
+    #[error("twisterd unreachable ({0})")]
+    NotSent(String),
     #[error("HTTP status {0}")]
     Http(u16),
     #[error("error {code}: {message}")]
@@ -34,7 +38,7 @@ impl RpcError {
     /// What stays the same while the same trouble lasts: used to log once per change of state.
     pub fn kind(&self) -> String {
         match self {
-            RpcError::Transport(_) => "unreachable".into(),
+            RpcError::Transport(_) | RpcError::NotSent(_) => "unreachable".into(),
             RpcError::Http(401) => "HTTP 401 (check plugin_opt_rpc_user / rpc_password)".into(),
             RpcError::Http(s) => format!("HTTP {s}"),
             RpcError::Rpc { code, .. } => format!("error {code}"),
@@ -122,7 +126,17 @@ impl Twister for HttpTwister {
                     _ => Err(RpcError::Http(status)),
                 }
             }
-            Err(ureq::Error::Transport(t)) => Err(RpcError::Transport(t.kind().to_string())),
+            Err(ureq::Error::Transport(t)) => {
+                let kind = t.kind();
+                let text = kind.to_string();
+                Err(match kind {
+                    ureq::ErrorKind::ConnectionFailed
+                    | ureq::ErrorKind::Dns
+                    | ureq::ErrorKind::InvalidUrl
+                    | ureq::ErrorKind::UnknownScheme => RpcError::NotSent(text),
+                    _ => RpcError::Transport(text),
+                })
+            }
         }
     }
 
@@ -162,7 +176,7 @@ mod tests {
             Duration::from_millis(500),
         );
         let e = t.call("getinfo", json!([])).unwrap_err();
-        assert!(matches!(e, RpcError::Transport(_)), "{e:?}");
+        assert!(matches!(e, RpcError::NotSent(_)), "{e:?}");
         assert!(!e.to_string().contains("hunter2"));
     }
 }

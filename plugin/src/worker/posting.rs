@@ -183,7 +183,7 @@ impl Worker {
             Sent::Unknown(e) => {
                 self.counters.unknown_outcomes += 1;
                 if resend.is_none() {
-                    self.log(Level::Warning, format!("no answer to post {k} ({e}): it may have been stored; finding out before number {k} is used again (unknown outcomes so far: {})", self.counters.unknown_outcomes));
+                    self.log(Level::Warning, format!("no answer to post {k} ({}): it may have been stored; finding out before number {k} is used again (unknown outcomes so far: {})", e.kind(), self.counters.unknown_outcomes));
                 }
                 self.pending = Some(flight);
                 self.backoff_posts();
