@@ -15,7 +15,7 @@ set -euo pipefail
 UPSTREAM_VERSION=2.1.2
 DEBIAN_VERSION=2.1.2-3
 # Bump when the options below change, so an existing build is redone.
-BUILD_ID="mosquitto ${DEBIAN_VERSION} build 1"
+BUILD_ID="mosquitto ${UPSTREAM_VERSION} build 1"
 BUILD_PACKAGES=(dpkg-dev cmake gcc g++ make pkgconf libssl-dev libcjson-dev)
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
@@ -53,6 +53,16 @@ if [ -z "$mirror" ]; then
 	exit 1
 fi
 
+# Each step's output goes to a log under $WORK, shown when the step fails.
+step() {
+	local log="$WORK/$1.log"
+	shift
+	"$@" >"$log" 2>&1 || {
+		tail -n 40 "$log" >&2
+		echo "mosquitto ${UPSTREAM_VERSION}: failed, see $log" >&2
+		exit 1
+	}
+}
 # A private apt: its own config, sources, lists and cache; only deb-src for unstable.
 rm -rf "$WORK"
 APT_DIR="$WORK/apt"
@@ -70,8 +80,16 @@ APT::Sandbox::User "root";
 EOF
 export APT_CONFIG="$APT_DIR/apt.conf"
 echo "mosquitto ${UPSTREAM_VERSION}: fetching the source package ${DEBIAN_VERSION} (unstable)"
-apt-get update -qq
-(cd "$WORK/source" && apt-get source -qq --only-source "mosquitto=${DEBIAN_VERSION}")
+step apt-update apt-get update
+# When unstable has moved past 2.1.2-3, a later Debian revision of the same upstream version will do.
+offered=$(apt-cache showsrc --only-source mosquitto 2>/dev/null | sed -n 's/^Version: //p' | sort -uV)
+version=$(grep -x "$DEBIAN_VERSION" <<<"$offered" || grep "^${UPSTREAM_VERSION}-" <<<"$offered" | tail -1 || true)
+if [ -z "$version" ]; then
+	echo "mosquitto ${UPSTREAM_VERSION}: unstable offers no mosquitto ${UPSTREAM_VERSION} source (it has: $(echo $offered))" >&2
+	exit 1
+fi
+[ "$version" = "$DEBIAN_VERSION" ] || echo "mosquitto ${UPSTREAM_VERSION}: ${DEBIAN_VERSION} is gone from unstable; using $version"
+step apt-source bash -c 'cd "$1" && apt-get source --only-source "mosquitto=$2"' _ "$WORK/source" "$version"
 unset APT_CONFIG
 SOURCE="$WORK/source/mosquitto-${UPSTREAM_VERSION}"
 [ -f "$SOURCE/CMakeLists.txt" ] || {
@@ -81,22 +99,28 @@ SOURCE="$WORK/source/mosquitto-${UPSTREAM_VERSION}"
 
 # Only the broker and its library. Websockets would need picohttpparser (not in Debian's source tree,
 # not in bookworm) and the HTTP API libmicrohttpd; the tests need neither, nor docs, clients or the
-# bundled plugins. The rpath makes the installed broker find its own libmosquitto_common, not the system's.
+# bundled plugins. The broker links its common code statically; the rpath keeps anything of this build
+# it might load from being taken from the system's 2.0.
 echo "mosquitto ${UPSTREAM_VERSION}: building into $PREFIX"
-cmake -S "$SOURCE" -B "$WORK/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+step cmake cmake -S "$SOURCE" -B "$WORK/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	-DCMAKE_INSTALL_PREFIX="$PREFIX" -DCMAKE_INSTALL_LIBDIR=lib \
 	-DCMAKE_INSTALL_RPATH="$PREFIX/lib" -DCMAKE_BUILD_WITH_INSTALL_RPATH=OFF \
 	-DWITH_BUNDLED_DEPS=ON -DWITH_TLS=ON -DWITH_WEBSOCKETS=OFF -DWITH_HTTP_API=OFF \
 	-DWITH_DOCS=OFF -DWITH_TESTS=OFF -DWITH_CLIENTS=OFF -DWITH_APPS=OFF -DWITH_PLUGINS=OFF \
 	-DWITH_LIB_CPP=OFF -DWITH_CTRL_SHELL=OFF -DWITH_LTO=OFF -DWITH_SYSTEMD=OFF -DWITH_SRV=OFF \
-	-DWITH_DLT=OFF -DWITH_ADNS=OFF -DUSE_LIBWRAP=OFF >"$WORK/cmake.log"
-cmake --build "$WORK/build" --parallel "$(nproc)" >"$WORK/build.log"
-rm -rf "$PREFIX"
-cmake --install "$WORK/build" >"$WORK/install.log"
-banner=$("$PREFIX/sbin/mosquitto" -h 2>&1 | head -1 || true)
+	-DWITH_DLT=OFF -DWITH_ADNS=OFF -DUSE_LIBWRAP=OFF
+step build cmake --build "$WORK/build" --parallel "$(nproc)"
+# Installed beside, then swapped in: a broker already built stays usable until then.
+rm -rf "$PREFIX.new" "$PREFIX.old"
+step install cmake --install "$WORK/build" --prefix "$PREFIX.new"
+banner=$("$PREFIX.new/sbin/mosquitto" -h 2>&1 | head -1 || true)
 [[ "$banner" == *"mosquitto version ${UPSTREAM_VERSION}"* ]] || {
 	echo "mosquitto ${UPSTREAM_VERSION}: the installed broker does not report version ${UPSTREAM_VERSION}" >&2
 	exit 1
 }
-echo "$BUILD_ID" >"$STAMP"
+echo "$version" >"$PREFIX.new/.debian-version"
+echo "$BUILD_ID" >"$PREFIX.new/.built"
+[ ! -e "$PREFIX" ] || mv "$PREFIX" "$PREFIX.old"
+mv "$PREFIX.new" "$PREFIX"
+rm -rf "$PREFIX.old"
 echo "mosquitto ${UPSTREAM_VERSION}: built in $(($(date +%s) - started)) s: $PREFIX/sbin/mosquitto"
