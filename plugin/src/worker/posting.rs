@@ -157,7 +157,16 @@ impl Worker {
                     return false;
                 }
                 // Only the same text may go under its number: a late first copy then changes nothing.
-                Verified::NotYet => (p.k, p.text.clone(), p.items),
+                Verified::NotYet => {
+                    self.log(
+                        Level::Info,
+                        format!(
+                            "post {} (outcome unknown) is not stored yet: sending it again, the same text under the same number",
+                            p.k
+                        ),
+                    );
+                    (p.k, p.text.clone(), p.items)
+                }
             },
             None => match self.next_post(&to) {
                 Some(next) => next,
