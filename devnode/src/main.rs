@@ -6,6 +6,7 @@ mod http;
 mod node;
 mod options;
 mod params;
+mod peer;
 mod rpc;
 mod store;
 
@@ -40,22 +41,8 @@ fn log(level: LogLevel, max: LogLevel, msg: &str) {
     }
 }
 
-fn flush(shared: &Shared, store: Option<&Store>, max: LogLevel) {
-    let Some(store) = store else { return };
-    let bytes = {
-        let mut node = shared.node();
-        if !node.dirty {
-            return;
-        }
-        node.dirty = false;
-        serde_json::to_vec(&node.state)
-    };
-    let result = match bytes {
-        Ok(b) => store.save_bytes(&b).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = result {
-        shared.node().dirty = true;
+fn flush(shared: &Shared, max: LogLevel) {
+    if let Err(e) = shared.make_durable() {
         log(
             LogLevel::Error,
             max,
@@ -109,7 +96,15 @@ fn run(o: Options) -> Result<(), String> {
         Some(s) => s.load().map_err(|e| e.to_string())?,
         None => Default::default(),
     };
-    let shared = Arc::new(Shared::new(Node::new(state, o.blocks, o.spam_interval_s)));
+    let mut node = Node::new(state, o.blocks, o.spam_interval_s);
+    let updates = if o.peers.enabled() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        node.set_peers(tx);
+        Some(rx)
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared::new(node, store));
     if o.fault_latency_ms > 0 || o.fault_busy > 0.0 || o.fault_http500 > 0.0 {
         let v = serde_json::json!({"latency_ms": o.fault_latency_ms, "busy": o.fault_busy, "http500": o.fault_http500});
         shared.faults().configure(&v).map_err(|e| e.message)?;
@@ -142,6 +137,10 @@ fn run(o: Options) -> Result<(), String> {
             .spawn(move || http::serve(listener, shared, cfg, stopping, open))
             .map_err(|e| e.to_string())?;
     }
+    let peers_at = match updates {
+        Some(rx) => peer::start(shared.clone(), &o.peers, rx, o.log_level)?,
+        None => None,
+    };
     let height = shared.node().state.height;
     let blocks = match o.blocks.interval() {
         Some(d) => format!("a block every {:?}", d),
@@ -152,7 +151,14 @@ fn run(o: Options) -> Result<(), String> {
         .as_ref()
         .map(|d| d.display().to_string())
         .unwrap_or_else(|| "(memory)".into());
-    println!("twister-devnode ready on http://{addr}/ height {height}, {blocks}, datadir {dir}");
+    let peering = match (peers_at, o.peers.connect.len()) {
+        (Some(a), n) => format!(", peers on {a}, {n} outbound"),
+        (None, n) if n > 0 => format!(", {n} outbound peers"),
+        _ => String::new(),
+    };
+    println!(
+        "twister-devnode ready on http://{addr}/ height {height}, {blocks}, datadir {dir}{peering}"
+    );
 
     let mut last_flush = Instant::now();
     loop {
@@ -163,12 +169,12 @@ fn run(o: Options) -> Result<(), String> {
             // Wake the accept loop so it sees `stopping` and closes the listener.
             let _ = std::net::TcpStream::connect(addr);
             wait_for_clients(&open_connections, o.log_level);
-            flush(&shared, store.as_ref(), o.log_level);
+            flush(&shared, o.log_level);
             log(LogLevel::Info, o.log_level, "stopped, state saved");
             return Ok(());
         }
         if last_flush.elapsed() >= o.flush {
-            flush(&shared, store.as_ref(), o.log_level);
+            flush(&shared, o.log_level);
             last_flush = Instant::now();
         }
     }

@@ -124,6 +124,12 @@ pub struct Node {
     pub dirty: bool,
     pub counters: Counters,
     pub stop_requested: bool,
+    /// Incremented by every change of `state`: a reply waits until its generation is on disk.
+    pub generation: u64,
+    /// Where updates for the peers go, when this node peers (`crate::peer`).
+    peers: Option<std::sync::mpsc::Sender<Update>>,
+    /// Peer connections open now (getinfo's `connections`).
+    pub peer_connections: usize,
 }
 
 pub fn unix_now() -> i64 {
@@ -167,7 +173,7 @@ pub static METHODS: &[Method] = &[
     method!("getgenerate", 0, 0, false, getgenerate, "getgenerate\nReturns true or false."),
     method!("getinfo", 0, 0, false, getinfo, "getinfo\nReturns an object containing various state info."),
     method!("getlasthave", 1, 2, false, getlasthave, "getlasthave <username> | <groupname> [user1,user2...]\nget last 'have' (higher post number) of each user local user follows.\nif a groupname with an array is given, only those users' last 'have' values will be returned."),
-    method!("getposts", 2, 4, true, getposts, "getposts <count> '[{\"username\":username,\"max_id\":max_id,\"since_id\":since_id},...]' [allowed_flags=~2] [required_flags=0]\nget posts from users\nmax_id and since_id may be omited\n(optional) allowed/required flags are bitwise fields (1=RT,2=DM,4=FAV,12=PFAV)"),
+    method!("getposts", 2, 4, false, getposts, "getposts <count> '[{\"username\":username,\"max_id\":max_id,\"since_id\":since_id},...]' [allowed_flags=~2] [required_flags=0]\nget posts from users\nmax_id and since_id may be omited\n(optional) allowed/required flags are bitwise fields (1=RT,2=DM,4=FAV,12=PFAV)"),
     method!("help", 0, 1, false, help, "help [command]\nList commands, or get help for a command."),
     method!("listwalletusers", 0, 0, false, listwalletusers, "listwalletusers\nlist wallet users"),
     method!("newdirectmsg", 4, 5, true, newdirectmsg, "newdirectmsg <from> <k> <to> <msg> [copy_self=false]\nPost a new dm to swarm.\nif copy_self true will increase k twice (two DMs)."),
@@ -220,7 +226,21 @@ impl Node {
             dirty: false,
             counters: Counters::default(),
             stop_requested: false,
+            generation: 0,
+            peers: None,
+            peer_connections: 0,
         }
+    }
+
+    /// From now on every change made by an RPC is also sent to `tx` for the peers.
+    pub fn set_peers(&mut self, tx: std::sync::mpsc::Sender<Update>) {
+        self.peers = Some(tx);
+    }
+
+    /// Marks the state changed: saved at the next flush, and before the reply of the call that changed it.
+    pub fn touch(&mut self) {
+        self.dirty = true;
+        self.generation += 1;
     }
 
     // ----- chain -----
@@ -241,7 +261,9 @@ impl Node {
         for user in std::mem::take(&mut self.state.mempool) {
             self.state.registered.entry(user).or_insert(h);
         }
-        self.dirty = true;
+        self.touch();
+        let chain = self.chain_view();
+        self.announce(Update::Chain(chain));
     }
 
     // ----- helpers -----
@@ -346,6 +368,20 @@ impl Node {
         true
     }
 
+    fn announce_piece(&mut self, user: &str, k: i64) {
+        if self.peers.is_none() {
+            return;
+        }
+        if let Some(piece) = self.state.torrents.get(user).and_then(|t| t.pieces.get(&k)) {
+            let u = Update::Piece {
+                user: user.to_string(),
+                k,
+                piece: piece.clone(),
+            };
+            self.announce(u);
+        }
+    }
+
     fn dm_pieces_of(&self, from: &str) -> Vec<i64> {
         self.state
             .torrents
@@ -370,7 +406,7 @@ impl Node {
             ("walletversion", json!(60000)),
             ("blocks", json!(self.state.height)),
             ("timeoffset", json!(0)),
-            ("connections", json!(0)),
+            ("connections", json!(self.peer_connections)),
             ("addrman_total", json!(0)),
             ("addrman_get", json!(0)),
             ("dht_nodes", json!(0)),
@@ -522,6 +558,8 @@ impl Node {
             return Err(RpcError::new(RPC_VERIFY_REJECTED, errors::MSG_TX_REJECTED));
         }
         self.state.mempool.push(name.to_string());
+        let chain = self.chain_view();
+        self.announce(Update::Chain(chain));
         Ok(json!(self.random_hex(32, None)))
     }
 
@@ -649,7 +687,9 @@ impl Node {
         }
         up.insert("time".into(), json!(time));
         let post = self.signed_post(up);
-        self.store_piece(&user, k, post.clone(), 0, time, None);
+        if self.store_piece(&user, k, post.clone(), 0, time, None) {
+            self.announce_piece(&user, k);
+        }
         Ok(post)
     }
 
@@ -686,7 +726,8 @@ impl Node {
             },
         );
         if public {
-            t.lastk = Some(k);
+            // Pieces from peers may come in any order: the newest post is the highest number.
+            t.lastk = Some(t.lastk.map_or(k, |l| l.max(k)));
             self.counters.posts_stored += 1;
         } else {
             self.counters.dms_stored += 1;
@@ -759,6 +800,9 @@ impl Node {
             text: text.clone(),
         };
         let stored = self.store_piece(&from, k, post.clone(), FLAG_DM, time, Some(secret));
+        if stored {
+            self.announce_piece(&from, k);
+        }
         // The sender keeps its own copy: locally, or as a second piece encrypted to itself.
         let sender_k = if copy_self {
             let copy = self.dm_post(&from, k + 1, &from, &text, time, height);
@@ -766,8 +810,11 @@ impl Node {
                 to: from.clone(),
                 text: text.clone(),
             };
-            self.store_piece(&from, k + 1, copy, FLAG_DM, time, Some(own))
-                .then_some(k + 1)
+            let copied = self.store_piece(&from, k + 1, copy, FLAG_DM, time, Some(own));
+            if copied {
+                self.announce_piece(&from, k + 1);
+            }
+            copied.then_some(k + 1)
         } else {
             stored.then_some(k)
         };
@@ -820,6 +867,8 @@ impl Node {
             && count > 0
         {
             self.state.spam_shown_at = now;
+            self.dirty = true;
+            self.generation += 1;
             let h = self.state.height;
             out.push(json!({"sig_userpost": "", "userpost": {"height": h, "k": h, "msg": SPAM_MSG, "n": SPAM_USER, "time": now}}));
         }
@@ -931,7 +980,7 @@ impl Node {
             time,
         };
         let key = dht_key(&n, &r, if multi { "m" } else { "s" });
-        let slot = self.state.dht.entry(key).or_default();
+        let slot = self.state.dht.entry(key.clone()).or_default();
         if multi {
             slot.retain(|i| !(i.sig_user == item.sig_user && i.p.get("v") == item.p.get("v")));
             slot.push(item);
@@ -949,6 +998,10 @@ impl Node {
                 return Ok(Value::Null);
             }
             *slot = vec![item];
+        }
+        if self.peers.is_some() {
+            let items = self.state.dht.get(&key).cloned().unwrap_or_default();
+            self.announce(Update::Dht { key, items });
         }
         Ok(Value::Null)
     }
@@ -986,6 +1039,9 @@ impl Blocks {
         }
     }
 }
+
+mod replicate;
+pub use replicate::{Digest, Update};
 
 #[cfg(test)]
 mod tests;

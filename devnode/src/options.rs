@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::node::Blocks;
+use crate::peer::PeerOptions;
 
 pub const USAGE: &str = "\
 twister-devnode: a twisterd-compatible JSON-RPC node for one machine (development and tests).
@@ -13,7 +14,13 @@ twisterd flags:
   -rpcuser=<user>          RPC user name (required)
   -rpcpassword=<pw>        RPC password (required, not empty, not equal to the user)
   -rpcport=<port>          port on 127.0.0.1 (default 28332; 0 picks a free one)
-  -datadir=<dir>           keep state across restarts (default: in memory only)
+  -datadir=<dir>           keep state across restarts (default: in memory only); what a call
+                           changed is on disk before it is answered
+  -listen[=1|0]            accept peer dev nodes (default: no; -bind or -port imply it)
+  -bind=<addr>             address peers connect to (default 127.0.0.1)
+  -port=<port>             port peers connect to (default 28333; 0 picks a free one)
+  -connect=<host:port>     peer with this dev node, reconnecting when the link breaks (repeatable)
+  -addnode=<host:port>     the same (repeatable)
 dev node flags:
   -blockinterval=<s>       seconds between blocks (default 1; 600 like the real network; 0: only on
                            setgenerate true / devnode_mine)
@@ -24,7 +31,8 @@ dev node flags:
   -fault-busy=<0..1>       answer this fraction of calls with error -25
   -fault-http500=<0..1>    answer this fraction of calls with HTTP 500
   -loglevel=<error|info|debug>
-Flags of twisterd that mean nothing here (-daemon, -rpcallowip, -port, ...) are accepted and ignored.
+Flags of twisterd that mean nothing here (-daemon, -rpcallowip, ...) are accepted and ignored.
+Peering dev nodes replicate the chain, registrations, posts, DMs and DHT values (see README).
 Ready when it prints one line starting with 'twister-devnode ready'. SIGTERM/SIGINT save and stop.";
 
 /// twisterd flags with no meaning for one machine: accepted so twisterd scripts run unchanged.
@@ -35,10 +43,6 @@ const IGNORED: &[&str] = &[
     "rpcallowip",
     "rpcbind",
     "rpcthreads",
-    "port",
-    "listen",
-    "connect",
-    "addnode",
     "dnsseed",
     "genproclimit",
     "gen",
@@ -77,6 +81,7 @@ pub struct Options {
     pub fault_http500: f64,
     pub log_level: LogLevel,
     pub ignored: Vec<String>,
+    pub peers: PeerOptions,
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -122,7 +127,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
         fault_http500: 0.0,
         log_level: LogLevel::Info,
         ignored: Vec::new(),
+        peers: PeerOptions::default(),
     };
+    let (mut listen, mut bind, mut port): (Option<bool>, Option<std::net::IpAddr>, Option<u16>) =
+        (None, None, None);
     for arg in args {
         let flag = arg.trim_start_matches('-');
         if flag.len() == arg.len() {
@@ -173,9 +181,32 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, Options
                     }
                 }
             }
+            "listen" => listen = Some(value.is_empty() || value == "1"),
+            "bind" => {
+                bind = Some(value.parse().map_err(|_| {
+                    OptionsError::Invalid(key.into(), format!("'{value}' is not an IP address"))
+                })?)
+            }
+            "port" => port = Some(parse_num(key, value)?),
+            "connect" | "addnode" => {
+                let ok = value
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(OptionsError::Invalid(
+                        key.into(),
+                        format!("'{value}' is not HOST:PORT"),
+                    ));
+                }
+                o.peers.connect.push(value.to_string());
+            }
             k if IGNORED.contains(&k) => o.ignored.push(arg.clone()),
             _ => return Err(OptionsError::Unknown(key.into())),
         }
+    }
+    if listen.unwrap_or(bind.is_some() || port.is_some()) {
+        let ip = bind.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        o.peers.listen = Some(std::net::SocketAddr::new(ip, port.unwrap_or(28333)));
     }
     // twisterd refuses to serve RPC without a real password.
     if o.rpc_user.is_empty() || o.rpc_password.is_empty() || o.rpc_password == o.rpc_user {
@@ -217,6 +248,39 @@ mod tests {
         assert_eq!(o.datadir.unwrap(), PathBuf::from("/tmp/x"));
         let o = parse(args(&["-rpcuser=u", "-rpcpassword=p", "-blockinterval=0"])).unwrap();
         assert_eq!(o.blocks, Blocks::Manual);
+    }
+
+    #[test]
+    fn peer_flags() {
+        let o = parse(args(&["-rpcuser=u", "-rpcpassword=p"])).unwrap();
+        assert!(!o.peers.enabled());
+        let o = parse(args(&[
+            "-rpcuser=u",
+            "-rpcpassword=p",
+            "-bind=198.18.0.1",
+            "-port=0",
+            "-connect=198.18.0.2:28333",
+            "-addnode=localhost:1",
+        ]))
+        .unwrap();
+        assert_eq!(o.peers.listen, Some("198.18.0.1:0".parse().unwrap()));
+        assert_eq!(o.peers.connect, vec!["198.18.0.2:28333", "localhost:1"]);
+        let o = parse(args(&["-rpcuser=u", "-rpcpassword=p", "-listen"])).unwrap();
+        assert_eq!(o.peers.listen, Some("127.0.0.1:28333".parse().unwrap()));
+        let o = parse(args(&[
+            "-rpcuser=u",
+            "-rpcpassword=p",
+            "-listen=0",
+            "-port=5",
+        ]))
+        .unwrap();
+        assert_eq!(o.peers.listen, None);
+        for bad in ["-connect=nohost", "-addnode=:1", "-bind=x", "-port=70000"] {
+            assert!(
+                parse(args(&["-rpcuser=u", "-rpcpassword=p", bad])).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

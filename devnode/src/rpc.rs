@@ -5,6 +5,7 @@ use crate::error::*;
 use crate::fault::Faults;
 use crate::node::{find_method, Node};
 use crate::params::Params;
+use crate::store::Store;
 use serde_json::{json, Value};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -12,14 +13,44 @@ use std::time::Instant;
 pub struct Shared {
     pub node: Mutex<Node>,
     pub faults: Mutex<Faults>,
+    /// With -datadir: where the state goes, and the generation last written there.
+    durable: Option<(Store, Mutex<u64>)>,
 }
 
 impl Shared {
-    pub fn new(node: Node) -> Self {
+    pub fn new(node: Node, store: Option<Store>) -> Self {
         Shared {
             node: Mutex::new(node),
             faults: Mutex::new(Faults::default()),
+            durable: store.map(|s| (s, Mutex::new(0))),
         }
+    }
+
+    /// Writes the state if it changed since the last write, and returns once it is on disk. Called
+    /// before a reply is sent (so what a call changed survives kill -9 once answered) and every
+    /// flush interval (for what peers sent). Concurrent callers share one write (group commit).
+    pub fn make_durable(&self) -> Result<(), String> {
+        let Some((store, saved)) = &self.durable else {
+            return Ok(());
+        };
+        let mut saved = saved.lock().unwrap_or_else(|p| p.into_inner());
+        let (generation, bytes) = {
+            let mut node = self.node();
+            if node.generation <= *saved {
+                return Ok(());
+            }
+            node.dirty = false;
+            (node.generation, serde_json::to_vec(&node.state))
+        };
+        let result = match bytes {
+            Ok(b) => store.save_bytes(&b).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => *saved = generation,
+            Err(_) => self.node().dirty = true,
+        }
+        result
     }
 
     /// A panic while holding the lock must not take the node down: the state is only ever changed
@@ -56,6 +87,14 @@ fn reply(status: u16, v: &Value, close: bool) -> Reply {
 }
 
 pub fn handle_body(shared: &Shared, body: &[u8]) -> Reply {
+    let reply = handle_parsed(shared, body);
+    if let Err(e) = shared.make_durable() {
+        eprintln!("twister-devnode: saving state before answering failed: {e}");
+    }
+    reply
+}
+
+fn handle_parsed(shared: &Shared, body: &[u8]) -> Reply {
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {
@@ -129,7 +168,7 @@ pub fn execute(shared: &Shared, req: &Value) -> Result<Value, RpcError> {
     node.counters.calls += 1;
     let result = Params::new(params, m.min, m.max, m.usage).and_then(|p| (m.call)(&mut node, &p));
     match &result {
-        Ok(_) if m.mutates => node.dirty = true,
+        Ok(_) if m.mutates => node.touch(),
         Ok(_) => {}
         Err(_) => node.counters.errors += 1,
     }

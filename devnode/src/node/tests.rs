@@ -3,7 +3,7 @@ use crate::rpc::{execute, Shared};
 
 /// A node whose chain moves only when the test mines.
 fn node() -> Shared {
-    Shared::new(Node::new(State::default(), Blocks::Manual, 0))
+    Shared::new(Node::new(State::default(), Blocks::Manual, 0), None)
 }
 
 fn call(s: &Shared, method: &str, params: Value) -> Result<Value, RpcError> {
@@ -280,7 +280,7 @@ fn getposts_reads_followed_torrents_newest_first_with_windows_and_flags() {
 
 #[test]
 fn the_promoted_post_comes_first_once_per_interval() {
-    let s = Shared::new(Node::new(State::default(), Blocks::Manual, 3600));
+    let s = Shared::new(Node::new(State::default(), Blocks::Manual, 3600), None);
     user(&s, "alice");
     ok(&s, "newpostmsg", json!(["alice", 0, "x"]));
     let first = ok(&s, "getposts", json!([1, [{"username": "alice"}]]));
@@ -622,11 +622,10 @@ fn dht_multi_any_writer_newest_first_keeps_32() {
 
 #[test]
 fn blocks_advance_on_their_interval() {
-    let s = Shared::new(Node::new(
-        State::default(),
-        Blocks::Every(Duration::from_millis(1)),
-        0,
-    ));
+    let s = Shared::new(
+        Node::new(State::default(), Blocks::Every(Duration::from_millis(1)), 0),
+        None,
+    );
     let later = Instant::now() + Duration::from_millis(50);
     s.node().advance_chain(later);
     assert!(s.node().state.height >= 40, "{}", s.node().state.height);
@@ -641,11 +640,10 @@ fn state_survives_serialization() {
     ok(&s, "newpostmsg", json!(["alice", 0, "kept"]));
     ok(&s, "newdirectmsg", json!(["alice", 1, "bob", "dm kept"]));
     let bytes = serde_json::to_vec(&s.node().state).unwrap();
-    let restored = Shared::new(Node::new(
-        serde_json::from_slice(&bytes).unwrap(),
-        Blocks::Manual,
-        0,
-    ));
+    let restored = Shared::new(
+        Node::new(serde_json::from_slice(&bytes).unwrap(), Blocks::Manual, 0),
+        None,
+    );
     assert_eq!(
         ok(&restored, "getposts", json!([5, [{"username": "alice"}]]))[0]["userpost"]["msg"],
         "kept"

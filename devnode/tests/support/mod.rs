@@ -13,6 +13,8 @@ pub const PASSWORD: &str = "rpc-secret";
 pub struct Node {
     pub child: Child,
     pub port: u16,
+    /// The line the node printed when ready.
+    pub ready: String,
 }
 
 impl Node {
@@ -56,7 +58,21 @@ impl Node {
             .and_then(|r| r.split('/').next())
             .and_then(|p| p.parse().ok())
             .ok_or(line.clone())?;
-        Ok(Node { child, port })
+        Ok(Node {
+            child,
+            port,
+            ready: line,
+        })
+    }
+
+    /// Where peers reach this node (it was started with -listen, -bind or -port).
+    pub fn peer_addr(&self) -> String {
+        self.ready
+            .split("peers on ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_else(|| panic!("no peer address in {}", self.ready))
+            .to_string()
     }
 
     pub fn url(&self) -> String {
