@@ -534,6 +534,11 @@ fn devnode_figures(args: &Args, report: &mut Report) {
 }
 
 fn main() {
+    // Mosquitto 2.0 unless a figure says otherwise (P1 runs on 2.1 too).
+    with_broker_version(BrokerVersion::V2_0, run);
+}
+
+fn run() {
     let args = parse_args();
     let _ = plugin_path();
     if let Some(parent) = args.json.parent() {

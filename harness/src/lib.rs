@@ -47,18 +47,22 @@ pub enum BrokerVersion {
 }
 
 thread_local! {
-    static BROKER_VERSION: std::cell::Cell<BrokerVersion> = const { std::cell::Cell::new(BrokerVersion::V2_0) };
+    static BROKER_VERSION: std::cell::Cell<Option<BrokerVersion>> = const { std::cell::Cell::new(None) };
 }
 
-/// The broker version of the test running on this thread.
+/// The broker version of the test running on this thread. None is set on a thread outside
+/// `on_both_brokers!` / `with_broker_version` (a thread a test spawned does not inherit it): starting
+/// a broker there fails rather than run silently on 2.0 in a 2.1 test.
 pub fn broker_version() -> BrokerVersion {
-    BROKER_VERSION.with(|v| v.get())
+    BROKER_VERSION.with(|v| v.get()).unwrap_or_else(|| {
+        panic!("no broker version on this thread: declare the test in on_both_brokers! (or run the code in with_broker_version); threads a test spawns do not inherit it")
+    })
 }
 
 /// Runs `f` with every broker it starts being `version`; the version before is back afterwards, so
 /// one test can start brokers of both versions (`with_broker_version(v.other(), || Broker::start(..))`).
 pub fn with_broker_version<T>(version: BrokerVersion, f: impl FnOnce() -> T) -> T {
-    let before = BROKER_VERSION.with(|v| v.replace(version));
+    let before = BROKER_VERSION.with(|v| v.replace(Some(version)));
     let result = f();
     BROKER_VERSION.with(|v| v.set(before));
     result
@@ -604,4 +608,22 @@ pub fn wait_interest(node: &DevNode, user: &str, filter: &str) {
                 .map(|_| ())
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_broker_version_is_per_thread_and_restored() {
+        with_broker_version(BrokerVersion::V2_1, || {
+            assert_eq!(broker_version(), BrokerVersion::V2_1);
+            let other = with_broker_version(broker_version().other(), broker_version);
+            assert_eq!(other, BrokerVersion::V2_0);
+            assert_eq!(broker_version(), BrokerVersion::V2_1, "restored");
+            let spawned = std::thread::spawn(broker_version).join();
+            assert!(spawned.is_err(), "a spawned thread has no version");
+        });
+        assert!(std::panic::catch_unwind(broker_version).is_err());
+    }
 }
