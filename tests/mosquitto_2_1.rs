@@ -351,7 +351,7 @@ on_both_brokers! {
             }
             BrokerVersion::V2_0 => {
                 assert!(codes.iter().all(|c| *c == 0) && codes.len() == 20, "{codes:?}");
-                p.a.wait_log("outgoing queue full", T);
+                p.a.wait_log("(plugin_opt_max_queue)", T);
             }
         }
     }
