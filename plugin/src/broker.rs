@@ -6,9 +6,9 @@
 
 use crate::access::{self, AclAnswer};
 use crate::bindings::*;
-use crate::config::{self, Config, PasswordSource};
+use crate::config::{self, Config};
 use crate::rpc::{HttpTwister, Twister};
-use crate::state::Saved;
+use crate::startup::{load_state, resolve_password};
 use crate::wake::Doorbell;
 use crate::wire::Message;
 use crate::worker::{Level, ToBroker, ToWorker, WorkerHandle};
@@ -475,44 +475,6 @@ fn refuse(msg: &str) -> c_int {
     log_now(Level::Error, &format!("mqtt-twister: {msg}"));
     eprintln!("mqtt-twister: {msg}");
     MOSQ_ERR_INVAL as c_int
-}
-
-fn resolve_password(cfg: &Config) -> Result<String, String> {
-    match &cfg.rpc_password {
-        PasswordSource::Inline(s) => Ok(s.0.clone()),
-        PasswordSource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "{}rpc_password_file: cannot read {}: {e}",
-                    config::PREFIX,
-                    path.display()
-                )
-            })?;
-            let pw = text.lines().next().unwrap_or("").trim().to_string();
-            if pw.is_empty() {
-                return Err(format!(
-                    "{}rpc_password_file: {} is empty",
-                    config::PREFIX,
-                    path.display()
-                ));
-            }
-            Ok(pw)
-        }
-    }
-}
-
-fn load_state(cfg: &Config) -> Result<Option<Saved>, String> {
-    let Some(path) = &cfg.state_file else {
-        return Ok(None);
-    };
-    let saved = Saved::load(path).map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
-    if saved.is_none() {
-        // Fail now, not at the first post, when the file cannot be written.
-        Saved::default()
-            .save(path)
-            .map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
-    }
-    Ok(saved)
 }
 
 fn register(p: &mut Plugin, event: c_int, cb: Callback) -> bool {

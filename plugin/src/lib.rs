@@ -3,7 +3,7 @@
 //!
 //! Layout: `broker` (all unsafe, the broker's callbacks) -> channels -> `worker` (posts and polls through
 //! `rpc`) and `dht` (profile interest). Pure logic: `config`, `topic`, `wire`, `interest`, `state`,
-//! `access`. The exported symbols below are one-line shims into `broker`.
+//! `access`, `startup`. The exported symbols below are one-line shims into `broker`.
 
 pub mod access;
 pub mod config;
@@ -13,6 +13,7 @@ pub mod drops;
 pub mod interest;
 pub mod outbox;
 pub mod rpc;
+pub mod startup;
 pub mod state;
 pub mod topic;
 pub mod wake;
