@@ -30,6 +30,8 @@ pub struct BrokerConf {
     /// The global `allow_anonymous` (or, with `per_listener_settings true`, none: it is per listener).
     pub allow_anonymous: Option<bool>,
     pub listeners: Vec<Listener>,
+    /// `persistence true`: the broker restores its sessions from its own file at start.
+    pub persistence: bool,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -114,6 +116,7 @@ pub fn parse(text: &str, include: &dyn Fn(&str) -> Vec<String>, conf: &mut Broke
                     l.allow_anonymous = Some(on);
                 }
             }
+            "persistence" => conf.persistence = on,
             "listener" | "port" => {
                 let mut words = value.split_whitespace();
                 if let Some(port) = words.next().and_then(|p| p.parse().ok()) {

@@ -7,6 +7,8 @@
 use crate::access::{self, AclAnswer};
 use crate::bindings::*;
 use crate::config::{self, Config};
+use crate::interest::SessionEvent;
+use crate::qos2::{self, Qos2Dedup};
 use crate::rpc::{HttpTwister, Twister};
 use crate::startup::{load_state, resolve_password};
 use crate::wake::Doorbell;
@@ -29,6 +31,11 @@ const MOSQ_ERR_QUOTA_EXCEEDED_V21: c_int = -6;
 /// On 2.1 the pacing TICK asks to run again this soon. 2.1 otherwise sleeps up to 5 s (10 s without
 /// clients) between loop turns; 2.0 turns at least every 100 ms and ignores the request.
 const TICK_PACE_MS: c_long = 100;
+/// Mosquitto 2.1's CONNECT and CLIENT_OFFLINE events (a persistent session's connection ended; 2.1
+/// sends DISCONNECT only when a session ends), and the DISCONNECT reason of a session taken over.
+const MOSQ_EVT_CONNECT_V21: c_int = 11;
+const MOSQ_EVT_CLIENT_OFFLINE_V21: c_int = 28;
+const MOSQ_ERR_SESSION_TAKEN_OVER_V21: c_int = 142;
 /// Items injected per TICK at most, so one tick never stalls the broker.
 const INJECT_PER_TICK: usize = 2048;
 
@@ -64,6 +71,14 @@ struct EvtTickV21 {
     future2: [*mut c_void; 4],
 }
 
+/// `struct mosquitto_evt_connect` of Mosquitto 2.1.
+#[repr(C)]
+struct EvtConnectV21 {
+    future: *mut c_void,
+    client: *mut mosquitto,
+    future2: [*mut c_void; 4],
+}
+
 type Callback = unsafe extern "C" fn(c_int, *mut c_void, *mut c_void) -> c_int;
 
 struct Plugin {
@@ -71,8 +86,9 @@ struct Plugin {
     cfg: Arc<Config>,
     worker: WorkerHandle,
     acl: AclAnswer,
-    /// Running in Mosquitto 2.1 (SUBSCRIBE events, QUOTA_EXCEEDED, `next_ms` in TICK).
+    /// Running in Mosquitto 2.1 (SUBSCRIBE and session events, QUOTA_EXCEEDED, `next_ms` in TICK).
     v21: bool,
+    qos2: Qos2Dedup,
     registered: Vec<(c_int, Callback)>,
     dropped: u64,
     /// Publishes refused with QUOTA_EXCEEDED (2.1, MQTT 5, QoS > 0) because the queue was full.
@@ -196,13 +212,23 @@ unsafe extern "C" fn on_message(
             p.refused += 1;
             return MOSQ_ERR_QUOTA_EXCEEDED_V21;
         }
-        let payload = if ev.payload.is_null() || ev.payloadlen == 0 {
-            Vec::new()
+        let payload: &[u8] = if ev.payload.is_null() || ev.payloadlen == 0 {
+            &[]
         } else {
             // SAFETY: the broker guarantees payloadlen readable bytes at payload for this call.
             unsafe { std::slice::from_raw_parts(ev.payload as *const u8, ev.payloadlen as usize) }
-                .to_vec()
         };
+        if ev.qos == 2 && !ev.client.is_null() {
+            // SAFETY: the client of this event, valid for this call; its id is only borrowed here.
+            let id = unsafe { str_of(mosquitto_client_id(ev.client)) };
+            // SAFETY: as above.
+            let clean = unsafe { mosquitto_client_clean_session(ev.client) };
+            let fp = qos2::fingerprint(topic, payload, ev.retain);
+            if id.is_some_and(|id| !p.qos2.first_time(id, clean, fp)) {
+                return 0; // a retransmission: forwarded already
+            }
+        }
+        let payload = payload.to_vec();
         let queued = p.worker.publish(Message {
             topic: topic.to_owned(),
             payload,
@@ -246,6 +272,16 @@ unsafe extern "C" fn on_acl_check(
             return answer;
         };
         let filter = filter.to_owned();
+        // 2.0 has no CONNECT event: the session kind is read on the live connection.
+        // SAFETY: the client pointer is valid for this call.
+        let persistent = !unsafe { mosquitto_client_clean_session(ev.client) };
+        p.send(ToWorker::Session {
+            client: client.clone(),
+            event: SessionEvent::Connected {
+                persistent,
+                new_connection: false,
+            },
+        });
         p.send(if subscribe {
             ToWorker::Subscribe { client, filter }
         } else {
@@ -297,16 +333,86 @@ unsafe extern "C" fn on_disconnect(
         }) else {
             return MOSQ_ERR_SUCCESS as c_int;
         };
-        // A persistent session keeps its subscriptions (and so our interest) after the client goes.
-        // 2.0 calls DISCONNECT for every client that goes; 2.1 only when its session ends with it
-        // (a persistent one goes "offline" instead), whatever its clean-start flag said.
-        // SAFETY: the client pointer is valid for this call.
-        if ev.client.is_null() || !(p.v21 || unsafe { mosquitto_client_clean_session(ev.client) }) {
+        let Some(client) = client_id(ev.client) else {
             return MOSQ_ERR_SUCCESS as c_int;
+        };
+        let event = if p.v21 {
+            // 2.1 sends DISCONNECT only when a session ends, or when a new connection takes it over.
+            if ev.reason == MOSQ_ERR_SESSION_TAKEN_OVER_V21 {
+                SessionEvent::TakenOver
+            } else {
+                SessionEvent::Ended
+            }
+        // SAFETY: the client pointer is valid for this call.
+        } else if unsafe { mosquitto_client_clean_session(ev.client) } {
+            // 2.0 marks a context clean before disconnecting it for a new connection with its id, so
+            // "clean" is either the end of a clean session or a takeover (Interest tells them apart
+            // by the kind it saw the session subscribe with).
+            SessionEvent::TakenOver
+        } else {
+            SessionEvent::Offline
+        };
+        if event == SessionEvent::Ended {
+            p.qos2.session_ended(&client);
+        } else {
+            p.qos2.connection_ended(&client);
         }
-        if let Some(client) = client_id(ev.client) {
-            p.send(ToWorker::ClientGone { client });
-        }
+        p.send(ToWorker::Session { client, event });
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}
+
+/// Mosquitto 2.1: a connection was accepted (after any takeover of its session).
+unsafe extern "C" fn on_connect_v21(
+    _event: c_int,
+    event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
+    guarded("CONNECT", MOSQ_ERR_SUCCESS as c_int, || {
+        // SAFETY: userdata is our Plugin; on 2.1 event_data is a mosquitto_evt_connect.
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
+            (event_data as *const EvtConnectV21).as_ref()
+        }) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
+        let Some(client) = client_id(ev.client) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
+        // SAFETY: the client pointer is valid for this call.
+        let persistent = !unsafe { mosquitto_client_clean_session(ev.client) };
+        p.send(ToWorker::Session {
+            client,
+            event: SessionEvent::Connected {
+                persistent,
+                new_connection: true,
+            },
+        });
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}
+
+/// Mosquitto 2.1: a connection ended and the broker keeps its session.
+unsafe extern "C" fn on_client_offline_v21(
+    _event: c_int,
+    event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
+    guarded("CLIENT_OFFLINE", MOSQ_ERR_SUCCESS as c_int, || {
+        // SAFETY: userdata is our Plugin; mosquitto_evt_client_offline has the layout of
+        // mosquitto_evt_disconnect (future, client, reason, future2).
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
+            (event_data as *const mosquitto_evt_disconnect).as_ref()
+        }) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
+        let Some(client) = client_id(ev.client) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
+        p.qos2.connection_ended(&client);
+        p.send(ToWorker::Session {
+            client,
+            event: SessionEvent::Offline,
+        });
         MOSQ_ERR_SUCCESS as c_int
     })
 }
@@ -545,7 +651,15 @@ pub fn plugin_init(
             .and_then(|c| c.wake_address())
             .filter(|_| cfg.wakeup);
         let doorbell = Doorbell::new(wake, format!("mqtt-twister-wake-{}", cfg.user));
-        let worker = match WorkerHandle::spawn(cfg.clone(), make_rpc, saved, doorbell) {
+        // Whether the broker restores its persistent sessions at start (its own persistence file).
+        let broker_keeps_sessions = broker_conf.as_ref().is_some_and(|c| c.persistence);
+        let worker = match WorkerHandle::spawn(
+            cfg.clone(),
+            make_rpc,
+            saved,
+            doorbell,
+            broker_keeps_sessions,
+        ) {
             Ok(w) => w,
             Err(e) => return refuse(&format!("cannot start the worker thread: {e}")),
         };
@@ -555,6 +669,7 @@ pub fn plugin_init(
             worker,
             acl,
             v21,
+            qos2: Qos2Dedup::default(),
             registered: Vec::new(),
             dropped: 0,
             refused: 0,
@@ -566,6 +681,10 @@ pub fn plugin_init(
             && register(&mut p, MOSQ_EVT_TICK as c_int, on_tick)
             && (!v21 || register(&mut p, MOSQ_EVT_TICK as c_int, on_tick_pace))
             && register(&mut p, MOSQ_EVT_DISCONNECT as c_int, on_disconnect);
+        if ok && v21 {
+            ok = register(&mut p, MOSQ_EVT_CONNECT_V21, on_connect_v21)
+                && register(&mut p, MOSQ_EVT_CLIENT_OFFLINE_V21, on_client_offline_v21);
+        }
         let (via, access) = if v21 {
             ok = ok
                 && register(&mut p, MOSQ_EVT_SUBSCRIBE_V21, on_subscribe_v21)

@@ -1,16 +1,58 @@
-//! Which topics this broker wants from the network: the live subscriptions of its clients (learned from
-//! the broker's events) plus the configured static filters. Published in our Twister profile so senders
-//! of private forwards know whom to send to, and used to keep only wanted messages on the way in.
+//! Which topics this broker wants from the network: the subscriptions of its clients' sessions (learned
+//! from the broker's events) plus the configured static filters. Published in our Twister profile so
+//! senders of private forwards know whom to send to, and used to keep only wanted messages on the way in.
+//!
+//! The plugin's view must equal the broker's, so subscriptions are kept per client session with its
+//! kind: a clean session ends with its connection, a persistent one survives disconnects and is resumed
+//! (or discarded) by the next connection with the same client id. Each subscription is kept in the form
+//! the client used: `x/#`, `$share/g/x/#` and `$share/h/x/#` are three subscriptions of one filter, and
+//! the filter stays wanted until the last of them goes.
 
 use crate::topic;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What the broker told about a client's connection or session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A connection of this client is active. `new_connection`: seen as it connected (2.1's CONNECT
+    /// event); otherwise seen later on a live connection (2.0's SUBSCRIBE ACL check).
+    Connected {
+        persistent: bool,
+        new_connection: bool,
+    },
+    /// The connection ended and the broker keeps the session.
+    Offline,
+    /// The session ended for good.
+    Ended,
+    /// A new connection with this client id took the session over: it resumes a persistent session or
+    /// discards it, which its own `Connected` (or, on 2.0, its first subscription) tells.
+    TakenOver,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Session {
+    persistent: bool,
+    /// Subscriptions as the client made them (shared or not, with their group).
+    subs: BTreeSet<String>,
+}
+
+/// One client's session as kept in the state file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedSession {
+    pub client: String,
+    pub persistent: bool,
+    pub subs: Vec<String>,
+}
 
 #[derive(Default)]
 pub struct Interest {
-    by_client: HashMap<String, HashSet<String>>,
-    /// Filter -> number of clients holding it (static filters are not counted here).
+    sessions: HashMap<String, Session>,
+    /// Filter -> number of subscriptions holding it (static filters are not counted here).
     counts: BTreeMap<String, usize>,
     fixed: Vec<String>,
+    /// After a restart: filters of the previous run's sessions the broker does not hold now, which
+    /// come back if their clients subscribe again. Wanted "maybe" until `forget_returning`.
+    returning: BTreeSet<String>,
 }
 
 impl Interest {
@@ -21,44 +63,135 @@ impl Interest {
         }
     }
 
+    /// Starts from the sessions a previous run saved. `broker_keeps_sessions`: the broker restores its
+    /// persistent sessions from its own persistence file, so their subscriptions are live now (2.0 and
+    /// 2.1 tell the plugin nothing about them). Everything else may come back: see `returning`.
+    pub fn restore(&mut self, saved: &[SavedSession], broker_keeps_sessions: bool) {
+        for s in saved {
+            let valid = s
+                .subs
+                .iter()
+                .filter(|raw| valid_subscription(raw).is_some());
+            if s.persistent && broker_keeps_sessions {
+                for raw in valid {
+                    self.add(&s.client, raw, true);
+                }
+            } else {
+                for raw in valid {
+                    if let Some(f) = topic::strip_shared(raw) {
+                        self.returning.insert(f.to_string());
+                    }
+                }
+            }
+        }
+        let live: Vec<String> = self.counts.keys().cloned().collect();
+        for f in live {
+            self.returning.remove(&f);
+        }
+    }
+
+    /// The filters that may still come back after a restart are no longer waited for. True when the
+    /// set of filters changed.
+    pub fn forget_returning(&mut self) -> bool {
+        let before = self.filters();
+        self.returning.clear();
+        before != self.filters()
+    }
+
+    pub fn has_returning(&self) -> bool {
+        !self.returning.is_empty()
+    }
+
     /// Returns true when the set of filters changed.
     pub fn subscribe(&mut self, client: &str, raw_filter: &str) -> bool {
-        let Some(filter) = topic::strip_shared(raw_filter).filter(|f| topic::is_valid_filter(f))
-        else {
-            return false;
-        };
-        if !self
-            .by_client
-            .entry(client.to_string())
-            .or_default()
-            .insert(filter.to_string())
-        {
+        if valid_subscription(raw_filter).is_none() {
             return false;
         }
-        let n = self.counts.entry(filter.to_string()).or_insert(0);
-        *n += 1;
-        *n == 1 && !self.fixed.iter().any(|f| f == filter)
+        let before = self.filters();
+        // A subscription on a connection we never saw connect: assume it persists, so that its interest
+        // is not dropped early (a clean one's end is still seen: `Ended`).
+        self.add(client, raw_filter, true);
+        before != self.filters()
+    }
+
+    fn add(&mut self, client: &str, raw: &str, persistent_if_new: bool) {
+        let Some(filter) = valid_subscription(raw) else {
+            return;
+        };
+        let session = self
+            .sessions
+            .entry(client.to_string())
+            .or_insert_with(|| Session {
+                persistent: persistent_if_new,
+                subs: BTreeSet::new(),
+            });
+        if session.subs.insert(raw.to_string()) {
+            *self.counts.entry(filter.to_string()).or_insert(0) += 1;
+            self.returning.remove(filter);
+        }
     }
 
     pub fn unsubscribe(&mut self, client: &str, raw_filter: &str) -> bool {
+        let removed = self
+            .sessions
+            .get_mut(client)
+            .is_some_and(|s| s.subs.remove(raw_filter));
         let Some(filter) = topic::strip_shared(raw_filter) else {
             return false;
         };
-        let removed = self
-            .by_client
-            .get_mut(client)
-            .is_some_and(|s| s.remove(filter));
         removed && self.release(filter)
     }
 
-    /// A client whose session ended: all its subscriptions are gone.
-    pub fn client_gone(&mut self, client: &str) -> bool {
-        let Some(filters) = self.by_client.remove(client) else {
+    /// Applies what the broker told about a client's session. True when the set of filters changed.
+    pub fn session(&mut self, client: &str, event: SessionEvent) -> bool {
+        let Some(known) = self.sessions.get_mut(client) else {
+            if let SessionEvent::Connected { persistent, .. } = event {
+                self.sessions.insert(
+                    client.to_string(),
+                    Session {
+                        persistent,
+                        subs: BTreeSet::new(),
+                    },
+                );
+            }
             return false;
         };
+        let ends = match event {
+            SessionEvent::Connected {
+                persistent,
+                new_connection,
+            } => {
+                // A clean start always discards the old session; a persistent connection resumes only a
+                // persistent session. Seen on a live connection (2.0), a change of kind means a new
+                // connection replaced the session we knew.
+                let discarded = if new_connection {
+                    !persistent || !known.persistent
+                } else {
+                    persistent != known.persistent
+                };
+                known.persistent = persistent;
+                discarded
+            }
+            SessionEvent::Offline => {
+                known.persistent = true;
+                false
+            }
+            SessionEvent::Ended => true,
+            // Only a persistent session can be resumed by the connection that took it over.
+            SessionEvent::TakenOver => !known.persistent,
+        };
+        if !ends {
+            return false;
+        }
+        let subs = std::mem::take(&mut known.subs);
+        if matches!(event, SessionEvent::Ended | SessionEvent::TakenOver) {
+            self.sessions.remove(client);
+        }
         let mut changed = false;
-        for f in filters {
-            changed |= self.release(&f);
+        for raw in subs {
+            if let Some(f) = topic::strip_shared(&raw) {
+                changed |= self.release(f);
+            }
         }
         changed
     }
@@ -71,31 +204,60 @@ impl Interest {
             }
             Some(_) => {
                 self.counts.remove(filter);
-                !self.fixed.iter().any(|f| f == filter)
+                !self.fixed.iter().any(|f| f == filter) && !self.returning.contains(filter)
             }
             None => false,
         }
     }
 
-    /// Sorted, without duplicates: what goes into the profile's `mqtt_topics`.
+    /// Sorted, without duplicates: what goes into the profile's `mqtt_topics` (what may come back
+    /// after a restart included, so senders keep sending while clients reconnect).
     pub fn filters(&self) -> Vec<String> {
         let mut all: Vec<String> = self
             .counts
             .keys()
+            .chain(self.fixed.iter())
+            .chain(self.returning.iter())
             .cloned()
-            .chain(self.fixed.iter().cloned())
             .collect();
         all.sort();
         all.dedup();
         all
     }
 
+    /// A subscription the broker holds (or a static filter) matches.
     pub fn wants(&self, topic_name: &str) -> bool {
         self.fixed
             .iter()
             .chain(self.counts.keys())
             .any(|f| topic::matches(f, topic_name))
     }
+
+    /// No subscription matches now, but one of the previous run's may come back.
+    pub fn may_want(&self, topic_name: &str) -> bool {
+        self.returning.iter().any(|f| topic::matches(f, topic_name))
+    }
+
+    /// The sessions with subscriptions, for the state file.
+    pub fn saved(&self) -> Vec<SavedSession> {
+        let mut out: Vec<SavedSession> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.subs.is_empty())
+            .map(|(c, s)| SavedSession {
+                client: c.clone(),
+                persistent: s.persistent,
+                subs: s.subs.iter().cloned().collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.client.cmp(&b.client));
+        out
+    }
+}
+
+/// The filter a subscription matches, when the subscription is well formed.
+fn valid_subscription(raw: &str) -> Option<&str> {
+    topic::strip_shared(raw).filter(|f| topic::is_valid_filter(f))
 }
 
 /// Whether anything in `filters` (someone else's published interest) matches `topic_name`.
@@ -104,41 +266,5 @@ pub fn any_matches(filters: &[String], topic_name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_clients_per_filter() {
-        let mut i = Interest::new(&[]);
-        assert!(i.subscribe("c1", "a/+"));
-        assert!(!i.subscribe("c2", "a/+"), "second holder changes nothing");
-        assert!(!i.subscribe("c1", "a/+"), "resubscribe changes nothing");
-        assert!(i.wants("a/b"));
-        assert!(!i.unsubscribe("c1", "a/+"));
-        assert!(i.unsubscribe("c2", "a/+"));
-        assert!(!i.wants("a/b"));
-        assert!(!i.unsubscribe("c3", "never"));
-    }
-
-    #[test]
-    fn shared_subscriptions_count_as_their_filter() {
-        let mut i = Interest::new(&[]);
-        assert!(i.subscribe("c1", "$share/g/jobs/#"));
-        assert_eq!(i.filters(), vec!["jobs/#"]);
-        assert!(i.wants("jobs/1"));
-        assert!(i.unsubscribe("c1", "$share/g/jobs/#"));
-        assert!(!i.subscribe("c1", "$share/broken"));
-    }
-
-    #[test]
-    fn a_gone_client_takes_its_filters_and_static_ones_stay() {
-        let mut i = Interest::new(&["cmd/#".to_string()]);
-        i.subscribe("c1", "x");
-        i.subscribe("c1", "cmd/#");
-        assert_eq!(i.filters(), vec!["cmd/#", "x"]);
-        assert!(i.client_gone("c1"));
-        assert_eq!(i.filters(), vec!["cmd/#"]);
-        assert!(i.wants("cmd/a"));
-        assert!(!i.client_gone("c1"));
-    }
-}
+#[path = "interest_tests.rs"]
+mod tests;

@@ -3,15 +3,17 @@
 //!
 //! Layout: `broker` (all unsafe, the broker's callbacks) -> channels -> `worker` (posts and polls through
 //! `rpc`) and `dht` (profile interest). Pure logic: `config`, `topic`, `wire`, `interest`, `state`,
-//! `access`, `startup`. The exported symbols below are one-line shims into `broker`.
+//! `access`, `startup`, `held`, `qos2`. The exported symbols below are one-line shims into `broker`.
 
 pub mod access;
 pub mod config;
 pub mod dht;
 pub mod directs;
 pub mod drops;
+pub mod held;
 pub mod interest;
 pub mod outbox;
+pub mod qos2;
 pub mod rpc;
 pub mod startup;
 pub mod state;

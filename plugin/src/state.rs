@@ -2,6 +2,7 @@
 //! user how far we have read, so a restart neither replays old messages nor skips new ones. Written
 //! atomically (temporary file, fsync, rename).
 
+use crate::interest::SavedSession;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,9 @@ pub struct Saved {
     pub cursors: BTreeMap<String, Cursor>,
     /// Messages accepted from local clients but not posted when the broker stopped.
     pub unsent: Vec<Unsent>,
+    /// The broker's client sessions with their subscriptions (2.0 and 2.1 tell nothing about the
+    /// sessions the broker restores from its own persistence file).
+    pub interest: Vec<SavedSession>,
 }
 
 /// Where an unsent message was going.
@@ -105,7 +109,12 @@ impl Saved {
                 json!({"to": to, "item": u.item})
             })
             .collect();
-        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent})
+        let interest: Vec<Value> = self
+            .interest
+            .iter()
+            .map(|s| json!({"client": s.client, "persistent": s.persistent, "subs": s.subs}))
+            .collect();
+        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest})
     }
 
     pub fn from_json(v: &Value) -> Option<Saved> {
@@ -114,7 +123,26 @@ impl Saved {
             seq: v.get("seq")?.as_u64()?,
             cursors: BTreeMap::new(),
             unsent: Vec::new(),
+            interest: Vec::new(),
         };
+        // Absent in files of earlier versions.
+        for i in v
+            .get("interest")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            s.interest.push(SavedSession {
+                client: i.get("client")?.as_str()?.to_string(),
+                persistent: i.get("persistent")?.as_bool()?,
+                subs: i
+                    .get("subs")?
+                    .as_array()?
+                    .iter()
+                    .map(|f| f.as_str().map(String::from))
+                    .collect::<Option<_>>()?,
+            });
+        }
         for u in v
             .get("unsent")
             .and_then(Value::as_array)
@@ -232,8 +260,19 @@ mod tests {
                 item: "{}".into(),
             },
         ];
+        s.interest = vec![SavedSession {
+            client: "durable".into(),
+            persistent: true,
+            subs: vec!["a/#".into(), "$share/g/a/#".into()],
+        }];
         s.save(&path).unwrap();
         assert_eq!(Saved::load(&path).unwrap(), Some(s));
+        std::fs::write(&path, b"{\"next_k\":1,\"seq\":2,\"cursors\":{}}").unwrap();
+        assert_eq!(
+            Saved::load(&path).unwrap().map(|s| s.interest.len()),
+            Some(0),
+            "a file of an earlier version loads"
+        );
         std::fs::write(&path, b"{\"next_k\":\"x\"}").unwrap();
         assert!(matches!(Saved::load(&path), Err(StateError::Corrupt(_))));
     }

@@ -9,7 +9,8 @@ mod posting;
 use crate::config::{Config, WireFormat};
 use crate::dht::{DhtJob, DhtThread};
 use crate::drops::{Drops, Reason};
-use crate::interest::{any_matches, Interest};
+use crate::held::Held;
+use crate::interest::{any_matches, Interest, SessionEvent};
 use crate::outbox::{Budget, InFlight};
 use crate::rpc::{RpcError, Twister, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME};
 use crate::state::{Cursor, Destination, Saved, Unsent};
@@ -35,8 +36,10 @@ pub enum ToWorker {
         client: String,
         filter: String,
     },
-    ClientGone {
+    /// What the broker told about a client's connection or session.
+    Session {
         client: String,
+        event: SessionEvent,
     },
     /// From the DHT thread: a followed user's published interest (`None`: no profile or no topics).
     RemoteInterest {
@@ -85,6 +88,9 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Worst-case digits for the fields of a post we cannot know in advance.
 const WORST_HEIGHT: i64 = 99_999_999;
 const WORST_TIME: i64 = 9_999_999_999;
+/// After a restart, how long messages only a previous run's subscriptions wanted wait for their clients
+/// to subscribe again.
+pub const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Counters {
@@ -236,6 +242,10 @@ pub struct Worker {
     fragment_ids: u64,
     /// Messages were handed to the broker since the doorbell last rang.
     ring_pending: bool,
+    /// Messages from the network waiting for a previous run's subscriptions to come back.
+    held: Held,
+    /// Until when they wait (set once ready).
+    resubscribe_until: Option<Instant>,
 }
 
 /// The broker side's end: the sender the callbacks `try_send` on, the receiver TICK drains, the thread.
@@ -267,6 +277,7 @@ impl WorkerHandle {
         make_rpc: impl Fn(Duration) -> Box<dyn Twister> + Send + 'static,
         saved: Option<Saved>,
         doorbell: Doorbell,
+        broker_keeps_sessions: bool,
     ) -> std::io::Result<Self> {
         let (to_worker, inbox) = bounded(CONTROL_CAPACITY);
         let (to_broker, from_worker) = bounded(TO_BROKER_CAPACITY);
@@ -286,6 +297,7 @@ impl WorkerHandle {
                 let dht_rpc = make_rpc(cfg.rpc_timeout + Duration::from_secs(4));
                 let dht = DhtThread::spawn(cfg.clone(), dht_rpc, dht_inbox, to_broker.clone());
                 let mut worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
+                worker.restore_interest(broker_keeps_sessions);
                 worker.doorbell = doorbell;
                 worker.run(&worker_outbound);
             })?;
@@ -399,6 +411,8 @@ impl Worker {
             reassembly: Reassembly::default(),
             fragment_ids: 0,
             ring_pending: false,
+            held: Held::default(),
+            resubscribe_until: None,
         };
         if w.cfg.state_file.is_some() && !state_found {
             w.log(
@@ -408,6 +422,25 @@ impl Worker {
         }
         w.restore_unsent();
         w
+    }
+
+    /// Takes up the subscriptions of the sessions the previous run knew (see `Interest::restore`).
+    fn restore_interest(&mut self, broker_keeps_sessions: bool) {
+        let saved = std::mem::take(&mut self.saved.interest);
+        if saved.is_empty() {
+            return;
+        }
+        self.interest.restore(&saved, broker_keeps_sessions);
+        let persistent = saved.iter().filter(|s| s.persistent).count();
+        self.log(
+            Level::Info,
+            format!(
+                "interest of the last run taken up: {} sessions ({persistent} persistent{}); until they subscribe again, messages for the others are held up to {}s",
+                saved.len(),
+                if broker_keeps_sessions { ", restored by the broker" } else { ", not kept by the broker: no persistence" },
+                RESUBSCRIBE_GRACE.as_secs()
+            ),
+        );
     }
 
     /// Queues again what a previous run accepted but could not post before it stopped.
@@ -580,6 +613,9 @@ impl Worker {
             return d.min(self.next_startup);
         }
         d = d.min(self.next_poll).min(self.next_interest_refresh);
+        if let Some(t) = self.resubscribe_until {
+            d = d.min(t);
+        }
         if let Some(p) = self.profile_due {
             d = d.min(p);
         }
@@ -621,6 +657,7 @@ impl Worker {
         if !self.unfollowed.is_empty() && now >= self.next_refollow {
             self.follow_all();
         }
+        self.end_resubscribe_grace(now);
         self.save_state();
     }
 
@@ -641,19 +678,16 @@ impl Worker {
     fn handle(&mut self, m: ToWorker) {
         match m {
             ToWorker::Subscribe { client, filter } => {
-                if self.interest.subscribe(&client, &filter) {
-                    self.interest_changed();
-                }
+                let changed = self.interest.subscribe(&client, &filter);
+                self.sessions_changed(changed);
             }
             ToWorker::Unsubscribe { client, filter } => {
-                if self.interest.unsubscribe(&client, &filter) {
-                    self.interest_changed();
-                }
+                let changed = self.interest.unsubscribe(&client, &filter);
+                self.sessions_changed(changed);
             }
-            ToWorker::ClientGone { client } => {
-                if self.interest.client_gone(&client) {
-                    self.interest_changed();
-                }
+            ToWorker::Session { client, event } => {
+                let changed = self.interest.session(&client, event);
+                self.sessions_changed(changed);
             }
             ToWorker::RemoteInterest { user, filters } => {
                 self.interest_answered.insert(user.clone());
@@ -683,6 +717,52 @@ impl Worker {
                 self.profile_due = Some(Instant::now() + self.profile_backoff);
                 self.profile_backoff = (self.profile_backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+
+    /// The sessions (kept in the state file) changed; `filters_changed`: so did the interest.
+    fn sessions_changed(&mut self, filters_changed: bool) {
+        self.state_dirty = true;
+        if filters_changed {
+            self.interest_changed();
+        }
+        let interest = &self.interest;
+        let back = self.held.take_wanted(|t| interest.wants(t));
+        for m in back {
+            self.inject(m);
+        }
+        if std::mem::take(&mut self.ring_pending) {
+            self.doorbell.ring();
+        }
+    }
+
+    /// After the grace, what only a previous run's subscriptions wanted is given up.
+    fn end_resubscribe_grace(&mut self, now: Instant) {
+        if !self.resubscribe_until.is_some_and(|t| now >= t) {
+            return;
+        }
+        self.resubscribe_until = None;
+        if self.interest.forget_returning() {
+            self.interest_changed();
+        }
+        let dropped = self.held.clear() as u64 + self.held.overflowed;
+        if dropped > 0 {
+            self.log(Level::Notice, format!("{dropped} messages from the network dropped: no client subscribed again to what they match within {}s of the restart", RESUBSCRIBE_GRACE.as_secs()));
+        }
+    }
+
+    fn inject(&mut self, m: Message) {
+        self.counters.injected += 1;
+        self.ring_pending = true;
+        if self
+            .to_broker
+            .send_timeout(ToBroker::Publish(m), Duration::from_secs(1))
+            .is_err()
+        {
+            self.drop_message(
+                Reason::BrokerQueueFull,
+                "a message from the network: the broker's thread takes none".to_string(),
+            );
         }
     }
 
@@ -876,6 +956,9 @@ impl Worker {
         }
         self.state_dirty = true;
         self.ready = true;
+        if self.interest.has_returning() {
+            self.resubscribe_until = Some(Instant::now() + RESUBSCRIBE_GRACE);
+        }
         self.profile_due = Some(Instant::now());
         self.next_interest_refresh = Instant::now();
         if self.private_recipients().is_empty() {
@@ -1088,18 +1171,9 @@ impl Worker {
                     }
                     // Retained messages are kept even with no subscriber now, for those who come later.
                     if m.retain || self.interest.wants(&m.topic) {
-                        self.counters.injected += 1;
-                        self.ring_pending = true;
-                        if self
-                            .to_broker
-                            .send_timeout(ToBroker::Publish(m), Duration::from_secs(1))
-                            .is_err()
-                        {
-                            self.drop_message(
-                                Reason::BrokerQueueFull,
-                                format!("a message from {from}: the broker's thread takes none"),
-                            );
-                        }
+                        self.inject(m);
+                    } else if self.resubscribe_until.is_some() && self.interest.may_want(&m.topic) {
+                        self.held.hold(m);
                     }
                 }
             }
@@ -1128,6 +1202,7 @@ impl Worker {
             return;
         }
         self.last_save = Instant::now();
+        self.saved.interest = self.interest.saved();
         let Some(path) = self.cfg.state_file.clone() else {
             self.state_dirty = false;
             return;

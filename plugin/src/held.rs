@@ -1,0 +1,113 @@
+//! Messages from the network that arrive after a restart, before the clients whose subscriptions they
+//! match have subscribed again. The worker reads followed users' backlog as soon as it is ready; a
+//! message that only a previous run's subscription wanted waits here (bounded) instead of being dropped
+//! and moved past, and is injected once a matching subscription is back.
+
+use crate::wire::Message;
+use std::collections::VecDeque;
+
+/// Messages held at most, and their payload and topic bytes at most.
+pub const HELD_MESSAGES: usize = 10_000;
+pub const HELD_BYTES: usize = 16 << 20;
+
+#[derive(Default)]
+pub struct Held {
+    messages: VecDeque<Message>,
+    bytes: usize,
+    /// Messages dropped because the bound was reached.
+    pub overflowed: u64,
+}
+
+fn size(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
+}
+
+impl Held {
+    /// Keeps `m`; beyond the bounds the oldest are dropped (counted in `overflowed`).
+    pub fn hold(&mut self, m: Message) {
+        self.bytes += size(&m);
+        self.messages.push_back(m);
+        while self.messages.len() > HELD_MESSAGES || self.bytes > HELD_BYTES {
+            let Some(old) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= size(&old);
+            self.overflowed += 1;
+        }
+    }
+
+    /// Takes out, in arrival order, the messages `wanted` now accepts.
+    pub fn take_wanted(&mut self, wanted: impl Fn(&str) -> bool) -> Vec<Message> {
+        if self.messages.is_empty() {
+            return Vec::new();
+        }
+        let (take, keep): (VecDeque<Message>, VecDeque<Message>) =
+            std::mem::take(&mut self.messages)
+                .into_iter()
+                .partition(|m| wanted(&m.topic));
+        self.messages = keep;
+        self.bytes = self.messages.iter().map(size).sum();
+        take.into()
+    }
+
+    /// Drops everything; how many were dropped.
+    pub fn clear(&mut self) -> usize {
+        self.bytes = 0;
+        std::mem::take(&mut self.messages).len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, n: usize) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: vec![0; n],
+            qos: 1,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn releases_what_becomes_wanted_in_order_and_keeps_the_rest() {
+        let mut h = Held::default();
+        h.hold(msg("a/1", 1));
+        h.hold(msg("b/1", 1));
+        h.hold(msg("a/2", 1));
+        let got: Vec<String> = h
+            .take_wanted(|t| t.starts_with("a/"))
+            .into_iter()
+            .map(|m| m.topic)
+            .collect();
+        assert_eq!(got, vec!["a/1", "a/2"]);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.bytes, 4);
+        assert_eq!(h.clear(), 1);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn bounded_in_count_and_bytes() {
+        let mut h = Held::default();
+        for _ in 0..HELD_MESSAGES + 5 {
+            h.hold(msg("t", 0));
+        }
+        assert_eq!((h.len(), h.overflowed), (HELD_MESSAGES, 5));
+        let mut h = Held::default();
+        for _ in 0..5 {
+            h.hold(msg("t", HELD_BYTES / 4));
+        }
+        assert!(h.bytes <= HELD_BYTES);
+        assert_eq!(h.overflowed, 2);
+    }
+}

@@ -1,0 +1,355 @@
+//! The plugin's view of subscriptions equals the broker's: persistent sessions resumed without
+//! subscribing again, sessions restored from Mosquitto's persistence, shared and plain forms of one
+//! filter, a receiving broker killed and restarted; and QoS 2 retransmissions forwarded once.
+
+use mqtt_twister_harness::*;
+use rumqttc::QoS;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+fn mosquitto_persistence(dir: &Path) -> String {
+    format!(
+        "persistence true\npersistence_location {}/\nautosave_interval 1",
+        dir.display()
+    )
+}
+
+/// Waits until `user` has posted a message whose text contains `needle`.
+fn wait_posted(node: &DevNode, user: &str, needle: &str) {
+    wait_for(T, &format!("{user}'s post of {needle}"), || {
+        let posts = node.ok("getposts", json!([200, [{"username": user}]]));
+        posts.to_string().contains(needle).then_some(())
+    });
+}
+
+/// Receives until `last` arrives (or the time is up); every payload received, in order.
+fn receive_until(sub: &Mqtt, last: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        let Some(m) = sub.recv(Duration::from_millis(200)) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        let done = text == last;
+        got.push(text);
+        if done {
+            break;
+        }
+    }
+    got
+}
+
+on_both_brokers! {
+    fn a_persistent_session_reconnecting_without_subscribing_again_still_receives() {
+        let p = Pair::start(&["plugin_opt_publish p/#"], &[]);
+        let sub = Mqtt::connect(p.b.port, "durable", false);
+        assert!(sub.subscribe("p/#", QoS::AtLeastOnce));
+        wait_interest(&p.node, "bob", "p/#");
+        let publ = Mqtt::connect(p.a.port, "pub-a", true);
+        publ.publish("p/0", b"first", QoS::AtLeastOnce, false);
+        assert_eq!(sub.expect(T, "p/0").payload, b"first");
+        // Twice: each reconnection takes the session over from the context before.
+        let mut sub = sub;
+        for round in 1..=2 {
+            sub.disconnect();
+            sub = Mqtt::connect(p.b.port, "durable", false);
+            // A marker subscription by another client: once it is in the profile, the worker has
+            // handled the takeover before it.
+            let marker = format!("marker/{round}");
+            let other = Mqtt::connect(p.b.port, &format!("other-{round}"), true);
+            assert!(other.subscribe(&marker, QoS::AtMostOnce));
+            wait_interest(&p.node, "bob", &marker);
+            assert!(
+                p.node.profile_topics("bob").unwrap_or_default().contains(&"p/#".to_string()),
+                "round {round}: the resumed session still wants p/#"
+            );
+            let text = format!("after reconnection {round}");
+            publ.publish(&format!("p/{round}"), text.as_bytes(), QoS::AtLeastOnce, false);
+            let got = sub.expect(T, "a message for the resumed session");
+            assert_eq!(got.payload, text.as_bytes());
+        }
+    }
+
+    fn a_subscription_restored_by_mosquitto_persistence_is_honoured_after_a_restart() {
+        let node = DevNode::start();
+        let dir = workdir();
+        let d = dir.path();
+        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &["plugin_opt_follow bob", "plugin_opt_publish r/#"]));
+        let b_conf = plugin_conf(&node, d, "bob", &["plugin_opt_follow alice", &mosquitto_persistence(d)]);
+        let mut b = Broker::start(d, "b", &b_conf);
+        a.wait_ready();
+        b.wait_ready();
+        let sub = Mqtt::connect(b.port, "durable", false);
+        assert!(sub.subscribe("r/#", QoS::AtLeastOnce));
+        wait_interest(&node, "bob", "r/#");
+        sub.disconnect();
+        let port = b.port;
+        b.stop(); // Mosquitto writes its persistence file
+        let b = Broker::start_on(d, "b", &b_conf, port);
+        b.wait_ready();
+        b.wait_log("interest of the last run taken up: 1 sessions (1 persistent, restored by the broker)", T);
+        wait_interest(&node, "bob", "r/#");
+        let publ = Mqtt::connect(a.port, "pub-a", true);
+        publ.publish("r/1", b"for the restored session", QoS::AtLeastOnce, false);
+        wait_posted(&node, "alice", "for the restored session");
+        // Injected for the session the broker holds, queued there until the client comes back.
+        let sub = Mqtt::connect(b.port, "durable", false);
+        let got = sub.expect(T, "the message queued for the restored session");
+        assert_eq!((got.topic.as_str(), got.payload.as_slice()), ("r/1", &b"for the restored session"[..]));
+    }
+
+    fn unsubscribing_the_shared_form_keeps_the_plain_subscription_of_the_same_filter() {
+        let p = Pair::start(&["plugin_opt_publish x/#"], &[]);
+        let sub = Mqtt::connect(p.b.port, "both", true);
+        assert!(sub.subscribe("x/#", QoS::AtLeastOnce));
+        assert!(sub.subscribe("$share/g/x/#", QoS::AtLeastOnce));
+        assert!(sub.subscribe("$share/h/x/#", QoS::AtLeastOnce));
+        wait_interest(&p.node, "bob", "x/#");
+        sub.unsubscribe("$share/g/x/#");
+        sub.unsubscribe("x/#");
+        assert!(sub.subscribe("marker/1", QoS::AtMostOnce));
+        wait_interest(&p.node, "bob", "marker/1");
+        assert!(
+            p.node.profile_topics("bob").unwrap_or_default().contains(&"x/#".to_string()),
+            "$share/h/x/# still holds x/#"
+        );
+        let publ = Mqtt::connect(p.a.port, "pub-a", true);
+        publ.publish("x/1", b"still wanted", QoS::AtLeastOnce, false);
+        assert_eq!(sub.expect(T, "x/1 through the remaining shared subscription").payload, b"still wanted");
+        sub.unsubscribe("$share/h/x/#");
+        wait_for(T, "x/# to leave the profile with its last subscription", || {
+            (!p.node.profile_topics("bob").unwrap_or_default().contains(&"x/#".to_string())).then_some(())
+        });
+    }
+
+    fn a_receiving_broker_killed_and_restarted_with_clean_sessions_loses_nothing() {
+        killed_and_restarted(Sessions::Clean);
+    }
+
+    fn a_receiving_broker_killed_and_restarted_with_persistent_sessions_loses_nothing() {
+        killed_and_restarted(Sessions::Persistent);
+    }
+
+    fn a_receiving_broker_killed_and_restarted_with_mosquitto_persistence_loses_nothing() {
+        killed_and_restarted(Sessions::MosquittoPersistence);
+    }
+
+    fn a_qos2_message_retransmitted_with_dup_is_forwarded_once() {
+        let p = Pair::start(&["plugin_opt_publish q/#"], &[]);
+        let far = Mqtt::connect(p.b.port, "far", true);
+        assert!(far.subscribe("q/#", QoS::ExactlyOnce));
+        wait_interest(&p.node, "bob", "q/#");
+        let local = Mqtt::connect(p.a.port, "local", true);
+        assert!(local.subscribe("q/#", QoS::ExactlyOnce));
+
+        // PUBLISH QoS 2, PUBREC received, connection lost before PUBREL.
+        let mut raw = RawMqtt::connect(p.a.port, "dup-pub", false);
+        raw.publish_qos2(7, "q/once", b"exactly once", false);
+        raw.expect(0x50, 7, "PUBREC");
+        drop(raw);
+        // Reconnected with its session, the client sends it again with DUP, then completes the flow.
+        let mut raw = RawMqtt::connect(p.a.port, "dup-pub", false);
+        raw.publish_qos2(7, "q/once", b"exactly once", true);
+        raw.expect(0x50, 7, "PUBREC of the retransmission");
+        raw.send(&[0x62, 0x02, 0, 7]);
+        raw.expect(0x70, 7, "PUBCOMP");
+        // Something new after it, identical content included, is forwarded.
+        raw.publish_qos2(8, "q/once", b"exactly once", false);
+        raw.expect(0x50, 8, "PUBREC");
+        raw.send(&[0x62, 0x02, 0, 8]);
+        raw.expect(0x70, 8, "PUBCOMP");
+        raw.publish_qos2(9, "q/end", b"end", false);
+        raw.expect(0x50, 9, "PUBREC");
+        raw.send(&[0x62, 0x02, 0, 9]);
+        raw.expect(0x70, 9, "PUBCOMP");
+
+        let far_got = receive_until(&far, "end", T);
+        let local_got = receive_until(&local, "end", T);
+        assert_eq!(local_got, vec!["exactly once", "exactly once", "end"], "the broker itself delivers the retransmission once");
+        assert_eq!(far_got, local_got, "far away as locally");
+        assert!(far.recv(Duration::from_millis(500)).is_none(), "nothing more");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sessions {
+    Clean,
+    Persistent,
+    MosquittoPersistence,
+}
+
+/// B is killed (-9) while subscribed, A publishes while it is down, B restarts and its client comes
+/// back as a real client would: a clean one subscribes again, a persistent one subscribes again when
+/// the broker lost its session and not when the broker restored it.
+fn killed_and_restarted(kind: Sessions) {
+    let node = DevNode::start();
+    let dir = workdir();
+    let d = dir.path();
+    let a = Broker::start(
+        d,
+        "a",
+        &plugin_conf(
+            &node,
+            d,
+            "alice",
+            &["plugin_opt_follow bob", "plugin_opt_publish k/#"],
+        ),
+    );
+    let persistence = mosquitto_persistence(d);
+    let mut b_lines = vec!["plugin_opt_follow alice"];
+    if kind == Sessions::MosquittoPersistence {
+        b_lines.push(&persistence);
+    }
+    let b_conf = plugin_conf(&node, d, "bob", &b_lines);
+    let b = Broker::start(d, "b", &b_conf);
+    a.wait_ready();
+    b.wait_ready();
+    let clean = kind == Sessions::Clean;
+    let sub = Mqtt::connect(b.port, "receiver", clean);
+    assert!(sub.subscribe("k/#", QoS::AtLeastOnce));
+    wait_interest(&node, "bob", "k/#");
+    let publ = Mqtt::connect(a.port, "pub-a", true);
+    const BEFORE: usize = 50;
+    const DOWN: usize = 300;
+    const AFTER: usize = 50;
+    for i in 0..BEFORE {
+        publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
+    }
+    let before = receive_until(&sub, &format!("m{}", BEFORE - 1), T);
+    assert_eq!(before.len(), BEFORE, "all received before the kill");
+    // Let the state file (and Mosquitto's autosave) catch up, as they would in a running system.
+    std::thread::sleep(Duration::from_millis(2500));
+    let port = b.port;
+    drop(b); // SIGKILL
+    drop(sub);
+    for i in BEFORE..BEFORE + DOWN {
+        publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
+    }
+    wait_posted(&node, "alice", &format!("m{}", BEFORE + DOWN - 1));
+    let b = Broker::start_on(d, "b", &b_conf, port);
+    b.wait_ready();
+    let sub = Mqtt::connect(b.port, "receiver", clean);
+    if kind != Sessions::MosquittoPersistence {
+        assert!(sub.subscribe("k/#", QoS::AtLeastOnce));
+    }
+    let total = BEFORE + DOWN + AFTER;
+    for i in BEFORE + DOWN..total {
+        publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
+    }
+    let got = receive_until(&sub, &format!("m{}", total - 1), Duration::from_secs(40));
+    let mut counts = vec![0usize; total];
+    for g in &got {
+        if let Some(n) = g
+            .strip_prefix('m')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n < total)
+        {
+            counts[n] += 1;
+        }
+    }
+    let missing: Vec<usize> = (BEFORE..total).filter(|n| counts[*n] == 0).collect();
+    let duplicates: usize = counts.iter().map(|c| c.saturating_sub(1)).sum();
+    let replayed = (0..BEFORE).filter(|n| counts[*n] > 0).count();
+    eprintln!(
+        "{kind:?} on {:?}: received {} after the restart, {} missing, {duplicates} duplicates, {replayed} from before the kill again",
+        broker_version(),
+        got.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{kind:?}: {} of {} messages published while B was down or after missing: {:?}...\nB's log:\n{}",
+        missing.len(),
+        DOWN + AFTER,
+        &missing[..missing.len().min(20)],
+        b.log_text()
+    );
+}
+
+/// A few bytes of MQTT 3.1.1 over TCP, to send what a library would not (a DUP retransmission).
+struct RawMqtt {
+    stream: TcpStream,
+}
+
+impl RawMqtt {
+    fn connect(port: u16, id: &str, clean: bool) -> RawMqtt {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut raw = RawMqtt { stream };
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+        body.push(if clean { 0x02 } else { 0x00 });
+        body.extend_from_slice(&[0, 60]);
+        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        body.extend_from_slice(id.as_bytes());
+        raw.packet(0x10, &body);
+        let (kind, rest) = raw.read();
+        assert_eq!((kind, rest.get(1)), (0x20, Some(&0)), "CONNACK accepted");
+        raw
+    }
+
+    fn packet(&mut self, header: u8, body: &[u8]) {
+        let mut p = vec![header];
+        let mut len = body.len();
+        loop {
+            let mut byte = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                byte |= 0x80;
+            }
+            p.push(byte);
+            if len == 0 {
+                break;
+            }
+        }
+        p.extend_from_slice(body);
+        self.send(&p);
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn publish_qos2(&mut self, mid: u16, topic: &str, payload: &[u8], dup: bool) {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&mid.to_be_bytes());
+        body.extend_from_slice(payload);
+        self.packet(if dup { 0x3C } else { 0x34 }, &body);
+    }
+
+    /// The next packet: its type byte and body.
+    fn read(&mut self) -> (u8, Vec<u8>) {
+        let mut byte = [0u8; 1];
+        self.stream.read_exact(&mut byte).unwrap();
+        let kind = byte[0];
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            self.stream.read_exact(&mut byte).unwrap();
+            len |= ((byte[0] & 0x7F) as usize) << shift;
+            shift += 7;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).unwrap();
+        (kind, body)
+    }
+
+    fn expect(&mut self, kind: u8, mid: u16, what: &str) {
+        let (k, body) = self.read();
+        assert_eq!(
+            (k & 0xF0, body.get(..2)),
+            (kind, Some(&mid.to_be_bytes()[..])),
+            "{what}"
+        );
+    }
+}
