@@ -29,13 +29,21 @@ fn wait_posted(node: &DevNode, user: &str, needle: &str) {
 
 /// Receives until `last` arrives (or the time is up); every payload received, in order.
 fn receive_until(sub: &Mqtt, last: &str, timeout: Duration) -> Vec<String> {
+    receive_from(|t| sub.recv(t).map(|m| m.payload), last, timeout)
+}
+
+fn receive_from(
+    recv: impl Fn(Duration) -> Option<Vec<u8>>,
+    last: &str,
+    timeout: Duration,
+) -> Vec<String> {
     let deadline = Instant::now() + timeout;
     let mut got = Vec::new();
     while Instant::now() < deadline {
-        let Some(m) = sub.recv(Duration::from_millis(200)) else {
+        let Some(payload) = recv(Duration::from_millis(200)) else {
             continue;
         };
-        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        let text = String::from_utf8_lossy(&payload).into_owned();
         let done = text == last;
         got.push(text);
         if done {
@@ -93,7 +101,7 @@ on_both_brokers! {
         b.stop(); // Mosquitto writes its persistence file
         let b = Broker::start_on(d, "b", &b_conf, port);
         b.wait_ready();
-        b.wait_log("interest of the last run taken up: 1 sessions (1 persistent, restored by the broker)", T);
+        b.wait_log("interest of the last run taken up: 1 sessions, 1 persistent, 1 restored by the broker (clean stop)", T);
         wait_interest(&node, "bob", "r/#");
         let publ = Mqtt::connect(a.port, "pub-a", true);
         publ.publish("r/1", b"for the restored session", QoS::AtLeastOnce, false);
@@ -234,15 +242,20 @@ fn killed_and_restarted(kind: Sessions) {
     wait_posted(&node, "alice", &format!("m{}", BEFORE + DOWN - 1));
     let b = Broker::start_on(d, "b", &b_conf, port);
     b.wait_ready();
-    let sub = Mqtt::connect(b.port, "receiver", clean);
-    if kind != Sessions::MosquittoPersistence {
-        assert!(sub.subscribe("k/#", QoS::AtLeastOnce));
+    let sub = Resuming::connect(b.port, "receiver", clean);
+    let resubscribed = !sub.session_present;
+    if resubscribed {
+        sub.subscribe("k/#");
     }
     let total = BEFORE + DOWN + AFTER;
     for i in BEFORE + DOWN..total {
         publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
     }
-    let got = receive_until(&sub, &format!("m{}", total - 1), Duration::from_secs(40));
+    let got = receive_from(
+        |t| sub.messages.recv_timeout(t).ok(),
+        &format!("m{}", total - 1),
+        Duration::from_secs(40),
+    );
     let mut counts = vec![0usize; total];
     for g in &got {
         if let Some(n) = g
@@ -257,8 +270,9 @@ fn killed_and_restarted(kind: Sessions) {
     let duplicates: usize = counts.iter().map(|c| c.saturating_sub(1)).sum();
     let replayed = (0..BEFORE).filter(|n| counts[*n] > 0).count();
     eprintln!(
-        "{kind:?} on {:?}: received {} after the restart, {} missing, {duplicates} duplicates, {replayed} from before the kill again",
+        "{kind:?} on {:?} (session present: {}): received {} after the restart, {} missing, {duplicates} duplicates, {replayed} from before the kill again",
         broker_version(),
+        sub.session_present,
         got.len(),
         missing.len()
     );
@@ -270,6 +284,61 @@ fn killed_and_restarted(kind: Sessions) {
         &missing[..missing.len().min(20)],
         b.log_text()
     );
+}
+
+/// A client that does what real ones do after reconnecting: it subscribes again only when the broker
+/// says it lost the session (CONNACK's session-present flag).
+struct Resuming {
+    client: rumqttc::Client,
+    session_present: bool,
+    messages: std::sync::mpsc::Receiver<Vec<u8>>,
+    subacks: std::sync::mpsc::Receiver<()>,
+}
+
+impl Resuming {
+    fn connect(port: u16, id: &str, clean: bool) -> Resuming {
+        use rumqttc::{Event, Packet};
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(clean);
+        let (client, mut connection) = rumqttc::Client::new(opts, 1024);
+        let (ctx, connack) = std::sync::mpsc::channel();
+        let (mtx, messages) = std::sync::mpsc::channel();
+        let (stx, subacks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                        let _ = ctx.send(a.session_present);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = mtx.send(p.payload.to_vec());
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = stx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let session_present = connack
+            .recv_timeout(Duration::from_secs(10))
+            .expect("CONNACK");
+        Resuming {
+            client,
+            session_present,
+            messages,
+            subacks,
+        }
+    }
+
+    fn subscribe(&self, filter: &str) {
+        self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        self.subacks
+            .recv_timeout(Duration::from_secs(10))
+            .expect("SUBACK");
+    }
 }
 
 /// A few bytes of MQTT 3.1.1 over TCP, to send what a library would not (a DUP retransmission).

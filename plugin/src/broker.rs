@@ -7,10 +7,10 @@
 use crate::access::{self, AclAnswer};
 use crate::bindings::*;
 use crate::config::{self, Config};
-use crate::interest::SessionEvent;
+use crate::interest::{RestoredSessions, SessionEvent};
 use crate::qos2::{self, Qos2Dedup};
 use crate::rpc::{HttpTwister, Twister};
-use crate::startup::{load_state, resolve_password};
+use crate::startup::{load_state, resolve_password, restored_sessions};
 use crate::wake::Doorbell;
 use crate::wire::Message;
 use crate::worker::{Level, ToBroker, ToWorker, WorkerHandle};
@@ -583,6 +583,25 @@ fn refuse(msg: &str) -> c_int {
     MOSQ_ERR_INVAL as c_int
 }
 
+/// Mosquitto 2.1's `mosquitto_client(id)` (absent from 2.0): whether the broker holds a session for
+/// `id`. Broker thread only.
+fn broker_holds_session_v21() -> Option<impl Fn(&str) -> bool> {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mosquitto_client".as_ptr()) };
+    if sym.is_null() {
+        return None;
+    }
+    // SAFETY: the symbol is Mosquitto 2.1's `struct mosquitto *mosquitto_client(const char *clientid)`.
+    let find: unsafe extern "C" fn(*const c_char) -> *mut mosquitto =
+        unsafe { std::mem::transmute(sym) };
+    Some(move |id: &str| {
+        CString::new(id)
+            // SAFETY: called on the broker thread (plugin init); a NUL-terminated id; the result is
+            // only compared with NULL.
+            .is_ok_and(|id| !unsafe { find(id.as_ptr()) }.is_null())
+    })
+}
+
 fn register(p: &mut Plugin, event: c_int, cb: Callback) -> bool {
     let userdata = p as *mut Plugin as *mut c_void;
     // SAFETY: `id` is the identifier the broker gave init; `p` lives (boxed) until cleanup, which
@@ -651,15 +670,14 @@ pub fn plugin_init(
             .and_then(|c| c.wake_address())
             .filter(|_| cfg.wakeup);
         let doorbell = Doorbell::new(wake, format!("mqtt-twister-wake-{}", cfg.user));
-        // Whether the broker restores its persistent sessions at start (its own persistence file).
-        let broker_keeps_sessions = broker_conf.as_ref().is_some_and(|c| c.persistence);
-        let worker = match WorkerHandle::spawn(
-            cfg.clone(),
-            make_rpc,
-            saved,
-            doorbell,
-            broker_keeps_sessions,
-        ) {
+        let persistence = broker_conf.as_ref().is_some_and(|c| c.persistence);
+        let restored = match (persistence, v21.then(broker_holds_session_v21).flatten()) {
+            (false, _) => RestoredSessions::None,
+            (true, Some(holds)) => restored_sessions(saved.as_ref(), holds),
+            // 2.0 cannot ask which it restored.
+            (true, None) => RestoredSessions::All,
+        };
+        let worker = match WorkerHandle::spawn(cfg.clone(), make_rpc, saved, doorbell, restored) {
             Ok(w) => w,
             Err(e) => return refuse(&format!("cannot start the worker thread: {e}")),
         };

@@ -36,6 +36,27 @@ struct Session {
     subs: BTreeSet<String>,
 }
 
+/// Which of the last run's persistent sessions the broker restored from its own persistence file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestoredSessions {
+    /// None: no `persistence true`.
+    None,
+    /// All of them (2.0 cannot ask which).
+    All,
+    /// These client ids (2.1's `mosquitto_client` tells).
+    Only(std::collections::HashSet<String>),
+}
+
+impl RestoredSessions {
+    pub fn holds(&self, client: &str) -> bool {
+        match self {
+            RestoredSessions::None => false,
+            RestoredSessions::All => true,
+            RestoredSessions::Only(ids) => ids.contains(client),
+        }
+    }
+}
+
 /// One client's session as kept in the state file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SavedSession {
@@ -53,6 +74,8 @@ pub struct Interest {
     /// After a restart: filters of the previous run's sessions the broker does not hold now, which
     /// come back if their clients subscribe again. Wanted "maybe" until `forget_returning`.
     returning: BTreeSet<String>,
+    /// Filters of `returning` a subscription brought back since `take_returned`.
+    returned: Vec<String>,
 }
 
 impl Interest {
@@ -63,31 +86,32 @@ impl Interest {
         }
     }
 
-    /// Starts from the sessions a previous run saved. `broker_keeps_sessions`: the broker restores its
-    /// persistent sessions from its own persistence file, so their subscriptions are live now (2.0 and
-    /// 2.1 tell the plugin nothing about them). Everything else may come back: see `returning`.
-    pub fn restore(&mut self, saved: &[SavedSession], broker_keeps_sessions: bool) {
+    /// Starts from the sessions a previous run saved. `kept(client)`: the broker restored that client's
+    /// session from its own persistence file, so its subscriptions are live now (neither 2.0 nor 2.1
+    /// tells a plugin about them). `certain`: the broker restored them as they were at our last save (a
+    /// clean stop); after a crash it may have lost what changed since its last autosave, so they are
+    /// also waited for as for everything else of the last run: see `returning`.
+    pub fn restore(&mut self, saved: &[SavedSession], kept: &dyn Fn(&str) -> bool, certain: bool) {
+        let mut maybe_back = BTreeSet::new();
         for s in saved {
-            let valid = s
-                .subs
-                .iter()
-                .filter(|raw| valid_subscription(raw).is_some());
-            if s.persistent && broker_keeps_sessions {
-                for raw in valid {
+            let live = s.persistent && kept(&s.client);
+            for raw in s.subs.iter() {
+                let Some(f) = valid_subscription(raw) else {
+                    continue;
+                };
+                if live {
                     self.add(&s.client, raw, true);
                 }
-            } else {
-                for raw in valid {
-                    if let Some(f) = topic::strip_shared(raw) {
-                        self.returning.insert(f.to_string());
-                    }
+                if !live || !certain {
+                    maybe_back.insert(f.to_string());
                 }
             }
         }
-        let live: Vec<String> = self.counts.keys().cloned().collect();
-        for f in live {
-            self.returning.remove(&f);
+        if certain {
+            maybe_back.retain(|f| !self.counts.contains_key(f));
         }
+        self.returning = maybe_back;
+        self.returned.clear();
     }
 
     /// The filters that may still come back after a restart are no longer waited for. True when the
@@ -95,11 +119,17 @@ impl Interest {
     pub fn forget_returning(&mut self) -> bool {
         let before = self.filters();
         self.returning.clear();
+        self.returned.clear();
         before != self.filters()
     }
 
     pub fn has_returning(&self) -> bool {
         !self.returning.is_empty()
+    }
+
+    /// The filters of the last run that clients subscribed to again since the last call.
+    pub fn take_returned(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.returned)
     }
 
     /// Returns true when the set of filters changed.
@@ -127,7 +157,10 @@ impl Interest {
             });
         if session.subs.insert(raw.to_string()) {
             *self.counts.entry(filter.to_string()).or_insert(0) += 1;
-            self.returning.remove(filter);
+        }
+        // Subscribing again to what a restored session had: its session may have been lost.
+        if self.returning.remove(filter) {
+            self.returned.push(filter.to_string());
         }
     }
 
@@ -233,7 +266,7 @@ impl Interest {
             .any(|f| topic::matches(f, topic_name))
     }
 
-    /// No subscription matches now, but one of the previous run's may come back.
+    /// One of the previous run's subscriptions that may come back matches (wanted now or not).
     pub fn may_want(&self, topic_name: &str) -> bool {
         self.returning.iter().any(|f| topic::matches(f, topic_name))
     }

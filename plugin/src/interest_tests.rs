@@ -179,7 +179,7 @@ fn sessions_round_trip_through_the_state_file_form() {
 
     // The broker restored its persistent sessions: p1's subscriptions are live, both forms.
     let mut r = Interest::new(&[]);
-    r.restore(&saved, true);
+    r.restore(&saved, &|_| true, true);
     assert!(r.wants("a/1"));
     assert!(!r.wants("b"), "clean sessions do not survive a restart");
     assert!(r.may_want("b"), "but their clients may subscribe again");
@@ -195,7 +195,7 @@ fn sessions_round_trip_through_the_state_file_form() {
 
     // Without broker persistence every session is gone: all of it is only "may come back".
     let mut n = Interest::new(&[]);
-    n.restore(&saved, false);
+    n.restore(&saved, &|_| false, true);
     assert!(!n.wants("a/1") && n.may_want("a/1"));
     assert!(n.has_returning());
     assert!(n.forget_returning());
@@ -211,7 +211,47 @@ fn invalid_saved_subscriptions_are_ignored() {
             persistent: true,
             subs: vec!["a/#/b".into(), "$share/x".into(), "ok".into()],
         }],
+        &|_| true,
         true,
     );
     assert_eq!(r.filters(), vec!["ok"]);
+}
+
+#[test]
+fn after_a_crash_restored_sessions_are_live_and_also_waited_for() {
+    let saved = vec![
+        SavedSession {
+            client: "kept".into(),
+            persistent: true,
+            subs: vec!["a/#".into()],
+        },
+        SavedSession {
+            client: "lost".into(),
+            persistent: true,
+            subs: vec!["b/#".into()],
+        },
+    ];
+    // 2.1 asks the broker which sessions it holds; a crash leaves even those uncertain.
+    let mut r = Interest::new(&[]);
+    r.restore(&saved, &|c| c == "kept", false);
+    assert!(
+        r.wants("a/1") && r.may_want("a/1"),
+        "injected, and a copy waits"
+    );
+    assert!(!r.wants("b/1") && r.may_want("b/1"));
+    assert!(r.take_returned().is_empty());
+    // The client subscribes again (its session was lost after all): a/# is simply live.
+    sub(&mut r, "kept", true, "a/#");
+    assert!(r.wants("a/1") && !r.may_want("a/1"));
+    assert_eq!(
+        r.take_returned(),
+        vec!["a/#"],
+        "what was held for it can go now"
+    );
+    assert!(r.take_returned().is_empty());
+    // A clean stop: exact.
+    let mut r = Interest::new(&[]);
+    r.restore(&saved, &|c| c == "kept", true);
+    assert!(r.wants("a/1") && !r.may_want("a/1"));
+    assert!(r.may_want("b/1"));
 }

@@ -2,6 +2,7 @@
 //! kept out of the host layer (`broker`).
 
 use crate::config::{self, Config, PasswordSource};
+use crate::interest::RestoredSessions;
 use crate::state::Saved;
 
 /// The twisterd password, inline or the first line of `plugin_opt_rpc_password_file`.
@@ -42,4 +43,18 @@ pub fn load_state(cfg: &Config) -> Result<Option<Saved>, String> {
             .map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
     }
     Ok(saved)
+}
+
+/// Which of the last run's persistent sessions the broker restored from its persistence file (it has
+/// done so before it loads plugins), as `holds(client id)` tells.
+pub fn restored_sessions(saved: Option<&Saved>, holds: impl Fn(&str) -> bool) -> RestoredSessions {
+    RestoredSessions::Only(
+        saved
+            .map(|s| s.interest.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .filter(|s| s.persistent && holds(&s.client))
+            .map(|s| s.client.clone())
+            .collect(),
+    )
 }

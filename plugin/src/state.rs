@@ -57,6 +57,9 @@ pub struct Saved {
     /// The broker's client sessions with their subscriptions (2.0 and 2.1 tell nothing about the
     /// sessions the broker restores from its own persistence file).
     pub interest: Vec<SavedSession>,
+    /// Written by the plugin's cleanup: the broker stopped cleanly (it saved its own persistence file
+    /// just before), not crashed.
+    pub clean_stop: bool,
 }
 
 /// Where an unsent message was going.
@@ -114,7 +117,7 @@ impl Saved {
             .iter()
             .map(|s| json!({"client": s.client, "persistent": s.persistent, "subs": s.subs}))
             .collect();
-        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest})
+        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest, "clean_stop": self.clean_stop})
     }
 
     pub fn from_json(v: &Value) -> Option<Saved> {
@@ -124,6 +127,10 @@ impl Saved {
             cursors: BTreeMap::new(),
             unsent: Vec::new(),
             interest: Vec::new(),
+            clean_stop: v
+                .get("clean_stop")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
         // Absent in files of earlier versions.
         for i in v
@@ -265,6 +272,7 @@ mod tests {
             persistent: true,
             subs: vec!["a/#".into(), "$share/g/a/#".into()],
         }];
+        s.clean_stop = true;
         s.save(&path).unwrap();
         assert_eq!(Saved::load(&path).unwrap(), Some(s));
         std::fs::write(&path, b"{\"next_k\":1,\"seq\":2,\"cursors\":{}}").unwrap();

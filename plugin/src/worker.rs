@@ -10,7 +10,7 @@ use crate::config::{Config, WireFormat};
 use crate::dht::{DhtJob, DhtThread};
 use crate::drops::{Drops, Reason};
 use crate::held::Held;
-use crate::interest::{any_matches, Interest, SessionEvent};
+use crate::interest::{any_matches, Interest, RestoredSessions, SessionEvent};
 use crate::outbox::{Budget, InFlight};
 use crate::rpc::{RpcError, Twister, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME};
 use crate::state::{Cursor, Destination, Saved, Unsent};
@@ -277,7 +277,7 @@ impl WorkerHandle {
         make_rpc: impl Fn(Duration) -> Box<dyn Twister> + Send + 'static,
         saved: Option<Saved>,
         doorbell: Doorbell,
-        broker_keeps_sessions: bool,
+        restored: RestoredSessions,
     ) -> std::io::Result<Self> {
         let (to_worker, inbox) = bounded(CONTROL_CAPACITY);
         let (to_broker, from_worker) = bounded(TO_BROKER_CAPACITY);
@@ -297,7 +297,7 @@ impl WorkerHandle {
                 let dht_rpc = make_rpc(cfg.rpc_timeout + Duration::from_secs(4));
                 let dht = DhtThread::spawn(cfg.clone(), dht_rpc, dht_inbox, to_broker.clone());
                 let mut worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
-                worker.restore_interest(broker_keeps_sessions);
+                worker.restore_interest(&restored);
                 worker.doorbell = doorbell;
                 worker.run(&worker_outbound);
             })?;
@@ -425,19 +425,30 @@ impl Worker {
     }
 
     /// Takes up the subscriptions of the sessions the previous run knew (see `Interest::restore`).
-    fn restore_interest(&mut self, broker_keeps_sessions: bool) {
+    fn restore_interest(&mut self, restored: &RestoredSessions) {
+        // From now on a save is not the one of a clean stop.
+        let certain = std::mem::replace(&mut self.saved.clean_stop, false);
         let saved = std::mem::take(&mut self.saved.interest);
         if saved.is_empty() {
             return;
         }
-        self.interest.restore(&saved, broker_keeps_sessions);
+        self.interest
+            .restore(&saved, &|c| restored.holds(c), certain);
         let persistent = saved.iter().filter(|s| s.persistent).count();
+        let live = saved
+            .iter()
+            .filter(|s| s.persistent && restored.holds(&s.client))
+            .count();
+        let how = if certain {
+            "clean stop"
+        } else {
+            "no clean stop: the broker may have lost what changed since its last autosave"
+        };
         self.log(
             Level::Info,
             format!(
-                "interest of the last run taken up: {} sessions ({persistent} persistent{}); until they subscribe again, messages for the others are held up to {}s",
+                "interest of the last run taken up: {} sessions, {persistent} persistent, {live} restored by the broker ({how}); messages for the others are held up to {}s until they subscribe again",
                 saved.len(),
-                if broker_keeps_sessions { ", restored by the broker" } else { ", not kept by the broker: no persistence" },
                 RESUBSCRIBE_GRACE.as_secs()
             ),
         );
@@ -726,8 +737,13 @@ impl Worker {
         if filters_changed {
             self.interest_changed();
         }
-        let interest = &self.interest;
-        let back = self.held.take_wanted(|t| interest.wants(t));
+        let returned = self.interest.take_returned();
+        if returned.is_empty() {
+            return;
+        }
+        let back = self
+            .held
+            .take_wanted(|t| returned.iter().any(|f| crate::topic::matches(f, t)));
         for m in back {
             self.inject(m);
         }
@@ -1170,10 +1186,15 @@ impl Worker {
                         continue;
                     }
                     // Retained messages are kept even with no subscriber now, for those who come later.
-                    if m.retain || self.interest.wants(&m.topic) {
+                    let wanted = m.retain || self.interest.wants(&m.topic);
+                    let may_come_back =
+                        self.resubscribe_until.is_some() && self.interest.may_want(&m.topic);
+                    if may_come_back {
+                        // Injected too when wanted: a copy for a session the broker may have lost.
+                        self.held.hold(m.clone(), wanted);
+                    }
+                    if wanted {
                         self.inject(m);
-                    } else if self.resubscribe_until.is_some() && self.interest.may_want(&m.topic) {
-                        self.held.hold(m);
                     }
                 }
             }
@@ -1252,6 +1273,7 @@ impl Worker {
             );
         }
         self.saved.unsent = self.unsent();
+        self.saved.clean_stop = true;
         self.state_dirty = true;
         self.save_state_now();
         let c = self.counters;
