@@ -7,7 +7,7 @@
 use crate::access::{self, AclAnswer};
 use crate::bindings::*;
 use crate::config::{self, Config};
-use crate::interest::{RestoredSessions, SessionEvent};
+use crate::interest::{BrokerSessionEvent, RestoredSessions, SessionEvent};
 use crate::qos2::{self, Qos2Dedup};
 use crate::rpc::{HttpTwister, Twister};
 use crate::startup::{load_state, resolve_password, restored_sessions};
@@ -32,10 +32,9 @@ const MOSQ_ERR_QUOTA_EXCEEDED_V21: c_int = -6;
 /// clients) between loop turns; 2.0 turns at least every 100 ms and ignores the request.
 const TICK_PACE_MS: c_long = 100;
 /// Mosquitto 2.1's CONNECT and CLIENT_OFFLINE events (a persistent session's connection ended; 2.1
-/// sends DISCONNECT only when a session ends), and the DISCONNECT reason of a session taken over.
+/// sends DISCONNECT only when a session ends).
 const MOSQ_EVT_CONNECT_V21: c_int = 11;
 const MOSQ_EVT_CLIENT_OFFLINE_V21: c_int = 28;
-const MOSQ_ERR_SESSION_TAKEN_OVER_V21: c_int = 142;
 /// Items injected per TICK at most, so one tick never stalls the broker.
 const INJECT_PER_TICK: usize = 2048;
 
@@ -71,7 +70,7 @@ struct EvtTickV21 {
     future2: [*mut c_void; 4],
 }
 
-/// `struct mosquitto_evt_connect` of Mosquitto 2.1.
+/// `struct mosquitto_evt_connect` of Mosquitto 2.1 (also the start of every session event's data).
 #[repr(C)]
 struct EvtConnectV21 {
     future: *mut c_void,
@@ -321,55 +320,14 @@ unsafe extern "C" fn on_subscribe_v21(
     })
 }
 
-unsafe extern "C" fn on_disconnect(
-    _event: c_int,
+/// DISCONNECT (2.0 and 2.1), CONNECT and CLIENT_OFFLINE (2.1): what happens to a client's session.
+unsafe extern "C" fn on_session(
+    event: c_int,
     event_data: *mut c_void,
     userdata: *mut c_void,
 ) -> c_int {
-    guarded("DISCONNECT", MOSQ_ERR_SUCCESS as c_int, || {
-        // SAFETY: userdata is our Plugin; event_data is the broker's mosquitto_evt_disconnect.
-        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
-            (event_data as *const mosquitto_evt_disconnect).as_ref()
-        }) else {
-            return MOSQ_ERR_SUCCESS as c_int;
-        };
-        let Some(client) = client_id(ev.client) else {
-            return MOSQ_ERR_SUCCESS as c_int;
-        };
-        let event = if p.v21 {
-            // 2.1 sends DISCONNECT only when a session ends, or when a new connection takes it over.
-            if ev.reason == MOSQ_ERR_SESSION_TAKEN_OVER_V21 {
-                SessionEvent::TakenOver
-            } else {
-                SessionEvent::Ended
-            }
-        // SAFETY: the client pointer is valid for this call.
-        } else if unsafe { mosquitto_client_clean_session(ev.client) } {
-            // 2.0 marks a context clean before disconnecting it for a new connection with its id, so
-            // "clean" is either the end of a clean session or a takeover (Interest tells them apart
-            // by the kind it saw the session subscribe with).
-            SessionEvent::TakenOver
-        } else {
-            SessionEvent::Offline
-        };
-        if event == SessionEvent::Ended {
-            p.qos2.session_ended(&client);
-        } else {
-            p.qos2.connection_ended(&client);
-        }
-        p.send(ToWorker::Session { client, event });
-        MOSQ_ERR_SUCCESS as c_int
-    })
-}
-
-/// Mosquitto 2.1: a connection was accepted (after any takeover of its session).
-unsafe extern "C" fn on_connect_v21(
-    _event: c_int,
-    event_data: *mut c_void,
-    userdata: *mut c_void,
-) -> c_int {
-    guarded("CONNECT", MOSQ_ERR_SUCCESS as c_int, || {
-        // SAFETY: userdata is our Plugin; on 2.1 event_data is a mosquitto_evt_connect.
+    guarded("session event", MOSQ_ERR_SUCCESS as c_int, || {
+        // SAFETY: userdata is our Plugin; the data of all three events begins with (future, client).
         let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
             (event_data as *const EvtConnectV21).as_ref()
         }) else {
@@ -378,41 +336,26 @@ unsafe extern "C" fn on_connect_v21(
         let Some(client) = client_id(ev.client) else {
             return MOSQ_ERR_SUCCESS as c_int;
         };
+        let seen = if event == MOSQ_EVT_CONNECT_V21 {
+            BrokerSessionEvent::Connect
+        } else if event == MOSQ_EVT_CLIENT_OFFLINE_V21 {
+            BrokerSessionEvent::ClientOffline
+        } else {
+            // SAFETY: DISCONNECT's data is a mosquitto_evt_disconnect (future, client, reason).
+            let reason = unsafe { (event_data as *const mosquitto_evt_disconnect).as_ref() };
+            BrokerSessionEvent::Disconnect {
+                reason: reason.map_or(-1, |d| d.reason),
+            }
+        };
         // SAFETY: the client pointer is valid for this call.
-        let persistent = !unsafe { mosquitto_client_clean_session(ev.client) };
-        p.send(ToWorker::Session {
-            client,
-            event: SessionEvent::Connected {
-                persistent,
-                new_connection: true,
-            },
-        });
-        MOSQ_ERR_SUCCESS as c_int
-    })
-}
-
-/// Mosquitto 2.1: a connection ended and the broker keeps its session.
-unsafe extern "C" fn on_client_offline_v21(
-    _event: c_int,
-    event_data: *mut c_void,
-    userdata: *mut c_void,
-) -> c_int {
-    guarded("CLIENT_OFFLINE", MOSQ_ERR_SUCCESS as c_int, || {
-        // SAFETY: userdata is our Plugin; mosquitto_evt_client_offline has the layout of
-        // mosquitto_evt_disconnect (future, client, reason, future2).
-        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
-            (event_data as *const mosquitto_evt_disconnect).as_ref()
-        }) else {
-            return MOSQ_ERR_SUCCESS as c_int;
-        };
-        let Some(client) = client_id(ev.client) else {
-            return MOSQ_ERR_SUCCESS as c_int;
-        };
-        p.qos2.connection_ended(&client);
-        p.send(ToWorker::Session {
-            client,
-            event: SessionEvent::Offline,
-        });
+        let clean = unsafe { mosquitto_client_clean_session(ev.client) };
+        let event = SessionEvent::from_broker(seen, p.v21, clean);
+        match event {
+            SessionEvent::Ended => p.qos2.session_ended(&client),
+            SessionEvent::Connected { .. } => {}
+            _ => p.qos2.connection_ended(&client),
+        }
+        p.send(ToWorker::Session { client, event });
         MOSQ_ERR_SUCCESS as c_int
     })
 }
@@ -698,10 +641,10 @@ pub fn plugin_init(
         let mut ok = register(&mut p, MOSQ_EVT_MESSAGE as c_int, on_message)
             && register(&mut p, MOSQ_EVT_TICK as c_int, on_tick)
             && (!v21 || register(&mut p, MOSQ_EVT_TICK as c_int, on_tick_pace))
-            && register(&mut p, MOSQ_EVT_DISCONNECT as c_int, on_disconnect);
+            && register(&mut p, MOSQ_EVT_DISCONNECT as c_int, on_session);
         if ok && v21 {
-            ok = register(&mut p, MOSQ_EVT_CONNECT_V21, on_connect_v21)
-                && register(&mut p, MOSQ_EVT_CLIENT_OFFLINE_V21, on_client_offline_v21);
+            ok = register(&mut p, MOSQ_EVT_CONNECT_V21, on_session)
+                && register(&mut p, MOSQ_EVT_CLIENT_OFFLINE_V21, on_session);
         }
         let (via, access) = if v21 {
             ok = ok

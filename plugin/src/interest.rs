@@ -29,6 +29,45 @@ pub enum SessionEvent {
     TakenOver,
 }
 
+/// Mosquitto 2.1's DISCONNECT reason when a new connection takes the session over.
+pub const SESSION_TAKEN_OVER_V21: i32 = 142;
+
+/// A session event as the broker delivers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerSessionEvent {
+    /// 2.1 only.
+    Connect,
+    /// 2.1 only: a persistent session's connection ended.
+    ClientOffline,
+    /// 2.0: every connection end (reason -1). 2.1: a session ended, or was taken over.
+    Disconnect { reason: i32 },
+}
+
+impl SessionEvent {
+    /// What a broker event means; `clean`: the client's clean flag as the event shows it.
+    pub fn from_broker(seen: BrokerSessionEvent, v21: bool, clean: bool) -> SessionEvent {
+        match seen {
+            BrokerSessionEvent::Connect => SessionEvent::Connected {
+                persistent: !clean,
+                new_connection: true,
+            },
+            BrokerSessionEvent::ClientOffline => SessionEvent::Offline,
+            BrokerSessionEvent::Disconnect { reason } if v21 => {
+                if reason == SESSION_TAKEN_OVER_V21 {
+                    SessionEvent::TakenOver
+                } else {
+                    SessionEvent::Ended
+                }
+            }
+            // 2.0 marks a connection clean before disconnecting it for a new one with its id: "clean"
+            // is the end of a clean session or a takeover (`session` tells them apart by the kind
+            // it saw the session subscribe with).
+            BrokerSessionEvent::Disconnect { .. } if clean => SessionEvent::TakenOver,
+            BrokerSessionEvent::Disconnect { .. } => SessionEvent::Offline,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 struct Session {
     persistent: bool,

@@ -255,3 +255,32 @@ fn after_a_crash_restored_sessions_are_live_and_also_waited_for() {
     assert!(r.wants("a/1") && !r.may_want("a/1"));
     assert!(r.may_want("b/1"));
 }
+
+#[test]
+fn broker_events_mean_what_each_version_says() {
+    use BrokerSessionEvent::*;
+    let v20 = |seen, clean| SessionEvent::from_broker(seen, false, clean);
+    let v21 = |seen, clean| SessionEvent::from_broker(seen, true, clean);
+    assert_eq!(v20(Disconnect { reason: -1 }, false), SessionEvent::Offline);
+    assert_eq!(
+        v20(Disconnect { reason: -1 }, true),
+        SessionEvent::TakenOver
+    );
+    assert_eq!(
+        v21(Disconnect { reason: -1 }, false),
+        SessionEvent::Ended,
+        "expiry 0"
+    );
+    assert_eq!(
+        v21(
+            Disconnect {
+                reason: SESSION_TAKEN_OVER_V21
+            },
+            true
+        ),
+        SessionEvent::TakenOver
+    );
+    assert_eq!(v21(ClientOffline, false), SessionEvent::Offline);
+    assert_eq!(v21(Connect, true), CLEAN_21);
+    assert_eq!(v21(Connect, false), PERSISTENT_21);
+}
