@@ -1,8 +1,8 @@
 # mqtt-twister. Every target installs what it is missing (Debian packages need root or sudo).
 SHELL := bash
-.PHONY: all deps build release test demo bench profile install deb clean mosquitto-2.1
+.PHONY: all deps build release test demo demo-hosts bench profile install deb clean mosquitto-2.1
 
-DEBIAN_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients libclang-dev python3
+DEBIAN_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients libclang-dev python3 iproute2 iptables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 PLUGIN_DIR ?= /usr/lib/$(MULTIARCH)
@@ -38,6 +38,10 @@ test: build mosquitto-2.1
 
 demo: build
 	bash scripts/demo.sh
+
+# Three hosts (network namespaces, needs root), a message across, a link cut and healed.
+demo-hosts: build
+	$(SUDO) $(TARGET_DIR)/debug/demo-hosts
 
 bench: release mosquitto-2.1
 	cargo run --release -p mqtt-twister-bench -- $(BENCH_ARGS)

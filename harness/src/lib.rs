@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+pub mod hosts;
+
 pub const RPC_USER: &str = "test";
 pub const RPC_PASSWORD: &str = "test-secret";
 
@@ -321,10 +323,15 @@ pub struct Broker {
 
 /// `plugin_opt_*` lines for a broker whose Twister user is `user`, talking to `node`.
 pub fn plugin_conf(node: &DevNode, dir: &Path, user: &str, extra: &[&str]) -> String {
+    plugin_conf_url(&node.url, dir, user, extra)
+}
+
+/// The same for a node at `rpc_url` (a node in another network namespace, say).
+pub fn plugin_conf_url(rpc_url: &str, dir: &Path, user: &str, extra: &[&str]) -> String {
     let state = dir.join(format!("{user}.state"));
     let defaults = [
         format!("plugin {}", plugin_path().display()),
-        format!("plugin_opt_rpc_url {}", node.url),
+        format!("plugin_opt_rpc_url {rpc_url}"),
         format!("plugin_opt_rpc_user {RPC_USER}"),
         format!("plugin_opt_rpc_password {RPC_PASSWORD}"),
         format!("plugin_opt_user {user}"),
@@ -500,6 +507,16 @@ fn pump(
 
 impl Mqtt {
     pub fn connect(port: u16, id: &str, clean: bool) -> Mqtt {
+        Self::connect_from(None, port, id, clean)
+    }
+
+    /// Connects to 127.0.0.1:`port` inside the network namespace `netns` (see `hosts`): the client's
+    /// thread enters the namespace before it opens its socket.
+    pub fn connect_in(netns: &str, port: u16, id: &str, clean: bool) -> Mqtt {
+        Self::connect_from(Some(netns.to_string()), port, id, clean)
+    }
+
+    fn connect_from(netns: Option<String>, port: u16, id: &str, clean: bool) -> Mqtt {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(clean);
@@ -508,7 +525,15 @@ impl Mqtt {
         let (client, connection) = Client::new(opts, 256);
         let (mtx, messages) = channel();
         let (atx, acks) = channel();
-        std::thread::spawn(move || pump(connection, mtx, atx));
+        std::thread::spawn(move || {
+            if let Some(ns) = netns {
+                if let Err(e) = hosts::enter_netns(&ns) {
+                    eprintln!("cannot enter network namespace {ns}: {e}");
+                    return;
+                }
+            }
+            pump(connection, mtx, atx)
+        });
         let m = Mqtt {
             client,
             messages,
