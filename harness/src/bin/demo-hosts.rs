@@ -3,6 +3,7 @@
 //! meanwhile reaches it after the heal. Needs root. Everything it made is removed when it ends.
 
 use mqtt_twister_harness::hosts::{HostSpec, Hosts, Network};
+use mqtt_twister_harness::{with_broker_version, BrokerVersion};
 use rumqttc::QoS;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,11 @@ fn step(began: Instant, text: &str) {
 }
 
 fn main() {
+    // The system's Mosquitto (Debian's 2.0).
+    with_broker_version(BrokerVersion::V2_0, demo)
+}
+
+fn demo() {
     let began = Instant::now();
     let users = [("a", "alice"), ("b", "bob"), ("c", "carol")];
     let specs: Vec<HostSpec> = users
