@@ -13,6 +13,7 @@ pub mod drops;
 pub mod held;
 pub mod interest;
 pub mod outbox;
+pub mod private_hold;
 pub mod qos2;
 pub mod rpc;
 pub mod startup;

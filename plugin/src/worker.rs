@@ -11,8 +11,9 @@ use crate::config::{Config, WireFormat};
 use crate::dht::{DhtJob, DhtThread};
 use crate::drops::{Drops, Reason};
 use crate::held::Held;
-use crate::interest::{any_matches, Interest, RestoredSessions, SessionEvent};
+use crate::interest::{Interest, RestoredSessions, SessionEvent};
 use crate::outbox::{Budget, InFlight};
+use crate::private_hold::{interested_recipients, PrivateHold};
 use crate::rpc::{RpcError, Twister, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME};
 use crate::state::{Cursor, Destination, Saved, Unsent};
 use crate::wake::Doorbell;
@@ -84,6 +85,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Posts sent in one go before the worker looks at its inbox again.
 const POSTS_PER_FLUSH: usize = 32;
 const FETCH_WINDOW: i64 = 100;
+/// twisterd keeps this many characters of a post's text in `msg`, the rest in `msg2`.
+const POC_BRIDGE_CHARS: usize = 140;
 /// How long the worker keeps trying to send what is queued when the broker stops.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Worst-case digits for the fields of a post we cannot know in advance.
@@ -212,8 +215,8 @@ pub struct Worker {
     remote: BTreeMap<String, Vec<String>>,
     remote_known: bool,
     interest_answered: std::collections::BTreeSet<String>,
-    /// Private forwards that arrived before the recipients' interest was known.
-    held_private: Vec<Message>,
+    /// Private forwards waiting for a recipient's interest (`crate::hold`).
+    held_private: PrivateHold,
     saved: Saved,
     state_dirty: bool,
     ready: bool,
@@ -384,7 +387,7 @@ impl Worker {
             remote: BTreeMap::new(),
             remote_known: false,
             interest_answered: Default::default(),
-            held_private: Vec::new(),
+            held_private: PrivateHold::default(),
             saved: saved.unwrap_or_default(),
             state_dirty: false,
             ready: false,
@@ -447,7 +450,7 @@ impl Worker {
                 Destination::Public => &mut self.public,
                 Destination::Direct(user) => self.private.entry(user).or_default(),
                 Destination::Undecided => {
-                    self.held_private.push(msg);
+                    self.held_private.push(Instant::now(), msg);
                     self.queued += 1;
                     continue;
                 }
@@ -490,7 +493,7 @@ impl Worker {
                 item,
             }));
         }
-        out.extend(self.held_private.iter().map(|m| Unsent {
+        out.extend(self.held_private.messages().map(|m| Unsent {
             to: Destination::Undecided,
             item: wire::encode_item(m),
         }));
@@ -607,6 +610,11 @@ impl Worker {
         if !self.unfollowed.is_empty() {
             d = d.min(self.next_refollow);
         }
+        if self.remote_known {
+            if let Some(h) = self.held_private.next_deadline() {
+                d = d.min(h);
+            }
+        }
         d.max(now)
     }
 
@@ -640,6 +648,7 @@ impl Worker {
             self.follow_all();
         }
         self.end_resubscribe_grace(now);
+        self.expire_held(now);
         self.save_state();
     }
 
@@ -672,21 +681,28 @@ impl Worker {
                 self.sessions_changed(changed);
             }
             ToWorker::RemoteInterest { user, filters } => {
-                self.interest_answered.insert(user.clone());
+                let first = self.interest_answered.insert(user.clone());
+                if first || self.remote.get(&user) != filters.as_ref() {
+                    let what = match &filters {
+                        Some(f) => format!("{f:?}"),
+                        None => "none published".into(),
+                    };
+                    self.log(Level::Info, format!("interest of recipient {user}: {what}"));
+                }
                 match filters {
                     Some(f) => self.remote.insert(user, f),
                     None => self.remote.remove(&user),
                 };
-                if !self.remote_known
+                let now_known = !self.remote_known
                     && self
                         .private_recipients()
                         .iter()
-                        .all(|u| self.interest_answered.contains(u))
-                {
+                        .all(|u| self.interest_answered.contains(u));
+                if now_known {
                     self.remote_known = true;
-                    for msg in std::mem::take(&mut self.held_private) {
-                        self.enqueue_private(&msg);
-                    }
+                }
+                if self.remote_known {
+                    self.route_held(now_known);
                 }
             }
             ToWorker::Shutdown | ToWorker::Wake => {}
@@ -715,6 +731,17 @@ impl Worker {
             WireFormat::V1 => wire::encode_item(msg),
             WireFormat::Poc => wire::encode_poc(msg),
         }
+    }
+
+    /// Encodes a message about to be queued; in the poc format, says when the 2014 bridge will lose it.
+    fn encode_for_posting(&mut self, msg: &Message) -> String {
+        let item = self.encode(msg);
+        let chars = item.chars().count();
+        if self.cfg.wire_format == WireFormat::Poc && chars > POC_BRIDGE_CHARS {
+            let detail = format!("a message on {} as a post of {chars} characters: twisterd splits it into msg + msg2 and the 2014 bridge reads only msg, so it is lost there (plugin_opt_wire_format poc)", msg.topic);
+            self.drop_message(Reason::SplitForThe2014Bridge, detail);
+        }
+        item
     }
 
     fn make_room(&mut self, topic: &str) -> bool {
@@ -749,7 +776,7 @@ impl Worker {
             .iter()
             .any(|f| crate::topic::matches(f, &msg.topic));
         if public && self.make_room(&msg.topic) {
-            let item = self.encode(&msg);
+            let item = self.encode_for_posting(&msg);
             self.public.items.push_back(item);
             self.public.since.get_or_insert_with(Instant::now);
             self.queued += 1;
@@ -762,34 +789,28 @@ impl Worker {
             .any(|r| crate::topic::matches(&r.filter, &msg.topic))
         {
             if self.remote_known {
-                self.enqueue_private(&msg);
+                self.enqueue_private(msg);
             } else if self.make_room(&msg.topic) {
-                self.held_private.push(msg);
-                self.queued += 1;
+                self.hold_private(msg);
             }
         }
     }
 
-    fn enqueue_private(&mut self, msg: &Message) {
-        let mut recipients: Vec<String> = Vec::new();
-        for rule in &self.cfg.private {
-            if !crate::topic::matches(&rule.filter, &msg.topic) {
-                continue;
-            }
-            for u in &rule.users {
-                let interested = self
-                    .remote
-                    .get(u)
-                    .is_some_and(|f| any_matches(f, &msg.topic));
-                if interested && !recipients.contains(u) {
-                    recipients.push(u.clone());
-                }
-            }
-        }
+    /// Queues a private forward for each listed recipient whose interest matches; with none, holds it
+    /// for a while and reads the recipients' interest again at once.
+    fn enqueue_private(&mut self, msg: Message) {
+        let recipients = interested_recipients(&self.cfg.private, &self.remote, &msg.topic);
         if recipients.is_empty() {
+            if self.make_room(&msg.topic) {
+                self.hold_private(msg);
+            }
             return;
         }
-        let item = self.encode(msg);
+        self.enqueue_to(&msg, recipients);
+    }
+
+    fn enqueue_to(&mut self, msg: &Message, recipients: Vec<String>) {
+        let item = self.encode_for_posting(msg);
         for u in recipients {
             if !self.make_room(&msg.topic) {
                 return;
@@ -799,6 +820,56 @@ impl Worker {
             q.since.get_or_insert_with(Instant::now);
             self.queued += 1;
             self.counters.forwarded += 1;
+        }
+    }
+
+    /// Room was made for it: it counts as queued while held.
+    fn hold_private(&mut self, msg: Message) {
+        self.queued += 1;
+        if self.held_private.push(Instant::now(), msg) {
+            self.reread_interest();
+        }
+    }
+
+    fn reread_interest(&mut self) {
+        let recipients = self.private_recipients();
+        if !recipients.is_empty() {
+            self.dht.send(DhtJob::ReadInterest(recipients));
+        }
+    }
+
+    /// Routes the held messages some recipient now wants; the others wait on (`restart`: their grace
+    /// period starts now, the interest having just become known).
+    fn route_held(&mut self, restart: bool) {
+        let now = Instant::now();
+        for (since, msg) in self.held_private.take_all() {
+            let recipients = interested_recipients(&self.cfg.private, &self.remote, &msg.topic);
+            if recipients.is_empty() {
+                self.held_private
+                    .keep(if restart { now } else { since }, msg);
+                continue;
+            }
+            self.queued = self.queued.saturating_sub(1);
+            self.enqueue_to(&msg, recipients);
+        }
+    }
+
+    /// Drops the held messages whose grace period ended; reads the interest again when due.
+    fn expire_held(&mut self, now: Instant) {
+        if !self.remote_known {
+            return;
+        }
+        for msg in self.held_private.expired(now) {
+            self.queued = self.queued.saturating_sub(1);
+            let detail = format!(
+                "a private message on {}: no listed recipient's published interest matched it within {:?}",
+                msg.topic,
+                crate::private_hold::GRACE
+            );
+            self.drop_message(Reason::NoRecipientInterested, detail);
+        }
+        if self.held_private.reread_due(now) {
+            self.reread_interest();
         }
     }
 

@@ -1,0 +1,178 @@
+//! Private forwards that no listed recipient's known interest matches yet. A recipient's interest is
+//! read from its Twister profile every plugin_opt_interest_refresh_ms; a subscription made there just
+//! after the last read would lose every message until the next one. So such a message is held for a
+//! bounded grace period while the recipients' interest is read again at once (and every REREAD_EVERY
+//! while messages are held); it is routed as soon as an interest matches, or dropped and counted when
+//! the grace period ends.
+
+use crate::config::PrivateRule;
+use crate::interest::any_matches;
+use crate::topic;
+use crate::wire::Message;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// How long a private message waits for a recipient's interest.
+pub const GRACE: Duration = Duration::from_secs(10);
+/// How often the recipients' interest is read again while messages wait.
+pub const REREAD_EVERY: Duration = Duration::from_secs(1);
+
+/// The recipients of `topic` (listed by a rule matching it) whose published interest matches it.
+pub fn interested_recipients(
+    rules: &[PrivateRule],
+    remote: &BTreeMap<String, Vec<String>>,
+    topic_name: &str,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for rule in rules
+        .iter()
+        .filter(|r| topic::matches(&r.filter, topic_name))
+    {
+        for u in &rule.users {
+            let interested = remote.get(u).is_some_and(|f| any_matches(f, topic_name));
+            if interested && !out.contains(u) {
+                out.push(u.clone());
+            }
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+pub struct PrivateHold {
+    items: VecDeque<(Instant, Message)>,
+    next_reread: Option<Instant>,
+}
+
+impl PrivateHold {
+    /// Holds `msg`; true when the recipients' interest should be read again now.
+    pub fn push(&mut self, now: Instant, msg: Message) -> bool {
+        self.items.push_back((now, msg));
+        self.reread_due(now)
+    }
+
+    /// Puts back a message taken out, keeping the time it has waited.
+    pub fn keep(&mut self, since: Instant, msg: Message) {
+        self.items.push_back((since, msg));
+    }
+
+    /// True (once per REREAD_EVERY) while messages wait.
+    pub fn reread_due(&mut self, now: Instant) -> bool {
+        if self.items.is_empty() || self.next_reread.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.next_reread = Some(now + REREAD_EVERY);
+        true
+    }
+
+    /// Every held message, oldest first, with the time it was held.
+    pub fn take_all(&mut self) -> Vec<(Instant, Message)> {
+        self.items.drain(..).collect()
+    }
+
+    /// The messages that waited GRACE or longer, taken out.
+    pub fn expired(&mut self, now: Instant) -> Vec<Message> {
+        let mut out = Vec::new();
+        while self
+            .items
+            .front()
+            .is_some_and(|(since, _)| now.saturating_duration_since(*since) >= GRACE)
+        {
+            if let Some((_, m)) = self.items.pop_front() {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// When `expired` or `reread_due` will next have something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let (since, _) = self.items.front()?;
+        let expiry = *since + GRACE;
+        Some(self.next_reread.map_or(expiry, |r| r.min(expiry)))
+    }
+
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        self.items.iter().map(|(_, m)| m)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: b"x".to_vec(),
+            qos: 1,
+            retain: false,
+        }
+    }
+
+    fn rules() -> Vec<PrivateRule> {
+        vec![PrivateRule {
+            filter: "doors/#".into(),
+            users: vec!["bob".into(), "carol".into()],
+        }]
+    }
+
+    #[test]
+    fn only_listed_recipients_whose_interest_matches_are_chosen() {
+        let mut remote = BTreeMap::new();
+        remote.insert("bob".to_string(), vec!["doors/+".to_string()]);
+        remote.insert("carol".to_string(), vec!["windows/#".to_string()]);
+        remote.insert("dave".to_string(), vec!["#".to_string()]);
+        assert_eq!(
+            interested_recipients(&rules(), &remote, "doors/front"),
+            vec!["bob"]
+        );
+        assert!(interested_recipients(&rules(), &remote, "doors/a/b").is_empty());
+        assert!(
+            interested_recipients(&rules(), &remote, "lights/1").is_empty(),
+            "no rule"
+        );
+    }
+
+    #[test]
+    fn held_messages_ask_for_a_reread_at_once_then_at_most_every_interval() {
+        let mut h = PrivateHold::default();
+        let t0 = Instant::now();
+        assert!(!h.reread_due(t0), "nothing held: nothing to read");
+        assert!(h.push(t0, msg("doors/1")), "read again at once");
+        assert!(!h.push(t0, msg("doors/2")));
+        assert!(!h.reread_due(t0 + REREAD_EVERY / 2));
+        assert!(h.reread_due(t0 + REREAD_EVERY));
+        assert_eq!(h.next_deadline(), Some(t0 + 2 * REREAD_EVERY));
+    }
+
+    #[test]
+    fn a_held_message_waits_the_grace_period_then_expires_in_order() {
+        let mut h = PrivateHold::default();
+        let t0 = Instant::now();
+        h.push(t0, msg("doors/1"));
+        h.push(t0 + Duration::from_secs(3), msg("doors/2"));
+        assert!(h.expired(t0 + GRACE - Duration::from_millis(1)).is_empty());
+        let gone = h.expired(t0 + GRACE);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].topic, "doors/1");
+        assert_eq!(h.len(), 1);
+        // Taken out to be routed, one put back keeps its age.
+        let all = h.take_all();
+        assert!(h.is_empty());
+        let (since, m) = all.into_iter().next().unwrap();
+        h.keep(since, m);
+        assert_eq!(
+            h.expired(t0 + Duration::from_secs(3) + GRACE)[0].topic,
+            "doors/2"
+        );
+    }
+}
