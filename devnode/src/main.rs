@@ -93,7 +93,17 @@ fn run(o: Options) -> Result<(), String> {
         None => None,
     };
     let state = match &store {
-        Some(s) => s.load().map_err(|e| e.to_string())?,
+        Some(s) => {
+            let (state, unreadable) = s.load().map_err(|e| e.to_string())?;
+            if unreadable > 0 {
+                log(
+                    LogLevel::Error,
+                    o.log_level,
+                    &format!("{unreadable} unreadable lines of the pieces log skipped"),
+                );
+            }
+            state
+        }
         None => Default::default(),
     };
     let mut node = Node::new(state, o.blocks, o.spam_interval_s);

@@ -55,6 +55,8 @@ pub struct WalletUser {
 
 #[derive(Serialize, Deserialize, Clone, Default)]
 pub struct Torrent {
+    /// Absent from the data directory's snapshot: pieces are kept in its append-only log.
+    #[serde(default)]
     pub pieces: BTreeMap<i64, Piece>,
     /// `k` of the author's newest public post: the next post's `lastk`.
     pub lastk: Option<i64>,
@@ -130,6 +132,8 @@ pub struct Node {
     peers: Option<std::sync::mpsc::Sender<Update>>,
     /// Peer connections open now (getinfo's `connections`).
     pub peer_connections: usize,
+    /// With a data directory: pieces stored since the last write, for its append-only log.
+    pub journal: Option<Vec<(String, i64)>>,
 }
 
 pub fn unix_now() -> i64 {
@@ -177,7 +181,8 @@ pub static METHODS: &[Method] = &[
     method!("help", 0, 1, false, help, "help [command]\nList commands, or get help for a command."),
     method!("listwalletusers", 0, 0, false, listwalletusers, "listwalletusers\nlist wallet users"),
     method!("newdirectmsg", 4, 5, true, newdirectmsg, "newdirectmsg <from> <k> <to> <msg> [copy_self=false]\nPost a new dm to swarm.\nif copy_self true will increase k twice (two DMs)."),
-    method!("newpostmsg", 3, 5, true, newpostmsg, "newpostmsg <username> <k> <msg> [reply_n] [reply_k]\nPost a new message to swarm"),
+    // Stores only a piece (the data directory's log has it): no snapshot of the rest needed.
+    method!("newpostmsg", 3, 5, false, newpostmsg, "newpostmsg <username> <k> <msg> [reply_n] [reply_k]\nPost a new message to swarm"),
     method!("rescandirectmsgs", 1, 1, true, rescandirectmsgs, "rescandirectmsgs <username>\nrescan all streams of users we follow for new and old directmessages"),
     method!("sendnewusertransaction", 1, 1, true, sendnewusertransaction, "sendnewusertransaction <username>\nSend a transaction registering a previously created new user\nusing createwalletuser or imported with importprivkey\nreturns transaction id"),
     method!("setgenerate", 1, 2, true, setgenerate, "setgenerate <generate> [genproclimit]\n<generate> is true or false to turn generation on or off.\nOn this node (as on regtest) true mines one block at once."),
@@ -229,6 +234,7 @@ impl Node {
             generation: 0,
             peers: None,
             peer_connections: 0,
+            journal: None,
         }
     }
 
@@ -731,6 +737,11 @@ impl Node {
             self.counters.posts_stored += 1;
         } else {
             self.counters.dms_stored += 1;
+        }
+        // Pieces go to the data directory's append-only log, not the snapshot (see `store`).
+        self.generation += 1;
+        if let Some(j) = &mut self.journal {
+            j.push((user.to_string(), k));
         }
         true
     }

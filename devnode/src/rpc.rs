@@ -13,44 +13,88 @@ use std::time::Instant;
 pub struct Shared {
     pub node: Mutex<Node>,
     pub faults: Mutex<Faults>,
-    /// With -datadir: where the state goes, and the generation last written there.
-    durable: Option<(Store, Mutex<u64>)>,
+    /// With -datadir: where the state goes, and what was written there.
+    durable: Option<(Store, Mutex<Saved>)>,
+}
+
+#[derive(Default)]
+struct Saved {
+    /// The node's generation last on disk.
+    generation: u64,
+    /// Pieces' log lines not yet written (kept across a failed write).
+    pending: Vec<String>,
 }
 
 impl Shared {
-    pub fn new(node: Node, store: Option<Store>) -> Self {
+    pub fn new(mut node: Node, store: Option<Store>) -> Self {
+        if store.is_some() {
+            node.journal = Some(Vec::new());
+        }
         Shared {
             node: Mutex::new(node),
             faults: Mutex::new(Faults::default()),
-            durable: store.map(|s| (s, Mutex::new(0))),
+            durable: store.map(|s| (s, Mutex::new(Saved::default()))),
         }
     }
 
-    /// Writes the state if it changed since the last write, and returns once it is on disk. Called
-    /// before a reply is sent (so what a call changed survives kill -9 once answered) and every
-    /// flush interval (for what peers sent). Concurrent callers share one write (group commit).
+    /// Writes what changed since the last write (new pieces appended to the log; the snapshot when
+    /// anything else changed) and returns once it is on disk. Called before a reply is sent, so what
+    /// a call changed survives kill -9 once answered, and every flush interval (for what peers sent).
+    /// Concurrent callers share one write (group commit).
     pub fn make_durable(&self) -> Result<(), String> {
         let Some((store, saved)) = &self.durable else {
             return Ok(());
         };
         let mut saved = saved.lock().unwrap_or_else(|p| p.into_inner());
-        let (generation, bytes) = {
+        let (generation, snapshot) = {
             let mut node = self.node();
-            if node.generation <= *saved {
+            if node.generation <= saved.generation {
                 return Ok(());
             }
-            node.dirty = false;
-            (node.generation, serde_json::to_vec(&node.state))
+            let fresh = node
+                .journal
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            for (user, k) in fresh {
+                let piece = node
+                    .state
+                    .torrents
+                    .get(&user)
+                    .and_then(|t| t.pieces.get(&k));
+                if let Some(line) = piece.and_then(|p| crate::store::piece_line(&user, k, p).ok()) {
+                    saved.pending.push(line);
+                }
+            }
+            let snapshot = if node.dirty {
+                node.dirty = false;
+                Some(crate::store::snapshot_bytes(&node.state))
+            } else {
+                None
+            };
+            (node.generation, snapshot)
         };
-        let result = match bytes {
-            Ok(b) => store.save_bytes(&b).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(()) => *saved = generation,
-            Err(_) => self.node().dirty = true,
+        if !saved.pending.is_empty() {
+            if let Err(e) = store.append(&saved.pending) {
+                if snapshot.is_some() {
+                    self.node().dirty = true;
+                }
+                return Err(e.to_string());
+            }
+            saved.pending.clear();
         }
-        result
+        if let Some(bytes) = snapshot {
+            let result = match bytes {
+                Ok(b) => store.save_bytes(&b).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = result {
+                self.node().dirty = true;
+                return Err(e);
+            }
+        }
+        saved.generation = generation;
+        Ok(())
     }
 
     /// A panic while holding the lock must not take the node down: the state is only ever changed

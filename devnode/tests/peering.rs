@@ -289,12 +289,29 @@ fn what_a_call_changed_is_on_disk_before_it_is_answered() {
     for k in 1..=20 {
         n.ok("newpostmsg", json!(["alice", k, format!("post {k}")]));
     }
+    n.ok(
+        "newdirectmsg",
+        json!(["alice", 21, "alice", "note to self"]),
+    );
+    n.ok(
+        "dhtput",
+        json!(["alice", "profile", "s", {"bio": "kept"}, "alice", 1]),
+    );
     n.signal(libc::SIGKILL);
     n.wait();
     let n = Node::start(&args);
-    assert_eq!(last_have(&n, "alice", "alice"), 20);
+    assert_eq!(last_have(&n, "alice", "alice"), 21);
     let posts: Value = n.ok("getposts", json!([100, [{"username": "alice"}]]));
     assert_eq!(posts.as_array().unwrap().len(), 20);
+    let dms = n.ok(
+        "getdirectmsgs",
+        json!(["alice", 10, [{"username": "alice"}]]),
+    );
+    assert_eq!(dms["alice"][0]["text"], json!("note to self"));
+    assert_eq!(
+        n.ok("dhtget", json!(["alice", "profile", "s"]))[0]["p"]["v"]["bio"],
+        json!("kept")
+    );
 }
 
 #[test]

@@ -151,7 +151,9 @@ impl Node {
     pub fn apply_update(&mut self, u: &Update) -> Result<bool, String> {
         let changed = match u {
             Update::Chain(c) => self.merge_chain(c)?,
-            Update::Piece { user, k, piece } => self.merge_piece(user, *k, piece)?,
+            // A stored piece counts itself for the data directory's log (`store_piece`); a DM it
+            // delivers changes a conversation, which the snapshot holds.
+            Update::Piece { user, k, piece } => return self.merge_piece(user, *k, piece),
             Update::Dht { key, items } => self.merge_dht(key, items)?,
         };
         if changed {
@@ -223,8 +225,8 @@ impl Node {
             return Ok(false);
         }
         // A DM reaches a wallet user here who follows the sender, as twisterd decrypts it on arrival.
-        if piece.dm.is_some() && self.started.contains(user) {
-            self.deliver_dm(user, k);
+        if piece.dm.is_some() && self.started.contains(user) && self.deliver_dm(user, k) {
+            self.touch();
         }
         Ok(true)
     }
