@@ -285,6 +285,126 @@ mod tests {
         assert!(!in_ranges(&[], 0));
     }
 
+    fn chain(height: i64, registered: &[(&str, i64)], mempool: &[&str]) -> Update {
+        Update::Chain(ChainView {
+            height,
+            registered: registered
+                .iter()
+                .map(|(u, h)| (u.to_string(), *h))
+                .collect(),
+            mempool: mempool.iter().map(|u| u.to_string()).collect(),
+        })
+    }
+
+    fn fresh() -> Node {
+        Node::new(Default::default(), crate::node::Blocks::Manual, 0)
+    }
+
+    #[test]
+    fn chains_converge_whatever_the_order() {
+        let updates = [
+            chain(5, &[("alice", 2)], &["bob"]),
+            chain(9, &[("alice", 3), ("bob", 7)], &[]),
+            chain(4, &[("carol", 4)], &["dave", "bob"]),
+        ];
+        let mut one = fresh();
+        let mut two = fresh();
+        for u in &updates {
+            one.apply_update(u).unwrap();
+        }
+        for u in updates.iter().rev() {
+            two.apply_update(u).unwrap();
+        }
+        for n in [&one, &two] {
+            assert_eq!(n.state.height, 9, "the highest height");
+            assert_eq!(n.state.registered["alice"], 2, "the earliest registration");
+            assert_eq!(n.state.registered["bob"], 7);
+            assert_eq!(
+                n.state.mempool,
+                vec!["dave"],
+                "registered users leave the mempool"
+            );
+        }
+        // Nothing new: no change reported, so nothing is passed on again.
+        assert!(!one.apply_update(&updates[1]).unwrap());
+        assert!(one.apply_update(&chain(-1, &[], &[])).is_err());
+        assert!(one.apply_update(&chain(10, &[("No Way", 1)], &[])).is_err());
+    }
+
+    fn dht(key: &str, seq: i64, v: &str) -> Update {
+        Update::Dht {
+            key: key.into(),
+            items: vec![DhtItem {
+                p: serde_json::json!({"seq": seq, "v": v}),
+                sig_p: String::new(),
+                sig_user: "alice".into(),
+                time: seq,
+            }],
+        }
+    }
+
+    #[test]
+    fn dht_single_values_keep_the_highest_seq_and_multi_lists_the_union() {
+        let mut n = fresh();
+        let key = "alice\0profile\0s";
+        assert!(n.apply_update(&dht(key, 2, "two")).unwrap());
+        assert!(!n.apply_update(&dht(key, 1, "one")).unwrap());
+        assert_eq!(n.state.dht[key][0].p["v"], "two");
+        let multi = "alice\0tags\0m";
+        assert!(n.apply_update(&dht(multi, 0, "x")).unwrap());
+        assert!(n.apply_update(&dht(multi, 0, "y")).unwrap());
+        assert!(!n.apply_update(&dht(multi, 0, "x")).unwrap());
+        assert_eq!(n.state.dht[multi].len(), 2);
+        assert!(n.apply_update(&dht("alice\0profile\0q", 1, "bad")).is_err());
+    }
+
+    #[test]
+    fn a_digest_asks_for_exactly_the_missing_pieces() {
+        let mut n = fresh();
+        for k in [0, 1, 2, 5] {
+            let piece = Piece {
+                post: serde_json::json!({"k": k}),
+                flags: 0,
+                time: 1,
+                arrival: 0,
+                dm: None,
+            };
+            n.apply_update(&Update::Piece {
+                user: "alice".into(),
+                k,
+                piece,
+            })
+            .unwrap();
+        }
+        let mut theirs = Digest::default();
+        theirs.have.insert("alice".into(), vec![(0, 1)]);
+        let sent: Vec<i64> = n
+            .missing_from(&theirs)
+            .iter()
+            .filter_map(|u| match u {
+                Update::Piece { k, .. } => Some(*k),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![2, 5]);
+        // The first piece under a number stays, as on the network.
+        let other = Piece {
+            post: serde_json::json!({"k": "other"}),
+            flags: 0,
+            time: 1,
+            arrival: 0,
+            dm: None,
+        };
+        let u = Update::Piece {
+            user: "alice".into(),
+            k: 0,
+            piece: other,
+        };
+        assert!(!n.apply_update(&u).unwrap());
+        assert_eq!(n.state.torrents["alice"].pieces[&0].post["k"], 0);
+        assert_eq!(n.state.torrents["alice"].lastk, Some(5));
+    }
+
     #[test]
     fn dht_keys_are_checked() {
         assert!(valid_dht_key("alice\0profile\0s"));
