@@ -1,6 +1,6 @@
 # mqtt-twister. Every target installs what it is missing (Debian packages need root or sudo).
 SHELL := bash
-.PHONY: all deps build release test demo demo-hosts bench profile install deb clean mosquitto-2.1
+.PHONY: all deps build release test fuzz demo demo-hosts bench profile install deb clean mosquitto-2.1
 
 DEBIAN_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients libclang-dev python3 iproute2 iptables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -35,6 +35,11 @@ test: build mosquitto-2.1
 	@mkdir -p $(TARGET_DIR)
 	set -o pipefail; cargo test --workspace --lib --bins --tests 2>&1 | tee $(TARGET_DIR)/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all tests: %d passed, %d failed\n", p, f}' $(TARGET_DIR)/test.log
+
+# The network input path (post/DM decoder and fragment reassembler) over millions of generated inputs,
+# in release: MQTT_TWISTER_FUZZ_INPUTS (default 10 million), MQTT_TWISTER_FUZZ_SEED.
+fuzz: deps
+	cargo test --release -p mqtt-twister --lib fuzz_ -- --ignored --nocapture
 
 demo: build
 	bash scripts/demo.sh

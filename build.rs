@@ -25,7 +25,7 @@ fn main() {
         .header("include/mqtt_twister.h")
         .clang_arg(format!("-I{include}"))
         // Only what upstream Mosquitto 2.0 exports to plugins; anything newer is looked up at run time.
-        .allowlist_function("mosquitto_(callback_register|callback_unregister|log_printf|broker_publish|malloc|free|client_id|client_clean_session|client_protocol_version)")
+        .allowlist_function("mosquitto_(callback_register|callback_unregister|log_printf|broker_publish|malloc|free|client_id|client_clean_session|client_protocol_version|validate_utf8|pub_topic_check)")
         .allowlist_type("mosquitto_evt_(message|acl_check|tick|disconnect)")
         .allowlist_type("mosquitto_opt|mosquitto_plugin_id_t|mosquitto_plugin_event")
         .allowlist_var("MOSQ_(ERR|ACL|LOG)_.*")

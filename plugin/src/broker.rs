@@ -11,9 +11,11 @@ use crate::interest::{BrokerSessionEvent, RestoredSessions, SessionEvent};
 use crate::qos2::{self, Qos2Dedup};
 use crate::rpc::{HttpTwister, Twister};
 use crate::startup::{load_state, resolve_password, restored_sessions};
+use crate::supervise::{WorkerHandle, STOP_WAIT};
 use crate::wake::Doorbell;
+use crate::watch::Watch;
 use crate::wire::Message;
-use crate::worker::{Level, ToBroker, ToWorker, WorkerHandle};
+use crate::worker::{Level, ToBroker, ToWorker};
 use crossbeam_channel::TrySendError;
 use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -96,6 +98,9 @@ struct Plugin {
     pace_said: bool,
     dropped_reported: u64,
     last_drop_report: Instant,
+    /// This library stays loaded whatever the broker does (`keep_library_loaded`).
+    pinned: bool,
+    watch: Watch,
 }
 
 // ----- logging -----
@@ -411,7 +416,7 @@ fn drain(p: &mut Plugin) {
     // Nothing pending costs one try_recv.
     for _ in 0..INJECT_PER_TICK {
         match p.worker.from_worker.try_recv() {
-            Ok(ToBroker::Publish(m)) => inject(m),
+            Ok(ToBroker::Publish(m)) => p.inject(m),
             Ok(ToBroker::Log(level, text)) => log_now(level, &text),
             Err(_) => break,
         }
@@ -421,20 +426,66 @@ fn drain(p: &mut Plugin) {
         log_now(
             Level::Warning,
             &format!(
-                "mqtt-twister: worker queue full, {} events dropped and {} publishes refused (quota exceeded) so far",
-                p.dropped, p.refused
+                "mqtt-twister: {}, {} events dropped and {} publishes refused (quota exceeded) so far",
+                Watch::why_dropped(p.worker.thread_ended(), p.worker.health()),
+                p.dropped,
+                p.refused
             ),
         );
         p.dropped_reported = trouble;
         p.last_drop_report = Instant::now();
     }
+    p.report_health();
 }
 
-/// Publishes a message from the network into the broker. Broker thread only.
-fn inject(m: Message) {
-    let Ok(topic) = CString::new(m.topic) else {
-        return;
-    };
+/// A topic the broker would take in a PUBLISH from a client, by the broker's own checks (the ones its
+/// packet reader applies: valid MQTT UTF-8 without control characters or non-characters, no wildcard,
+/// not too long or too deep), plus ours: not empty, no `$` topic.
+fn broker_takes_topic(topic: &str) -> Result<CString, &'static str> {
+    if !crate::topic::is_injectable(topic) {
+        return Err("empty, a wildcard, NUL or a $ topic");
+    }
+    let c = CString::new(topic).map_err(|_| "NUL")?;
+    let len = c_int::try_from(topic.len()).map_err(|_| "too long")?;
+    // SAFETY: a pure function the broker exports to plugins; it reads `len` bytes of `c`, which has them.
+    if unsafe { mosquitto_validate_utf8(c.as_ptr(), len) } != MOSQ_ERR_SUCCESS as c_int {
+        return Err("not valid MQTT UTF-8: control characters, non-characters or bad encoding");
+    }
+    // SAFETY: a pure function the broker exports to plugins; it reads `c` up to its NUL.
+    if unsafe { mosquitto_pub_topic_check(c.as_ptr()) } != MOSQ_ERR_SUCCESS as c_int {
+        return Err("wildcards, too long or too many levels");
+    }
+    Ok(c)
+}
+
+impl Plugin {
+    /// Publishes a message from the network into the broker when the broker would take its topic from
+    /// a client; otherwise counts and logs (rate-limited) the refusal. Broker thread only.
+    fn inject(&mut self, m: Message) {
+        match broker_takes_topic(&m.topic) {
+            Ok(topic) => publish_into_broker(topic, m),
+            Err(why) => {
+                if let Some(line) = self.watch.refused(&m.topic, why, Instant::now()) {
+                    log_now(Level::Warning, &line);
+                }
+            }
+        }
+    }
+
+    /// Says in the broker's log when the worker thread is gone or shows no sign of life.
+    fn report_health(&mut self) {
+        let ended = self.worker.thread_ended();
+        for (level, line) in self
+            .watch
+            .health_lines(ended, self.worker.health(), Instant::now())
+        {
+            log_now(level, &line);
+        }
+    }
+}
+
+/// Publishes a message into the broker. Broker thread only.
+fn publish_into_broker(topic: CString, m: Message) {
     let len = m.payload.len();
     let payload = if len == 0 {
         ptr::null_mut()
@@ -518,6 +569,29 @@ unsafe fn read_options(opts: *mut mosquitto_opt, count: c_int) -> Vec<(String, S
 fn is_mosquitto_21() -> bool {
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
     !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mosquitto_plugin_set_info".as_ptr()) }.is_null()
+}
+
+/// Keeps this library mapped for the life of the process, so that a worker left behind at cleanup
+/// (stuck on twisterd) never runs code the broker has unloaded: the library opens itself again with
+/// RTLD_NODELETE, found through dladdr. False when that failed.
+fn keep_library_loaded() -> bool {
+    // SAFETY: Dl_info is plain C data, for which all zeroes is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let here = keep_library_loaded as *const c_void;
+    // SAFETY: dladdr only reads the loader's tables for an address inside this library and fills `info`.
+    if unsafe { libc::dladdr(here, &mut info) } == 0 || info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: dli_fname is the loader's NUL-terminated path of this very library, which is loaded:
+    // RTLD_NOLOAD takes one more reference to it, RTLD_NODELETE keeps it mapped after every dlclose.
+    // The handle is deliberately never closed.
+    let handle = unsafe {
+        libc::dlopen(
+            info.dli_fname,
+            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+        )
+    };
+    !handle.is_null()
 }
 
 fn refuse(msg: &str) -> c_int {
@@ -637,7 +711,12 @@ pub fn plugin_init(
             pace_said: false,
             dropped_reported: 0,
             last_drop_report: Instant::now(),
+            pinned: keep_library_loaded(),
+            watch: Watch::new(cfg.rpc_timeout),
         });
+        if !p.pinned {
+            log_now(Level::Warning, "mqtt-twister: could not keep the library loaded: the broker's stop waits for the worker however long it takes");
+        }
         let mut ok = register(&mut p, MOSQ_EVT_MESSAGE as c_int, on_message)
             && register(&mut p, MOSQ_EVT_TICK as c_int, on_tick)
             && (!v21 || register(&mut p, MOSQ_EVT_TICK as c_int, on_tick_pace))
@@ -657,7 +736,7 @@ pub fn plugin_init(
         };
         if !ok {
             unregister_all(&mut p);
-            p.worker.stop();
+            p.worker.stop(STOP_WAIT);
             return refuse("the broker refused to register a callback");
         }
         log_now(
@@ -685,12 +764,17 @@ pub fn plugin_cleanup(userdata: *mut c_void, _opts: *mut mosquitto_opt, _count: 
         // SAFETY: the pointer plugin_init made with Box::into_raw; the broker calls cleanup once.
         let mut p = unsafe { Box::from_raw(userdata as *mut Plugin) };
         unregister_all(&mut p);
-        // The broker unloads the library right after: the worker must be gone before we return.
-        p.worker.stop();
+        // The broker unloads the library right after. A worker that does not stop in time (stuck on
+        // twisterd) is left behind, which is safe only because the library stays loaded.
+        let wait = if p.pinned { STOP_WAIT } else { Duration::MAX };
+        let stopped = p.worker.stop(wait);
         while let Ok(m) = p.worker.from_worker.try_recv() {
             if let ToBroker::Log(level, text) = m {
                 log_now(level, &text);
             }
+        }
+        if !stopped {
+            log_now(Level::Warning, &format!("mqtt-twister: the worker did not stop within {} s (waiting on twisterd?): left behind; what it had not posted is lost, and the state file may be a second old", STOP_WAIT.as_secs()));
         }
         MOSQ_ERR_SUCCESS as c_int
     })

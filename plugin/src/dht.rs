@@ -3,10 +3,12 @@
 //! it never runs on the worker's post and poll path.
 
 use crate::config::Config;
+use crate::health::{panic_text, Health};
 use crate::rpc::Twister;
 use crate::worker::{Level, ToBroker, ToWorker};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::{json, Map, Value};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -77,16 +79,42 @@ pub fn write_profile(rpc: &dyn Twister, user: &str, filters: &[String]) -> Resul
     Ok(())
 }
 
-fn serve(
+/// Runs one job; a panic in it is caught, counted and logged through the broker, and becomes an error:
+/// the thread goes on with the next job.
+fn contained<T>(
+    broker: &Sender<ToBroker>,
+    health: &Health,
+    what: &str,
+    job: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(job)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let n = health.internal_error();
+            let _ = broker.try_send(ToBroker::Log(
+                Level::Error,
+                format!(
+                    "mqtt-twister: internal error in the DHT thread while {what}: {} (internal errors so far: {n}); it goes on",
+                    panic_text(panic.as_ref())
+                ),
+            ));
+            Err("internal error (logged)".into())
+        }
+    }
+}
+
+struct Context {
     cfg: Arc<Config>,
     rpc: Box<dyn Twister>,
-    jobs: Receiver<DhtJob>,
     worker: Sender<ToWorker>,
     broker: Sender<ToBroker>,
-) {
+    health: Arc<Health>,
+}
+
+fn serve(c: Context, jobs: Receiver<DhtJob>) {
     loop {
         // Idle until the next job: no connection left open to twisterd meanwhile.
-        rpc.release_idle();
+        c.rpc.release_idle();
         let Ok(first) = jobs.recv() else { return };
         // Coalesce: only the newest profile matters, and one read of every user asked about.
         let mut write: Option<Vec<String>> = None;
@@ -100,24 +128,29 @@ fn serve(
         read.sort();
         read.dedup();
         if let Some(filters) = write {
-            let r = write_profile(rpc.as_ref(), &cfg.user, &filters);
+            let r = contained(&c.broker, &c.health, "writing our profile", || {
+                write_profile(c.rpc.as_ref(), &c.cfg.user, &filters)
+            });
             if r.is_ok() {
-                let _ = broker.try_send(ToBroker::Log(
+                let _ = c.broker.try_send(ToBroker::Log(
                     Level::Info,
                     format!("mqtt-twister: profile interest is now {filters:?}"),
                 ));
             }
             if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
-                worker.try_send(ToWorker::ProfileWritten(r))
+                c.worker.try_send(ToWorker::ProfileWritten(r))
             {
                 return;
             }
         }
         for user in read {
-            match read_profile(rpc.as_ref(), &user) {
+            let what = format!("reading the interest of {user}");
+            match contained(&c.broker, &c.health, &what, || {
+                read_profile(c.rpc.as_ref(), &user)
+            }) {
                 Ok((profile, _)) => {
                     if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
-                        worker.try_send(ToWorker::RemoteInterest {
+                        c.worker.try_send(ToWorker::RemoteInterest {
                             user,
                             filters: topics_of(&profile),
                         })
@@ -126,7 +159,7 @@ fn serve(
                     }
                 }
                 Err(e) => {
-                    let _ = broker.try_send(ToBroker::Log(
+                    let _ = c.broker.try_send(ToBroker::Log(
                         Level::Warning,
                         format!("mqtt-twister: reading the interest of {user}: {e}"),
                     ));
@@ -142,11 +175,19 @@ impl DhtThread {
         rpc: Box<dyn Twister>,
         worker: Sender<ToWorker>,
         broker: Sender<ToBroker>,
+        health: Arc<Health>,
     ) -> Self {
         let (tx, rx) = unbounded();
+        let context = Context {
+            cfg,
+            rpc,
+            worker,
+            broker,
+            health,
+        };
         let thread = std::thread::Builder::new()
             .name("mqtt-twister-dht".into())
-            .spawn(move || serve(cfg, rpc, rx, worker, broker));
+            .spawn(move || serve(context, rx));
         match thread {
             Ok(t) => DhtThread {
                 jobs: Some(tx),
@@ -165,6 +206,14 @@ impl DhtThread {
         }
     }
 
+    /// Moves the thread out (to a restarted worker), leaving nothing behind.
+    pub fn take(&mut self) -> DhtThread {
+        DhtThread {
+            jobs: self.jobs.take(),
+            thread: self.thread.take(),
+        }
+    }
+
     pub fn stop(&mut self) {
         self.jobs.take();
         if let Some(t) = self.thread.take() {
@@ -176,5 +225,65 @@ impl DhtThread {
 impl Drop for DhtThread {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::RpcError;
+    use std::time::Duration;
+
+    /// A twisterd whose every dhtget panics inside the plugin's code.
+    struct Panicking;
+
+    impl Twister for Panicking {
+        fn call(&self, method: &str, _params: Value) -> Result<Value, RpcError> {
+            panic!("test: {method} panics");
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_is_logged_counted_and_the_thread_goes_on() {
+        let opts: Vec<(String, String)> =
+            [("rpc_user", "u"), ("rpc_password", "p"), ("user", "me")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let cfg = Arc::new(crate::config::parse(&opts).unwrap());
+        let (to_worker, from_dht) = crossbeam_channel::unbounded();
+        let (to_broker, logs) = crossbeam_channel::unbounded();
+        let health = Arc::new(Health::default());
+        let mut dht = DhtThread::spawn(
+            cfg,
+            Box::new(Panicking),
+            to_worker,
+            to_broker,
+            health.clone(),
+        );
+        let wait = Duration::from_secs(10);
+        dht.send(DhtJob::WriteProfile(vec!["a/#".into()]));
+        match from_dht.recv_timeout(wait) {
+            Ok(ToWorker::ProfileWritten(Err(e))) => assert!(e.contains("internal error"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        dht.send(DhtJob::ReadInterest(vec!["bob".into()]));
+        let lines: Vec<String> = (0..3)
+            .map(|_| match logs.recv_timeout(wait) {
+                Ok(ToBroker::Log(_, line)) => line,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(lines[0].contains("internal error in the DHT thread while writing our profile: test: dhtget panics (internal errors so far: 1)"), "{lines:?}");
+        assert!(
+            lines[1].contains("while reading the interest of bob"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("reading the interest of bob: internal error"),
+            "{lines:?}"
+        );
+        assert_eq!(health.internal_errors(), 2);
+        dht.stop();
     }
 }

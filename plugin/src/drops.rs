@@ -13,16 +13,20 @@ pub enum Reason {
     TooBig,
     /// A message from the network found the queue to the broker's thread full.
     BrokerQueueFull,
+    /// An unfinished message from the network: no new fragment for too long, or beyond the limits on
+    /// what senders may leave unfinished (`reassembly`).
+    Unfinished,
     /// Not a drop here: posted in the poc format with more than 140 characters, which twisterd
     /// splits into `msg` + `msg2`; the 2014 bridge reads only `msg` and loses it.
     SplitForThe2014Bridge,
 }
 
-pub const REASONS: [Reason; 5] = [
+pub const REASONS: [Reason; 6] = [
     Reason::NoRecipientInterested,
     Reason::QueueFull,
     Reason::TooBig,
     Reason::BrokerQueueFull,
+    Reason::Unfinished,
     Reason::SplitForThe2014Bridge,
 ];
 
@@ -33,6 +37,7 @@ impl Reason {
             Reason::QueueFull => "queue full",
             Reason::TooBig => "too big",
             Reason::BrokerQueueFull => "broker queue full",
+            Reason::Unfinished => "unfinished",
             Reason::SplitForThe2014Bridge => "lost at 2014 bridges",
         }
     }
@@ -131,7 +136,7 @@ mod tests {
         assert_eq!(d.dropped(), 8, "a warning is not a drop");
         assert_eq!(
             d.summary(),
-            "0 (no recipient interested) + 7 (queue full) + 1 (too big) + 0 (broker queue full)"
+            "0 (no recipient interested) + 7 (queue full) + 1 (too big) + 0 (broker queue full) + 0 (unfinished)"
         );
     }
 }

@@ -10,16 +10,23 @@ pub mod config;
 pub mod dht;
 pub mod directs;
 pub mod drops;
+#[cfg(test)]
+mod fuzz;
+pub mod health;
 pub mod held;
 pub mod interest;
 pub mod outbox;
 pub mod private_hold;
 pub mod qos2;
+pub mod ratelimit;
+pub mod reassembly;
 pub mod rpc;
 pub mod startup;
 pub mod state;
+pub mod supervise;
 pub mod topic;
 pub mod wake;
+pub mod watch;
 pub mod wire;
 pub mod worker;
 

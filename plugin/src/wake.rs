@@ -46,6 +46,11 @@ impl Doorbell {
         }
     }
 
+    /// A new doorbell to the same listener (for a restarted worker).
+    pub fn same_again(&self) -> Doorbell {
+        Doorbell::new(self.addr, self.client_id.clone())
+    }
+
     pub fn enabled(&self) -> Option<SocketAddr> {
         self.addr
     }

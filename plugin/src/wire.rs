@@ -31,7 +31,16 @@ pub enum WireError {
     Version(i64),
     #[error("message {0}: {1}")]
     Item(usize, &'static str),
+    #[error("{0} bytes: longer than any post or DM")]
+    TooLong(usize),
+    #[error("more than {MAX_ITEMS} messages in one post")]
+    TooManyItems,
 }
+
+/// Longest text read from the network: a post or DM holds about 2 KB, so a longer one is not ours.
+pub const MAX_TEXT_BYTES: usize = 16 << 10;
+/// Most items read from one text (a post holds about a hundred of the smallest).
+pub const MAX_ITEMS: usize = 512;
 
 pub const ENVELOPE_CLOSE: &str = "]}";
 
@@ -118,7 +127,8 @@ pub fn envelope<'a>(seq: u64, items: impl IntoIterator<Item = &'a str>) -> Strin
 pub fn item_message(item: &str) -> Option<Item> {
     let one =
         |v: Result<Vec<Item>, WireError>| v.ok().filter(|m| m.len() == 1).and_then(|mut m| m.pop());
-    one(decode_items(item)).or_else(|| one(decode_items(&envelope(0, [item]))))
+    // Our own queue: whole messages up to plugin_opt_max_message_bytes, beyond MAX_TEXT_BYTES.
+    one(parse_items(item)).or_else(|| one(parse_items(&envelope(0, [item]))))
 }
 
 /// A part of a message too large for one post: `"f":[id,index,count]` in a v1 item.
@@ -221,26 +231,7 @@ fn item(
     };
     let fragment = match v.get("f") {
         None => None,
-        Some(f) => {
-            let bad = WireError::Item(i, "bad fragment");
-            let n: Vec<u64> = f
-                .as_array()
-                .ok_or(bad.clone())?
-                .iter()
-                .map(|x| x.as_u64())
-                .collect::<Option<_>>()
-                .ok_or(bad.clone())?;
-            match n[..] {
-                [id, index, count] if index < count && count <= MAX_FRAGMENTS as u64 => {
-                    Some(Fragment {
-                        id,
-                        index: index as u32,
-                        count: count as u32,
-                    })
-                }
-                _ => return Err(bad),
-            }
-        }
+        Some(f) => Some(fragment_of(f).ok_or(WireError::Item(i, "bad fragment"))?),
     };
     Ok(Item {
         message: Message {
@@ -250,6 +241,20 @@ fn item(
             retain,
         },
         fragment,
+    })
+}
+
+/// `[id, index, count]` with `index < count <= MAX_FRAGMENTS`; nothing else.
+fn fragment_of(f: &Value) -> Option<Fragment> {
+    let [id, index, count] = f.as_array()?.as_slice() else {
+        return None;
+    };
+    let count = u32::try_from(count.as_u64()?).ok()?;
+    let index = u32::try_from(index.as_u64()?).ok()?;
+    (index < count && count <= MAX_FRAGMENTS).then_some(Fragment {
+        id: id.as_u64()?,
+        index,
+        count,
     })
 }
 
@@ -267,8 +272,17 @@ pub fn decode(text: &str) -> Result<Vec<Message>, WireError> {
         .collect()
 }
 
-/// Reads a post's or DM's whole text: messages and fragments of messages.
+/// Reads a post's or DM's whole text from the network: messages and fragments of messages. Never
+/// panics, and bounded: a text longer than any post is refused unread.
 pub fn decode_items(text: &str) -> Result<Vec<Item>, WireError> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(WireError::TooLong(text.len()));
+    }
+    parse_items(text)
+}
+
+fn parse_items(text: &str) -> Result<Vec<Item>, WireError> {
+    // serde_json refuses nesting deeper than 128 levels: no recursion without bound.
     let v: Value = serde_json::from_str(text).map_err(|_| WireError::NotJson)?;
     if !v.is_object() {
         return Err(WireError::NotMqtt);
@@ -282,6 +296,9 @@ pub fn decode_items(text: &str) -> Result<Vec<Item>, WireError> {
             .get("m")
             .and_then(Value::as_array)
             .ok_or(WireError::NotMqtt)?;
+        if items.len() > MAX_ITEMS {
+            return Err(WireError::TooManyItems);
+        }
         return items
             .iter()
             .enumerate()
@@ -462,5 +479,85 @@ mod tests {
     fn unknown_members_are_ignored_for_later_versions_of_v1() {
         let text = r#"{"v":1,"s":3,"ack":[1,2],"m":[{"t":"a","p":"eA==","q":0,"id":99}]}"#;
         assert_eq!(decode(text).unwrap(), vec![msg("a", b"x", 0, false)]);
+    }
+
+    #[test]
+    fn hostile_fragments_and_junk_are_errors_not_panics() {
+        let with_fragment = |f: &str| format!(r#"{{"v":1,"m":[{{"t":"a","p":"","f":{f}}}]}}"#);
+        for bad in [
+            "[1,0,0]",
+            "[1,5,5]",
+            "[1,6,5]",
+            "[1,0,100001]",
+            "[1,0,4294967296]",
+            "[1,4294967296,4294967297]",
+            "[1,0,18446744073709551615]",
+            "[1,0,18446744073709551616]",
+            "[-1,0,2]",
+            "[1,-1,2]",
+            "[1.5,0,2]",
+            "[1,0,2.0]",
+            "[1,0,1e3]",
+            "[18446744073709551616,0,2]",
+            "[1,0]",
+            "[1,0,2,3]",
+            "[]",
+            "[[1],0,2]",
+            r#"["1",0,2]"#,
+            "{}",
+            "null",
+            "true",
+        ] {
+            assert!(decode_items(&with_fragment(bad)).is_err(), "{bad}");
+        }
+        let ok = decode_items(&with_fragment("[18446744073709551615,99999,100000]")).unwrap();
+        assert_eq!(
+            ok[0].fragment,
+            Some(Fragment {
+                id: u64::MAX,
+                index: 99_999,
+                count: 100_000
+            })
+        );
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(decode_items(&deep).is_err(), "too long");
+        let nested = format!(
+            r#"{{"v":1,"m":[{{"t":"a","p":"","x":{}1{}}}]}}"#,
+            "[".repeat(5_000),
+            "]".repeat(5_000)
+        );
+        assert!(decode_items(&nested).is_err(), "nested past serde's limit");
+        let many: Vec<&str> = std::iter::repeat(r#"{"t":"a","x":""}"#)
+            .take(MAX_ITEMS + 1)
+            .collect();
+        let text = envelope(1, many.iter().copied());
+        assert!(text.len() < MAX_TEXT_BYTES);
+        assert_eq!(decode_items(&text), Err(WireError::TooManyItems));
+        assert_eq!(
+            decode_items(&envelope(1, many[1..].iter().copied())).map(|v| v.len()),
+            Ok(MAX_ITEMS)
+        );
+        for junk in [
+            "\u{0}",
+            r#"{"v":1,"m":[{"t":"\ud800","x":""}]}"#,
+            r#"{"v":1,"m":[{"t":"a","p":"====","q":0}]}"#,
+            r#"{"v":1,"m":[{"t":"a","p":"eA==","q":-1}]}"#,
+            r#"{"v":1,"m":[{"t":"a","p":"eA==","q":18446744073709551616}]}"#,
+            r#"{"v":1,"m":[{"t":"a","p":"eA==","r":-1}]}"#,
+            r#"{"v":1,"m":[null,1,"x",[]]}"#,
+            r#"{"v":1,"m":{}}"#,
+            r#"{"v":18446744073709551616,"m":[]}"#,
+            r#"{"v":-1,"m":[]}"#,
+            r#"{"topic":"a","payload":"eA==","f":[1,0,2]}"#,
+            "\u{feff}{}",
+        ] {
+            assert!(decode_items(junk).is_err(), "{junk}");
+        }
+        // A queued item of our own may be as long as plugin_opt_max_message_bytes allows.
+        let big = msg("t", &vec![b'x'; 100_000], 0, false);
+        assert_eq!(
+            item_message(&encode_item(&big)).map(|i| i.message),
+            Some(big)
+        );
     }
 }

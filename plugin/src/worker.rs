@@ -10,20 +10,22 @@ mod sessions;
 use crate::config::{Config, WireFormat};
 use crate::dht::{DhtJob, DhtThread};
 use crate::drops::{Drops, Reason};
+use crate::health::Health;
 use crate::held::Held;
 use crate::interest::{Interest, RestoredSessions, SessionEvent};
 use crate::outbox::{Budget, InFlight};
 use crate::private_hold::{interested_recipients, PrivateHold};
+use crate::ratelimit::{held_back_note, LogLimiter};
+use crate::reassembly::{Limits, Reassembler};
 use crate::rpc::{RpcError, Twister, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME};
 use crate::state::{Cursor, Destination, Saved, Unsent};
 use crate::wake::Doorbell;
 use crate::wire::{self, Message};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use twister_rules::PostHeader;
 
@@ -112,92 +114,6 @@ pub struct Counters {
     pub budget_waits: u64,
 }
 
-/// Joins fragments of large messages, per sender and message id. Bounded: at most
-/// REASSEMBLY_BYTES held, a message unfinished after REASSEMBLY_TIMEOUT is dropped.
-#[derive(Default)]
-struct Reassembly {
-    partial: BTreeMap<(String, u64), Partial>,
-    bytes: usize,
-}
-
-struct Partial {
-    first: Message,
-    count: u32,
-    parts: BTreeMap<u32, Vec<u8>>,
-    since: Instant,
-}
-
-const REASSEMBLY_BYTES: usize = 32 << 20;
-const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(600);
-
-impl Reassembly {
-    /// Adds one fragment; the whole message once its last fragment is in.
-    fn add(
-        &mut self,
-        from: &str,
-        f: wire::Fragment,
-        part: Message,
-    ) -> Result<Option<Message>, String> {
-        self.expire();
-        let key = (from.to_string(), f.id);
-        let entry = self.partial.entry(key.clone()).or_insert_with(|| Partial {
-            first: Message {
-                payload: Vec::new(),
-                ..part.clone()
-            },
-            count: f.count,
-            parts: BTreeMap::new(),
-            since: Instant::now(),
-        });
-        if entry.count != f.count || entry.first.topic != part.topic {
-            return Err(format!(
-                "fragment {} of message {} does not match the ones before",
-                f.index, f.id
-            ));
-        }
-        let len = part.payload.len();
-        if entry.parts.insert(f.index, part.payload).is_none() {
-            self.bytes += len;
-        }
-        if entry.parts.len() < entry.count as usize {
-            while self.bytes > REASSEMBLY_BYTES {
-                self.drop_oldest();
-            }
-            return Ok(None);
-        }
-        let Some(done) = self.partial.remove(&key) else {
-            return Ok(None);
-        };
-        let payload: Vec<u8> = done.parts.into_values().flatten().collect();
-        self.bytes -= payload.len();
-        Ok(Some(Message {
-            payload,
-            ..done.first
-        }))
-    }
-
-    fn drop_oldest(&mut self) {
-        let oldest = self
-            .partial
-            .iter()
-            .min_by_key(|(_, p)| p.since)
-            .map(|(k, _)| k.clone());
-        if let Some(p) = oldest.and_then(|k| self.partial.remove(&k)) {
-            self.bytes -= p.parts.values().map(Vec::len).sum::<usize>();
-        }
-    }
-
-    fn expire(&mut self) {
-        while self
-            .partial
-            .values()
-            .any(|p| p.since.elapsed() > REASSEMBLY_TIMEOUT)
-        {
-            self.drop_oldest();
-        }
-    }
-}
-
 /// Messages waiting for a post: items already encoded for the wire.
 #[derive(Default)]
 struct Queue {
@@ -241,8 +157,13 @@ pub struct Worker {
     said_once: Vec<String>,
     pub counters: Counters,
     doorbell: Doorbell,
+    health: Arc<Health>,
+    /// In `shutdown`: only its own calls still go to twisterd.
+    stopping: bool,
     last_save: Instant,
-    reassembly: Reassembly,
+    reassembly: Reassembler,
+    /// Warnings about what followed users sent.
+    input_log: LogLimiter,
     fragment_ids: u64,
     /// Messages were handed to the broker since the doorbell last rang.
     ring_pending: bool,
@@ -250,14 +171,6 @@ pub struct Worker {
     held: Held,
     /// Until when they wait (set once ready).
     resubscribe_until: Option<Instant>,
-}
-
-/// The broker side's end: the sender the callbacks `try_send` on, the receiver TICK drains, the thread.
-pub struct WorkerHandle {
-    pub to_worker: Option<Sender<ToWorker>>,
-    pub from_worker: Receiver<ToBroker>,
-    outbound: Arc<Outbound>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Messages from the MESSAGE callback to the worker. A lock-free queue, not the channel: while messages
@@ -272,86 +185,60 @@ pub struct Outbound {
     max_backlog: usize,
 }
 
-/// How often a busy worker takes what the callbacks queued.
-const DRAIN_EVERY: Duration = Duration::from_millis(2);
-
-impl WorkerHandle {
-    pub fn spawn(
-        cfg: Arc<Config>,
-        make_rpc: impl Fn(Duration) -> Box<dyn Twister> + Send + 'static,
-        saved: Option<Saved>,
-        doorbell: Doorbell,
-        restored: RestoredSessions,
-    ) -> std::io::Result<Self> {
-        let (to_worker, inbox) = bounded(CONTROL_CAPACITY);
-        let (to_broker, from_worker) = bounded(TO_BROKER_CAPACITY);
-        let dht_inbox = to_worker.clone();
-        let outbound = Arc::new(Outbound {
+impl Outbound {
+    /// For a worker that holds at most `max_backlog` messages waiting for a post.
+    pub fn new(max_backlog: usize) -> Self {
+        Outbound {
             queue: crossbeam_queue::ArrayQueue::new(OUTBOUND_CAPACITY),
             backlog: AtomicUsize::new(0),
-            max_backlog: cfg.max_queue,
+            max_backlog,
             sleeping: AtomicBool::new(false),
-        });
-        let worker_outbound = outbound.clone();
-        let thread = std::thread::Builder::new()
-            .name("mqtt-twister".into())
-            .spawn(move || {
-                let rpc = make_rpc(cfg.rpc_timeout);
-                // dhtget waits up to its timeout for the network: the DHT thread gets a longer HTTP timeout.
-                let dht_rpc = make_rpc(cfg.rpc_timeout + Duration::from_secs(4));
-                let dht = DhtThread::spawn(cfg.clone(), dht_rpc, dht_inbox, to_broker.clone());
-                let mut worker = Worker::new(cfg, rpc, inbox, to_broker, dht, saved);
-                worker.restore_interest(&restored);
-                worker.doorbell = doorbell;
-                worker.run(&worker_outbound);
-            })?;
-        Ok(WorkerHandle {
-            to_worker: Some(to_worker),
-            from_worker,
-            outbound,
-            thread: Some(thread),
-        })
-    }
-
-    /// Queues a local message for the worker; false when the queue is full. Never blocks.
-    pub fn publish(&self, m: Message) -> bool {
-        if self.outbound.queue.push(m).is_err() {
-            return false;
         }
-        // Pairs with the worker's store of `sleeping` before its last look at the queue.
-        fence(Ordering::SeqCst);
-        if self.outbound.sleeping.load(Ordering::SeqCst)
-            && self.outbound.sleeping.swap(false, Ordering::SeqCst)
-        {
-            if let Some(tx) = &self.to_worker {
-                let _ = tx.try_send(ToWorker::Wake);
-            }
-        }
-        true
     }
 
     /// The worker would drop a new message for want of room (`plugin_opt_max_queue`), as far as its
     /// last loop turn tells, or the hand-over queue itself is full. Two atomic loads.
     pub fn backlog_full(&self) -> bool {
-        let o = &self.outbound;
-        o.queue.is_full() || o.backlog.load(Ordering::Relaxed) + o.queue.len() >= o.max_backlog
+        self.queue.is_full()
+            || self.backlog.load(Ordering::Relaxed) + self.queue.len() >= self.max_backlog
     }
 
-    /// Closes the channel and waits for the worker to flush, save and stop.
-    pub fn stop(&mut self) {
-        // The DHT thread holds a sender too, so closing ours is not enough: say it.
-        if let Some(tx) = self.to_worker.take() {
-            let _ = tx.send(ToWorker::Shutdown);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// Queues a local message; Err(message) when the queue is full, Ok(true) when the worker sleeps
+    /// and must be woken. Never blocks.
+    pub fn offer(&self, m: Message) -> Result<bool, Message> {
+        self.queue.push(m)?;
+        // Pairs with the worker's store of `sleeping` before its last look at the queue.
+        fence(Ordering::SeqCst);
+        Ok(self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst))
     }
 }
 
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        self.stop();
+/// How often a busy worker takes what the callbacks queued.
+const DRAIN_EVERY: Duration = Duration::from_millis(2);
+
+/// What a worker starts from: a first start has the state file's contents, a restart what the
+/// worker before it held (see `supervise`).
+pub struct Start {
+    pub saved: Option<Saved>,
+    /// First start: the sessions the broker restored, which the saved interest is checked against.
+    pub restored: Option<RestoredSessions>,
+    pub interest: Option<Interest>,
+    pub counters: Counters,
+    pub drops: Drops,
+    pub dht: DhtThread,
+    pub doorbell: Doorbell,
+    pub health: Arc<Health>,
+}
+
+/// Debug builds only: a message on this topic makes the worker panic, so that integration tests can
+/// see it caught, logged and the worker restarted (release builds have no such hook).
+#[cfg(debug_assertions)]
+pub const TEST_PANIC_TOPIC: &str = "mqtt-twister/test/panic";
+
+#[cfg(debug_assertions)]
+fn test_hook(m: &Message) {
+    if m.topic == TEST_PANIC_TOPIC && m.payload == b"worker" {
+        panic!("test hook: {TEST_PANIC_TOPIC}");
     }
 }
 
@@ -367,18 +254,28 @@ fn text_of(post: &Value) -> String {
 }
 
 impl Worker {
-    fn new(
+    pub fn new(
         cfg: Arc<Config>,
         rpc: Box<dyn Twister>,
         inbox: Receiver<ToWorker>,
         to_broker: Sender<ToBroker>,
-        dht: DhtThread,
-        saved: Option<Saved>,
+        start: Start,
     ) -> Self {
         let now = Instant::now();
+        let Start {
+            saved,
+            restored,
+            interest,
+            counters,
+            drops,
+            dht,
+            doorbell,
+            health,
+        } = start;
         let state_found = saved.is_some();
+        let restarted = interest.is_some();
         let mut w = Worker {
-            interest: Interest::new(&cfg.subscribe),
+            interest: interest.unwrap_or_else(|| Interest::new(&cfg.subscribe)),
             cfg,
             rpc,
             inbox,
@@ -403,16 +300,19 @@ impl Worker {
             post_backoff: Duration::from_millis(250),
             pending: None,
             budget: Budget::default(),
-            drops: Drops::default(),
+            drops,
             profile_due: None,
             profile_backoff: Duration::from_millis(500),
             next_interest_refresh: now,
             trouble: None,
             said_once: Vec::new(),
-            counters: Counters::default(),
-            doorbell: Doorbell::new(None, String::new()),
+            counters,
+            doorbell,
+            health,
+            stopping: false,
             last_save: now,
-            reassembly: Reassembly::default(),
+            reassembly: Reassembler::new(Limits::default()),
+            input_log: LogLimiter::new(20, Duration::from_secs(10)),
             fragment_ids: 0,
             ring_pending: false,
             held: Held::default(),
@@ -425,7 +325,31 @@ impl Worker {
             );
         }
         w.restore_unsent();
+        if restarted {
+            // The profile write the last worker waited for may never be answered to this one.
+            w.interest_changed();
+        }
+        if let Some(restored) = restored {
+            w.restore_interest(&restored);
+        }
         w
+    }
+
+    /// What a new worker needs to go on where this one stopped: post numbers and read positions, what
+    /// is still unsent, the local subscriptions, the counters and the helper threads.
+    pub fn salvage(&mut self) -> Start {
+        let mut saved = self.saved.clone();
+        saved.unsent = self.unsent();
+        Start {
+            saved: Some(saved),
+            restored: None,
+            interest: Some(std::mem::take(&mut self.interest)),
+            counters: self.counters,
+            drops: std::mem::take(&mut self.drops),
+            dht: self.dht.take(),
+            doorbell: std::mem::replace(&mut self.doorbell, Doorbell::new(None, String::new())),
+            health: self.health.clone(),
+        }
     }
 
     /// Queues again what a previous run accepted but could not post before it stopped.
@@ -534,7 +458,13 @@ impl Worker {
     }
 
     fn call(&mut self, method: &str, params: Value) -> Result<Value, RpcError> {
+        // Once the broker stops, nothing but the shutdown's last posts waits on twisterd.
+        if self.health.stopping() && !self.stopping {
+            return Err(RpcError::Transport("the broker is stopping".into()));
+        }
+        self.health.beat(Instant::now());
         let r = self.rpc.call(method, params);
+        self.health.beat(Instant::now());
         match &r {
             Ok(_) => self.rpc_ok(),
             // An RPC error is an answer: twisterd is up.
@@ -544,8 +474,13 @@ impl Worker {
         r
     }
 
-    fn run(mut self, outbound: &Outbound) {
+    /// Serves until the broker stops it (after a shutdown: flushed and saved).
+    pub fn run(&mut self, outbound: &Outbound) {
         loop {
+            self.health.beat(Instant::now());
+            if self.health.stopping() {
+                return self.shutdown(outbound);
+            }
             let mut drained = 0;
             while let Some(m) = outbound.queue.pop() {
                 self.outbound(m);
@@ -1104,11 +1039,13 @@ impl Worker {
                 self.counters.duplicates += 1;
                 continue;
             }
+            // Marked read before it is read: a piece that crashes the worker is not read again.
+            self.keep_cursor(from, cursor.clone());
             self.received(from, dm.k, "DM", &dm.text);
         }
         let mut since = cursor.k;
         while since < last {
-            let upto = (since + FETCH_WINDOW).min(last);
+            let upto = since.saturating_add(FETCH_WINDOW).min(last);
             // One slot more than the window can hold: twisterd may put its promoted post first.
             let count = upto - since + 1;
             let Ok(posts) = self.call(
@@ -1136,6 +1073,7 @@ impl Worker {
                     self.counters.duplicates += 1;
                     continue;
                 }
+                self.keep_cursor(from, cursor.clone());
                 self.received(from, k, "post", &text_of(&p));
             }
             since = upto;
@@ -1152,53 +1090,77 @@ impl Worker {
     }
 
     fn received(&mut self, from: &str, k: i64, what: &str, text: &str) {
-        match wire::decode_items(text) {
-            Ok(items) => {
-                for it in items {
-                    let m = match it.fragment {
-                        None => it.message,
-                        Some(f) => match self.reassembly.add(from, f, it.message) {
-                            Ok(Some(whole)) => whole,
-                            Ok(None) => continue,
-                            Err(e) => {
-                                self.counters.malformed += 1;
-                                self.log(
-                                    Level::Warning,
-                                    format!("skipped a fragment in {what} {k} of {from}: {e}"),
-                                );
-                                continue;
-                            }
-                        },
-                    };
-                    self.counters.received += 1;
-                    if !crate::topic::is_injectable(&m.topic) {
-                        self.counters.malformed += 1;
-                        self.log(Level::Warning, format!("skipped a message from {from} ({what} {k}): topic not allowed from the network"));
-                        continue;
-                    }
-                    // Retained messages are kept even with no subscriber now, for those who come later.
-                    let wanted = m.retain || self.interest.wants(&m.topic);
-                    let may_come_back =
-                        self.resubscribe_until.is_some() && self.interest.may_want(&m.topic);
-                    if may_come_back {
-                        // Injected too when wanted: a copy for a session the broker may have lost.
-                        self.held.hold(m.clone(), wanted);
-                    }
-                    if wanted {
-                        self.inject(m);
-                    }
-                }
-            }
+        let items = match wire::decode_items(text) {
+            Ok(items) => items,
             Err(e) => {
                 self.counters.malformed += 1;
-                self.log(
-                    Level::Warning,
-                    format!(
-                        "skipped {what} {k} of {from}: {e} (malformed so far: {})",
-                        self.counters.malformed
-                    ),
-                );
+                let malformed = self.counters.malformed;
+                return self.input_warning(format!(
+                    "skipped {what} {k} of {from}: {e} (malformed so far: {malformed})"
+                ));
             }
+        };
+        for it in items {
+            let Some(m) = self.join(from, k, what, it) else {
+                continue;
+            };
+            #[cfg(debug_assertions)]
+            test_hook(&m);
+            self.counters.received += 1;
+            if !crate::topic::is_injectable(&m.topic) {
+                self.counters.malformed += 1;
+                self.input_warning(format!(
+                    "skipped a message from {from} ({what} {k}): topic not allowed from the network"
+                ));
+                continue;
+            }
+            // Retained messages are kept even with no subscriber now, for those who come later.
+            let wanted = m.retain || self.interest.wants(&m.topic);
+            let may_come_back =
+                self.resubscribe_until.is_some() && self.interest.may_want(&m.topic);
+            if may_come_back {
+                // Injected too when wanted: a copy for a session the broker may have lost.
+                self.held.hold(m.clone(), wanted);
+            }
+            if wanted {
+                self.inject(m);
+            }
+        }
+    }
+
+    /// A whole message as it came, or the message a fragment completes.
+    fn join(&mut self, from: &str, k: i64, what: &str, it: wire::Item) -> Option<Message> {
+        let Some(f) = it.fragment else {
+            return Some(it.message);
+        };
+        let before = self.reassembly.stats;
+        let joined = self.reassembly.add(from, f, it.message, Instant::now());
+        let after = self.reassembly.stats;
+        let dropped = (after.evicted.wrapping_sub(before.evicted))
+            .wrapping_add(after.expired.wrapping_sub(before.expired));
+        for _ in 0..dropped {
+            self.drop_message(
+                Reason::Unfinished,
+                "an unfinished message from the network: no new fragment for 10 minutes, or more unfinished than one sender or all together may leave".into(),
+            );
+        }
+        match joined {
+            Ok(whole) => whole,
+            Err(e) => {
+                self.counters.malformed += 1;
+                self.input_warning(format!("skipped a fragment in {what} {k} of {from}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A warning about what a followed user sent: rate-limited, so that no peer can flood the log.
+    fn input_warning(&mut self, msg: String) {
+        if let Some(held_back) = self.input_log.allow(Instant::now()) {
+            self.log(
+                Level::Warning,
+                format!("{msg}{}", held_back_note(held_back)),
+            );
         }
     }
 
@@ -1229,16 +1191,19 @@ impl Worker {
         }
     }
 
-    fn shutdown(mut self, outbound: &Outbound) {
+    fn shutdown(&mut self, outbound: &Outbound) {
+        self.stopping = true;
         while let Some(m) = outbound.queue.pop() {
             self.outbound(m);
         }
-        let until = Instant::now() + SHUTDOWN_FLUSH;
+        // Counted from the broker's request: the broker waits only so long (supervise::STOP_WAIT).
+        let asked = self.health.stop_asked_at().unwrap_or_else(Instant::now);
+        let until = asked + SHUTDOWN_FLUSH;
         if self.ready {
             self.post_retry_at = Instant::now();
             while self.queued > 0 && Instant::now() < until {
                 let before = self.queued;
-                self.flush(POSTS_PER_FLUSH);
+                self.flush(1);
                 if self.queued == before {
                     break;
                 }
@@ -1269,77 +1234,9 @@ impl Worker {
         self.save_state_now();
         let c = self.counters;
         self.log(Level::Notice, format!(
-            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}",
-            c.forwarded, c.posts, c.dms, c.received, c.injected, c.malformed, self.drops.dropped(), self.drops.summary(), c.unknown_outcomes, c.budget_waits
+            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}, internal errors {}",
+            c.forwarded, c.posts, c.dms, c.received, c.injected, c.malformed, self.drops.dropped(), self.drops.summary(), c.unknown_outcomes, c.budget_waits, self.health.internal_errors()
         ));
         self.dht.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::Fragment;
-
-    fn part(topic: &str, bytes: &[u8]) -> Message {
-        Message {
-            topic: topic.into(),
-            payload: bytes.to_vec(),
-            qos: 1,
-            retain: false,
-        }
-    }
-
-    fn frag(id: u64, index: u32, count: u32) -> Fragment {
-        Fragment { id, index, count }
-    }
-
-    #[test]
-    fn fragments_join_in_any_order_once_each() {
-        let mut r = Reassembly::default();
-        assert_eq!(r.add("alice", frag(7, 2, 3), part("t", b"ghi")), Ok(None));
-        assert_eq!(r.add("alice", frag(7, 0, 3), part("t", b"abc")), Ok(None));
-        assert_eq!(
-            r.add("alice", frag(7, 0, 3), part("t", b"abc")),
-            Ok(None),
-            "a duplicate changes nothing"
-        );
-        // Same id from another sender is another message.
-        assert_eq!(r.add("bob", frag(7, 0, 2), part("u", b"x")), Ok(None));
-        let whole = r
-            .add("alice", frag(7, 1, 3), part("t", b"def"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (whole.topic.as_str(), whole.payload.as_slice(), whole.qos),
-            ("t", &b"abcdefghi"[..], 1)
-        );
-        assert_eq!(r.bytes, 1, "only bob's part is still held");
-    }
-
-    #[test]
-    fn a_fragment_that_contradicts_the_others_is_refused() {
-        let mut r = Reassembly::default();
-        r.add("alice", frag(1, 0, 3), part("t", b"a")).unwrap();
-        assert!(
-            r.add("alice", frag(1, 1, 4), part("t", b"b")).is_err(),
-            "other count"
-        );
-        assert!(
-            r.add("alice", frag(1, 1, 3), part("other", b"b")).is_err(),
-            "other topic"
-        );
-    }
-
-    #[test]
-    fn unfinished_messages_are_bounded_in_memory() {
-        let mut r = Reassembly::default();
-        let big = vec![0u8; 4 << 20];
-        for id in 0..20 {
-            r.add("alice", frag(id, 0, 2), part("t", &big)).unwrap();
-            assert!(r.bytes <= REASSEMBLY_BYTES, "{}", r.bytes);
-        }
-        assert!(r.partial.len() < 20, "the oldest were dropped");
-        assert!(!r.partial.contains_key(&("alice".to_string(), 0)));
     }
 }
