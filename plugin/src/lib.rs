@@ -21,6 +21,7 @@ pub mod qos2;
 pub mod ratelimit;
 pub mod reassembly;
 pub mod rpc;
+pub mod spool;
 pub mod startup;
 pub mod state;
 pub mod supervise;
