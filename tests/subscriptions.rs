@@ -27,6 +27,17 @@ fn wait_posted(node: &DevNode, user: &str, needle: &str) {
     });
 }
 
+/// The interest a broker advertised first after `from` (its log's length before a restart).
+fn first_profile_after(b: &Broker, from: usize) -> String {
+    const LINE: &str = "profile interest is now ";
+    wait_for(T, "the restarted broker's first profile", || {
+        let log = b.log_text();
+        let new = log.get(from..)?;
+        let at = new.find(LINE)?;
+        new[at..].lines().next().map(String::from)
+    })
+}
+
 /// Receives until `last` arrives (or the time is up); every payload received, in order.
 fn receive_until(sub: &Mqtt, last: &str, timeout: Duration) -> Vec<String> {
     receive_from(|t| sub.recv(t).map(|m| m.payload), last, timeout)
@@ -99,8 +110,11 @@ on_both_brokers! {
         sub.disconnect();
         let port = b.port;
         b.stop(); // Mosquitto writes its persistence file
+        let log_before = b.log_text().len();
         let b = Broker::start_on(d, "b", &b_conf, port);
         b.wait_ready();
+        let advertised = first_profile_after(&b, log_before);
+        assert!(advertised.contains("\"r/#\""), "advertised at once: {advertised}");
         b.wait_log("interest of the last run taken up: 1 sessions, 1 persistent, 1 restored by the broker (clean stop)", T);
         wait_interest(&node, "bob", "r/#");
         let publ = Mqtt::connect(a.port, "pub-a", true);
@@ -234,6 +248,7 @@ fn killed_and_restarted(kind: Sessions) {
     // Let the state file (and Mosquitto's autosave) catch up, as they would in a running system.
     std::thread::sleep(Duration::from_millis(2500));
     let port = b.port;
+    let log_before = b.log_text().len();
     drop(b); // SIGKILL
     drop(sub);
     for i in BEFORE..BEFORE + DOWN {
@@ -242,6 +257,12 @@ fn killed_and_restarted(kind: Sessions) {
     wait_posted(&node, "alice", &format!("m{}", BEFORE + DOWN - 1));
     let b = Broker::start_on(d, "b", &b_conf, port);
     b.wait_ready();
+    // Before any client is back, the interest they may come back with is advertised.
+    let advertised = first_profile_after(&b, log_before);
+    assert!(
+        advertised.contains("\"k/#\""),
+        "{kind:?}: advertised at once: {advertised}"
+    );
     let sub = Resuming::connect(b.port, "receiver", clean);
     let resubscribed = !sub.session_present;
     if resubscribed {
