@@ -150,6 +150,29 @@ on_both_brokers! {
         });
     }
 
+    fn an_expired_persistent_session_takes_its_interest_where_the_broker_tells() {
+        let p = Pair::start(&[], &[]);
+        // MQTT 5: persistent (clean start off) with a session expiry of 2 s.
+        let mut raw = RawMqtt::connect_v5(p.b.port, "short-lived", 2);
+        raw.subscribe_v5(1, "e/#");
+        wait_interest(&p.node, "bob", "e/#");
+        raw.send(&[0xE0, 0x00]); // DISCONNECT, normal
+        drop(raw);
+        let wants = || p.node.profile_topics("bob").unwrap_or_default().contains(&"e/#".to_string());
+        match broker_version() {
+            // The session's deletion is a persistence event (PERSIST_CLIENT_DELETE).
+            BrokerVersion::V2_1 => wait_for(T, "e/# to leave with the expired session", || (!wants()).then_some(())),
+            // 2.0 tells a plugin nothing about expiry: the interest stays (README).
+            BrokerVersion::V2_0 => {
+                std::thread::sleep(Duration::from_secs(4));
+                let other = Mqtt::connect(p.b.port, "marker", true);
+                assert!(other.subscribe("marker/expiry", QoS::AtMostOnce));
+                wait_interest(&p.node, "bob", "marker/expiry");
+                assert!(wants(), "2.0: still wanted after the session expired");
+            }
+        }
+    }
+
     fn a_receiving_broker_killed_and_restarted_with_clean_sessions_loses_nothing() {
         killed_and_restarted(Sessions::Clean);
     }
@@ -383,6 +406,39 @@ impl RawMqtt {
         let (kind, rest) = raw.read();
         assert_eq!((kind, rest.get(1)), (0x20, Some(&0)), "CONNACK accepted");
         raw
+    }
+
+    /// MQTT 5, clean start off, with a session expiry interval.
+    fn connect_v5(port: u16, id: &str, session_expiry: u32) -> RawMqtt {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut raw = RawMqtt { stream };
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 60];
+        body.extend_from_slice(&[5, 0x11]); // properties: session expiry interval
+        body.extend_from_slice(&session_expiry.to_be_bytes());
+        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        body.extend_from_slice(id.as_bytes());
+        raw.packet(0x10, &body);
+        let (kind, rest) = raw.read();
+        assert_eq!((kind, rest.get(1)), (0x20, Some(&0)), "CONNACK accepted");
+        raw
+    }
+
+    fn subscribe_v5(&mut self, mid: u16, filter: &str) {
+        let mut body = mid.to_be_bytes().to_vec();
+        body.push(0); // no properties
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter.as_bytes());
+        body.push(0x01); // QoS 1
+        self.packet(0x82, &body);
+        let (kind, rest) = self.read();
+        assert_eq!(
+            (kind, rest.last()),
+            (0x90, Some(&0x01)),
+            "SUBACK granted QoS 1"
+        );
     }
 
     fn packet(&mut self, header: u8, body: &[u8]) {

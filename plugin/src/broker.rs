@@ -37,6 +37,8 @@ const TICK_PACE_MS: c_long = 100;
 /// sends DISCONNECT only when a session ends).
 const MOSQ_EVT_CONNECT_V21: c_int = 11;
 const MOSQ_EVT_CLIENT_OFFLINE_V21: c_int = 28;
+/// 2.1's persistence event for a session deleted: the only one an expired session gives.
+const MOSQ_EVT_PERSIST_CLIENT_DELETE_V21: c_int = 20;
 /// Items injected per TICK at most, so one tick never stalls the broker.
 const INJECT_PER_TICK: usize = 2048;
 
@@ -78,6 +80,13 @@ struct EvtConnectV21 {
     future: *mut c_void,
     client: *mut mosquitto,
     future2: [*mut c_void; 4],
+}
+
+/// The start of `struct mosquitto_evt_persist_client` of Mosquitto 2.1 (read only: the rest omitted).
+#[repr(C)]
+struct EvtPersistClientV21 {
+    future: *mut c_void,
+    clientid: *mut c_char,
 }
 
 type Callback = unsafe extern "C" fn(c_int, *mut c_void, *mut c_void) -> c_int;
@@ -361,6 +370,33 @@ unsafe extern "C" fn on_session(
             _ => p.qos2.connection_ended(&client),
         }
         p.send(ToWorker::Session { client, event });
+        MOSQ_ERR_SUCCESS as c_int
+    })
+}
+
+/// Mosquitto 2.1: a persistent session was deleted (expired, or discarded by a clean start). The
+/// broker calls it for any plugin registered, with no other effect.
+unsafe extern "C" fn on_session_deleted_v21(
+    _event: c_int,
+    event_data: *mut c_void,
+    userdata: *mut c_void,
+) -> c_int {
+    guarded("PERSIST_CLIENT_DELETE", MOSQ_ERR_SUCCESS as c_int, || {
+        // SAFETY: userdata is our Plugin; 2.1's mosquitto_evt_persist_client begins with (future,
+        // data.clientid), the id a NUL-terminated string owned by the broker for this call.
+        let (Some(p), Some(ev)) = (unsafe { plugin(userdata) }, unsafe {
+            (event_data as *const EvtPersistClientV21).as_ref()
+        }) else {
+            return MOSQ_ERR_SUCCESS as c_int;
+        };
+        // SAFETY: as above.
+        if let Some(client) = unsafe { str_of(ev.clientid) }.map(str::to_owned) {
+            p.qos2.session_ended(&client);
+            p.send(ToWorker::Session {
+                client,
+                event: SessionEvent::Ended,
+            });
+        }
         MOSQ_ERR_SUCCESS as c_int
     })
 }
@@ -723,7 +759,12 @@ pub fn plugin_init(
             && register(&mut p, MOSQ_EVT_DISCONNECT as c_int, on_session);
         if ok && v21 {
             ok = register(&mut p, MOSQ_EVT_CONNECT_V21, on_session)
-                && register(&mut p, MOSQ_EVT_CLIENT_OFFLINE_V21, on_session);
+                && register(&mut p, MOSQ_EVT_CLIENT_OFFLINE_V21, on_session)
+                && register(
+                    &mut p,
+                    MOSQ_EVT_PERSIST_CLIENT_DELETE_V21,
+                    on_session_deleted_v21,
+                );
         }
         let (via, access) = if v21 {
             ok = ok
