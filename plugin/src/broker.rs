@@ -759,12 +759,16 @@ pub fn plugin_init(
             && register(&mut p, MOSQ_EVT_DISCONNECT as c_int, on_session);
         if ok && v21 {
             ok = register(&mut p, MOSQ_EVT_CONNECT_V21, on_session)
-                && register(&mut p, MOSQ_EVT_CLIENT_OFFLINE_V21, on_session)
-                && register(
+                && register(&mut p, MOSQ_EVT_CLIENT_OFFLINE_V21, on_session);
+            // 2.1 refuses persistence events to plugins under `persistence true` (and logs an error):
+            // there the expiry of an offline session stays unseen.
+            if ok && !persistence {
+                register(
                     &mut p,
                     MOSQ_EVT_PERSIST_CLIENT_DELETE_V21,
                     on_session_deleted_v21,
                 );
+            }
         }
         let (via, access) = if v21 {
             ok = ok
