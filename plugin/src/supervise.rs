@@ -256,3 +256,109 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interest::RestoredSessions;
+    use crate::rpc::RpcError;
+    use serde_json::Value;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    fn config() -> Arc<Config> {
+        let opts: Vec<(String, String)> =
+            [("rpc_user", "u"), ("rpc_password", "p"), ("user", "me")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        Arc::new(crate::config::parse(&opts).unwrap())
+    }
+
+    /// A twisterd that is never reachable, whose first `listwalletusers` panics inside the plugin and
+    /// whose calls block while `blocked` is set.
+    struct Fake {
+        panics: Arc<AtomicUsize>,
+        blocked: Arc<AtomicBool>,
+        waiting: Arc<AtomicUsize>,
+    }
+
+    impl Twister for Fake {
+        fn call(&self, method: &str, _params: Value) -> Result<Value, RpcError> {
+            if self.blocked.load(Ordering::SeqCst) {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                while self.blocked.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            if method == "listwalletusers" && self.panics.fetch_sub(1, Ordering::SeqCst) > 0 {
+                panic!("test: {method} panics");
+            }
+            Err(RpcError::Transport("test: unreachable".into()))
+        }
+    }
+
+    fn spawn(panics: usize, blocked: bool) -> (WorkerHandle, Arc<AtomicBool>, Arc<AtomicUsize>) {
+        let panics = Arc::new(AtomicUsize::new(panics));
+        let blocked = Arc::new(AtomicBool::new(blocked));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (p, b, w) = (panics.clone(), blocked.clone(), waiting.clone());
+        let make_rpc = move |_| {
+            Box::new(Fake {
+                panics: p.clone(),
+                blocked: b.clone(),
+                waiting: w.clone(),
+            }) as Box<dyn Twister>
+        };
+        let doorbell = Doorbell::new(None, "test".into());
+        let handle =
+            WorkerHandle::spawn(config(), make_rpc, None, doorbell, RestoredSessions::None)
+                .unwrap();
+        (handle, blocked, waiting)
+    }
+
+    fn next_log(h: &WorkerHandle, containing: &str) -> String {
+        loop {
+            match h.from_worker.recv_timeout(Duration::from_secs(20)) {
+                Ok(ToBroker::Log(_, line)) if line.contains(containing) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {containing:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_worker_is_logged_counted_and_the_worker_starts_again() {
+        let (mut h, _, _) = spawn(1, false);
+        let line = next_log(&h, "internal error in the worker");
+        assert!(
+            line.contains("test: listwalletusers panics (internal errors so far: 1); restarting it from its saved state"),
+            "{line}"
+        );
+        // The new worker goes on with its start-up: it meets the unreachable twisterd.
+        next_log(&h, "twisterd call listwalletusers failed");
+        assert_eq!(h.health().internal_errors(), 1);
+        assert!(!h.thread_ended());
+        assert!(h.stop(STOP_WAIT), "a running worker stops when asked");
+        assert!(h.thread_ended());
+    }
+
+    #[test]
+    fn the_stop_is_bounded_whatever_the_worker_waits_on() {
+        let (mut h, blocked, waiting) = spawn(0, true);
+        // The worker's first call (its start-up) waits on twisterd.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while waiting.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never called twisterd"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            !h.stop(Duration::from_millis(300)),
+            "a worker blocked in a call is left behind"
+        );
+        // Let it go: it sees the stop and ends by itself.
+        blocked.store(false, Ordering::SeqCst);
+    }
+}
