@@ -240,6 +240,7 @@ on_both_brokers! {
         let net = Network {
             delay: Some(Duration::from_millis(200)),
             loss_percent: 5,
+            ..Network::default()
         };
         let hosts = three_hosts(net);
         let (a, b, c) = (hosts.host("a"), hosts.host("b"), hosts.host("c"));
@@ -249,6 +250,10 @@ on_both_brokers! {
         assert!(sub_c.subscribe("t/a/#", QoS::AtLeastOnce));
         a.wait_interest("bob", "t/a/#");
         a.wait_interest("carol", "t/a/#");
+        // Each packet is held 200 ms on its way into a host: a round trip takes 400 ms.
+        let rtt = hosts.round_trip("a", "b");
+        eprintln!("round trip a -> b: {} ms", rtt.as_millis());
+        assert!(rtt >= Duration::from_millis(400), "{rtt:?}: no delay between hosts");
         let publ = a.mqtt("pub-a");
         // The link delay is there: a message takes longer than one crossing.
         let sent = Instant::now();

@@ -1,8 +1,8 @@
 //! Hosts of their own: each host is a Linux network namespace made by the test (its own loopback and
 //! a veth link to a bridge, the bridge in a namespace of its own), running its own peering dev node and
 //! its own Mosquitto with the plugin. Links can be cut and restored; packets entering a host can be
-//! dropped at random (iptables `statistic`), and the dev nodes' links can be delayed by a relay the
-//! harness runs in the bridge's namespace (this kernel has no netem; see `relay`).
+//! dropped at random (iptables `statistic`) and delayed (an NFQUEUE the harness holds them in: this
+//! kernel has no netem; see `delay`).
 //!
 //! Addresses come from 198.18.0.0/15 and exist only inside the namespaces the test made; the root
 //! namespace gets none: the test reaches a host by entering its namespace on a thread (`in_netns`,
@@ -11,11 +11,11 @@
 //! test process's id and a counter, so tests run in parallel. Root is required: without it the test
 //! fails saying so.
 
-mod relay;
+mod delay;
 
 use crate::{broker_version, mosquitto_binary, plugin_conf_url, wait_for, workdir, LOG_LINES};
 use crate::{RPC_PASSWORD, RPC_USER};
-use relay::Relay;
+use delay::Delayer;
 use serde_json::Value;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -32,8 +32,6 @@ pub const PREFIX: &str = "mqtwh-";
 pub const RPC_PORT: u16 = 28332;
 pub const PEER_PORT: u16 = 28333;
 pub const MQTT_PORT: u16 = 1883;
-/// The bridge's own address in the switch namespace, where the delay relays listen.
-const SWITCH_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -168,7 +166,8 @@ fn stop_child(c: &mut Option<Child>, signal: i32) {
 /// Network conditions between hosts.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Network {
-    /// One-way delay on the dev nodes' links (a relay in the switch namespace holds every chunk).
+    /// Delay of every packet entering a host from the bridge (an NFQUEUE the harness holds them in,
+    /// see `delay`): a round trip between hosts takes twice this.
     pub delay: Option<Duration>,
     /// Percentage of packets dropped as they enter a host from the bridge (iptables `statistic`).
     pub loss_percent: u32,
@@ -301,7 +300,7 @@ pub struct Hosts {
     prefix: String,
     switch: String,
     pub hosts: Vec<Host>,
-    relays: Vec<Relay>,
+    delayers: Vec<Delayer>,
     pub dir: tempfile::TempDir,
 }
 
@@ -320,21 +319,12 @@ impl Hosts {
             prefix: prefix.clone(),
             switch: switch.clone(),
             hosts: Vec::new(),
-            relays: Vec::new(),
+            delayers: Vec::new(),
             dir,
         };
         ip(&["netns", "add", &switch]);
         ip(&["-n", &switch, "link", "set", "lo", "up"]);
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
-        ip(&[
-            "-n",
-            &switch,
-            "addr",
-            "add",
-            &format!("{SWITCH_ADDR}/24"),
-            "dev",
-            "br0",
-        ]);
         ip(&["-n", &switch, "link", "set", "br0", "up"]);
         for (i, spec) in specs.iter().enumerate() {
             let host = hosts.make_host(i, spec, net);
@@ -419,6 +409,30 @@ impl Hosts {
                 "iptables with the statistic match is needed for packet loss (apt-get install iptables)"
             );
         }
+        if let Some(d) = net.delay {
+            // After the loss rule: a dropped packet is not held first.
+            let status = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns,
+                    "iptables",
+                    "-A",
+                    "INPUT",
+                    "-i",
+                    "eth0",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    "0",
+                ])
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "iptables' NFQUEUE target is needed for delay (apt-get install iptables)"
+            );
+            self.delayers.push(Delayer::start(&ns, 0, d));
+        }
         let dir = self.dir.path();
         let datadir = dir.join(format!("node-{}", spec.name));
         let mut node_args = vec![
@@ -436,18 +450,8 @@ impl Hosts {
             }
             .into(),
         ];
-        for (j, earlier) in self.hosts.iter().enumerate() {
-            let to = format!("{}:{PEER_PORT}", earlier.addr);
-            let via = match net.delay {
-                Some(d) => {
-                    let listen = format!("{SWITCH_ADDR}:{}", 20000 + i * 100 + j);
-                    self.relays
-                        .push(Relay::start(&self.switch, &listen, &to, d));
-                    listen
-                }
-                None => to,
-            };
-            node_args.push(format!("-connect={via}"));
+        for earlier in &self.hosts {
+            node_args.push(format!("-connect={}:{PEER_PORT}", earlier.addr));
         }
         let broker_conf = dir.join(format!("broker-{}.conf", spec.name));
         let plugin_lines: Vec<&str> = spec.plugin.iter().map(String::as_str).collect();
@@ -512,6 +516,23 @@ impl Hosts {
         ]);
     }
 
+    /// How long a TCP handshake from host `from` to host `to`'s dev node takes (one round trip).
+    pub fn round_trip(&self, from: &str, to: &str) -> Duration {
+        let target = std::net::SocketAddr::from((self.host(to).addr, PEER_PORT));
+        in_netns(&self.host(from).ns, || {
+            // A lost SYN is retried by the kernel after a second: take the quickest of a few.
+            (0..5)
+                .filter_map(|_| {
+                    let began = std::time::Instant::now();
+                    std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                        .ok()
+                        .map(|_| began.elapsed())
+                })
+                .min()
+                .expect("no connection between hosts")
+        })
+    }
+
     /// Packets the loss rule dropped so far on their way into host `name`.
     pub fn dropped_packets(&self, name: &str) -> u64 {
         let out = Command::new("ip")
@@ -561,7 +582,7 @@ impl Drop for Hosts {
             stop_child(&mut h.broker, libc::SIGKILL);
             stop_child(&mut h.node, libc::SIGKILL);
         }
-        self.relays.clear();
+        self.delayers.clear();
         for ns in self.namespaces() {
             kill_all_in(&ns);
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
