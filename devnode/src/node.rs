@@ -268,8 +268,7 @@ impl Node {
             self.state.registered.entry(user).or_insert(h);
         }
         self.touch();
-        let chain = self.chain_view();
-        self.announce(Update::Chain(chain));
+        self.announce_chain();
     }
 
     // ----- helpers -----
@@ -372,6 +371,13 @@ impl Node {
             },
         );
         true
+    }
+
+    fn announce_chain(&mut self) {
+        if self.peers.is_some() {
+            let chain = self.chain_view();
+            self.announce(Update::Chain(chain));
+        }
     }
 
     fn announce_piece(&mut self, user: &str, k: i64) {
@@ -564,8 +570,7 @@ impl Node {
             return Err(RpcError::new(RPC_VERIFY_REJECTED, errors::MSG_TX_REJECTED));
         }
         self.state.mempool.push(name.to_string());
-        let chain = self.chain_view();
-        self.announce(Update::Chain(chain));
+        self.announce_chain();
         Ok(json!(self.random_hex(32, None)))
     }
 
