@@ -109,6 +109,9 @@ on_both_brokers! {
             &["plugin_opt_publish b/#", "plugin_opt_rpc_timeout_ms 1000"],
             &["plugin_opt_subscribe b/#"],
         );
+        // Budget enough for the whole burst: posting must not be waiting for a block when the
+        // answers start coming late.
+        p.node.ok("devnode_mine", json!([1000]));
         let sub = Mqtt::connect(p.b.port, "sub-b", true);
         assert!(sub.subscribe("b/#", QoS::AtLeastOnce));
         let publ = Mqtt::connect(p.a.port, "pub-a", true);

@@ -322,3 +322,204 @@ impl Worker {
         self.queued = self.queued.saturating_sub(n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A twisterd whose answers the test scripts: every call is recorded; a post is stored unless
+    /// told otherwise, and its answer may be lost (as when it comes after the RPC timeout).
+    #[derive(Default)]
+    struct Script {
+        calls: Vec<(String, Value)>,
+        stored: BTreeMap<i64, String>,
+        lose_answers: usize,
+        height: i64,
+        budget: i64,
+    }
+
+    struct Fake(Arc<Mutex<Script>>);
+
+    impl Twister for Fake {
+        fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+            let mut s = self.0.lock().unwrap();
+            s.calls.push((method.to_string(), params.clone()));
+            match method {
+                "newpostmsg" => {
+                    let k = params[1].as_i64().unwrap();
+                    if k > s.budget {
+                        return Err(RpcError::Rpc {
+                            code: -32602,
+                            message: "too much posts from user 'alice' rejecting post".into(),
+                        });
+                    }
+                    // A used k keeps its first text, as twisterd does.
+                    let text = params[2].as_str().unwrap().to_string();
+                    s.stored.entry(k).or_insert(text);
+                    if s.lose_answers > 0 {
+                        s.lose_answers -= 1;
+                        return Err(RpcError::Transport("timed out reading response".into()));
+                    }
+                    Ok(json!({"userpost": {"k": k}}))
+                }
+                "getlasthave" => {
+                    Ok(json!({"alice": s.stored.keys().next_back().copied().unwrap_or(-1)}))
+                }
+                "getinfo" => Ok(json!({"blocks": s.height})),
+                _ => Ok(Value::Null),
+            }
+        }
+    }
+
+    fn worker(script: &Arc<Mutex<Script>>) -> (Worker, Receiver<ToBroker>) {
+        let opts: Vec<(String, String)> = [
+            ("rpc_user", "u"),
+            ("rpc_password", "p"),
+            ("user", "alice"),
+            ("publish", "t/#"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cfg = Arc::new(crate::config::parse(&opts).unwrap());
+        let (_to_worker, inbox) = crossbeam_channel::bounded(16);
+        let (to_broker, from_worker) = crossbeam_channel::bounded(1024);
+        let (dht_tx, _) = crossbeam_channel::bounded(16);
+        let health = Arc::new(Health::default());
+        let dht = DhtThread::spawn(
+            cfg.clone(),
+            Box::new(Fake(Arc::default())),
+            dht_tx,
+            to_broker.clone(),
+            health.clone(),
+        );
+        let start = Start {
+            saved: None,
+            restored: None,
+            interest: None,
+            counters: Counters::default(),
+            drops: Drops::default(),
+            dht,
+            doorbell: Doorbell::new(None, String::new()),
+            health,
+        };
+        let mut w = Worker::new(cfg, Box::new(Fake(script.clone())), inbox, to_broker, start);
+        w.ready = true;
+        (w, from_worker)
+    }
+
+    fn publish(w: &mut Worker, from: usize, n: usize) {
+        for i in from..from + n {
+            w.outbound(Message {
+                topic: format!("t/{i}"),
+                payload: b"x".to_vec(),
+                qos: 1,
+                retain: false,
+            });
+        }
+    }
+
+    fn posts_sent(script: &Arc<Mutex<Script>>) -> Vec<(i64, String)> {
+        let s = script.lock().unwrap();
+        s.calls
+            .iter()
+            .filter(|(m, _)| m == "newpostmsg")
+            .map(|(_, p)| (p[1].as_i64().unwrap(), p[2].as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_post_of_unknown_outcome_is_verified_and_its_number_never_gets_other_text() {
+        let script = Arc::new(Mutex::new(Script {
+            lose_answers: 1,
+            budget: 100,
+            ..Default::default()
+        }));
+        let (mut w, _logs) = worker(&script);
+        publish(&mut w, 0, 3);
+        w.flush(POSTS_PER_FLUSH);
+        assert_eq!(posts_sent(&script).len(), 1, "stops at the unknown outcome");
+        assert!(w.pending.is_some());
+        // More messages arrive; the next flush first asks twisterd, finds post 0 stored, and
+        // carries on with post 1 for the new ones only.
+        publish(&mut w, 3, 2);
+        w.flush(POSTS_PER_FLUSH);
+        let sent = posts_sent(&script);
+        let methods: Vec<String> = script
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect();
+        assert_eq!(methods, ["newpostmsg", "getlasthave", "newpostmsg"]);
+        assert_eq!(sent.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(
+            (w.queued, w.saved.next_k, w.pending.is_none()),
+            (0, 2, true)
+        );
+        let s = script.lock().unwrap();
+        assert_eq!(s.stored.len(), 2, "every message stored, under two numbers");
+        assert!(
+            s.stored[&0].contains("t/2")
+                && !s.stored[&0].contains("t/3")
+                && s.stored[&1].contains("t/4"),
+            "{:?}",
+            s.stored
+        );
+    }
+
+    #[test]
+    fn a_post_not_stored_yet_goes_again_with_the_same_text_and_number() {
+        let script = Arc::new(Mutex::new(Script {
+            budget: 100,
+            ..Default::default()
+        }));
+        let (mut w, _logs) = worker(&script);
+        publish(&mut w, 0, 2);
+        w.pending = w.next_post(&None).map(|(k, text, items)| InFlight {
+            k,
+            to: None,
+            text,
+            items,
+        });
+        let first = w.pending.clone().unwrap();
+        // twisterd never got it (getlasthave says -1): the same text goes under the same number,
+        // although more messages wait now.
+        publish(&mut w, 2, 5);
+        w.flush(1);
+        assert_eq!(posts_sent(&script), vec![(first.k, first.text.clone())]);
+        assert_eq!((w.queued, w.saved.next_k), (5, first.k + 1));
+    }
+
+    #[test]
+    fn out_of_budget_nothing_is_tried_until_the_height_allows_it() {
+        let script = Arc::new(Mutex::new(Script {
+            budget: 0,
+            height: 100,
+            ..Default::default()
+        }));
+        let (mut w, _logs) = worker(&script);
+        w.saved.next_k = 21;
+        publish(&mut w, 0, 1);
+        w.flush(POSTS_PER_FLUSH);
+        assert_eq!(w.budget.wait_for_height, Some(101));
+        assert_eq!(w.flush_due_at(), None, "no timer: the height wakes it");
+        for _ in 0..3 {
+            w.watch_height();
+            w.flush(POSTS_PER_FLUSH);
+        }
+        assert_eq!(posts_sent(&script).len(), 1, "no refused post repeated");
+        {
+            let mut s = script.lock().unwrap();
+            s.height = 101;
+            s.budget = 22;
+        }
+        w.watch_height();
+        assert!(w.flush_due_at().is_some());
+        w.flush(POSTS_PER_FLUSH);
+        assert_eq!(posts_sent(&script).len(), 2);
+        assert_eq!(w.queued, 0);
+    }
+}

@@ -1,0 +1,147 @@
+//! The worker's routing of local messages: to the public queue, to the private recipients whose
+//! interest matches (or held a while for it, `crate::private_hold`), and the counting of what is not
+//! forwarded (`crate::drops`).
+
+use super::*;
+
+impl Worker {
+    /// Encodes a message about to be queued; in the poc format, says when the 2014 bridge will lose it.
+    pub(super) fn encode_for_posting(&mut self, msg: &Message) -> String {
+        let item = self.encode(msg);
+        let chars = item.chars().count();
+        if self.cfg.wire_format == WireFormat::Poc && chars > POC_BRIDGE_CHARS {
+            let detail = format!("a message on {} as a post of {chars} characters: twisterd splits it into msg + msg2 and the 2014 bridge reads only msg, so it is lost there (plugin_opt_wire_format poc)", msg.topic);
+            self.drop_message(Reason::SplitForThe2014Bridge, detail);
+        }
+        item
+    }
+
+    pub(super) fn make_room(&mut self, topic: &str) -> bool {
+        if self.queued < self.cfg.max_queue {
+            return true;
+        }
+        self.drop_message(
+            Reason::QueueFull,
+            format!(
+                "a message on {topic}: {} messages already wait for a post (plugin_opt_max_queue)",
+                self.cfg.max_queue
+            ),
+        );
+        false
+    }
+
+    /// Counts a message not forwarded, and says so in the log (rate-limited per reason).
+    pub(super) fn drop_message(&mut self, reason: Reason, detail: String) {
+        if let Some(line) = self.drops.count(reason, &detail, Instant::now()) {
+            let level = match reason {
+                Reason::TooBig => Level::Error,
+                _ => Level::Warning,
+            };
+            self.log(level, line);
+        }
+    }
+
+    pub(super) fn outbound(&mut self, msg: Message) {
+        let public = self
+            .cfg
+            .publish
+            .iter()
+            .any(|f| crate::topic::matches(f, &msg.topic));
+        if public && self.make_room(&msg.topic) {
+            let item = self.encode_for_posting(&msg);
+            self.public.items.push_back(item);
+            self.public.since.get_or_insert_with(Instant::now);
+            self.queued += 1;
+            self.counters.forwarded += 1;
+        }
+        if self
+            .cfg
+            .private
+            .iter()
+            .any(|r| crate::topic::matches(&r.filter, &msg.topic))
+        {
+            if self.remote_known {
+                self.enqueue_private(msg);
+            } else if self.make_room(&msg.topic) {
+                self.hold_private(msg);
+            }
+        }
+    }
+
+    /// Queues a private forward for each listed recipient whose interest matches; with none, holds it
+    /// for a while and reads the recipients' interest again at once.
+    pub(super) fn enqueue_private(&mut self, msg: Message) {
+        let recipients = interested_recipients(&self.cfg.private, &self.remote, &msg.topic);
+        if recipients.is_empty() {
+            if self.make_room(&msg.topic) {
+                self.hold_private(msg);
+            }
+            return;
+        }
+        self.enqueue_to(&msg, recipients);
+    }
+
+    pub(super) fn enqueue_to(&mut self, msg: &Message, recipients: Vec<String>) {
+        let item = self.encode_for_posting(msg);
+        for u in recipients {
+            if !self.make_room(&msg.topic) {
+                return;
+            }
+            let q = self.private.entry(u).or_default();
+            q.items.push_back(item.clone());
+            q.since.get_or_insert_with(Instant::now);
+            self.queued += 1;
+            self.counters.forwarded += 1;
+        }
+    }
+
+    /// Room was made for it: it counts as queued while held.
+    pub(super) fn hold_private(&mut self, msg: Message) {
+        self.queued += 1;
+        if self.held_private.push(Instant::now(), msg) {
+            self.reread_interest();
+        }
+    }
+
+    pub(super) fn reread_interest(&mut self) {
+        let recipients = self.private_recipients();
+        if !recipients.is_empty() {
+            self.dht.send(DhtJob::ReadInterest(recipients));
+        }
+    }
+
+    /// Routes the held messages some recipient now wants; the others wait on (`restart`: their grace
+    /// period starts now, the interest having just become known).
+    pub(super) fn route_held(&mut self, restart: bool) {
+        let now = Instant::now();
+        for (since, msg) in self.held_private.take_all() {
+            let recipients = interested_recipients(&self.cfg.private, &self.remote, &msg.topic);
+            if recipients.is_empty() {
+                self.held_private
+                    .keep(if restart { now } else { since }, msg);
+                continue;
+            }
+            self.queued = self.queued.saturating_sub(1);
+            self.enqueue_to(&msg, recipients);
+        }
+    }
+
+    /// Drops the held messages whose grace period ended; reads the interest again when due.
+    pub(super) fn expire_held(&mut self, now: Instant) {
+        if !self.remote_known {
+            return;
+        }
+        for msg in self.held_private.expired(now) {
+            self.queued = self.queued.saturating_sub(1);
+            let detail = format!(
+                "a private message on {}: no listed recipient's published interest matched it within {:?}",
+                msg.topic,
+                crate::private_hold::GRACE
+            );
+            self.drop_message(Reason::NoRecipientInterested, detail);
+        }
+        if self.held_private.reread_due(now) {
+            self.reread_interest();
+        }
+    }
+}
