@@ -164,7 +164,8 @@ on_both_brokers! {
                     from_a(&on_a),
                     from_a(&on_b)
                 );
-                assert!(from_a(&on_a) + 5 >= i, "a's local subscriber fell behind during the cut");
+                // (Slack of one second for a loaded machine; a broker held up by the cut would be 30 s behind.)
+                assert!(from_a(&on_a) + 20 >= i, "a's local subscriber fell behind during the cut");
                 assert!(from_a(&on_b) + 60 >= i, "b fell behind during the cut");
                 hosts.heal("c");
                 eprintln!("cut for {:.1} s", cut_at.unwrap().elapsed().as_secs_f64());
