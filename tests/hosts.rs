@@ -325,3 +325,42 @@ on_both_brokers! {
         report("triangle", began);
     }
 }
+
+fn listed_namespaces() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+on_both_brokers! {
+    fn leftovers_of_a_killed_run_and_a_failing_test_leave_nothing_behind() {
+        // A namespace of a test process that no longer runs (no such pid), with a process in it.
+        let stale = &format!("mqtwh-2147483646-{:?}-a", broker_version());
+        let _ = std::process::Command::new("ip").args(["netns", "add", stale]).status();
+        let mut sleeper = std::process::Command::new("ip")
+            .args(["netns", "exec", stale, "sleep", "600"])
+            .spawn()
+            .unwrap();
+        // A test that fails while its hosts run.
+        let names = std::sync::Mutex::new(Vec::new());
+        let outcome = std::panic::catch_unwind(|| {
+            let hosts = three_hosts(Network::default());
+            *names.lock().unwrap() = hosts.namespaces();
+            panic!("a failing test");
+        });
+        assert!(outcome.is_err());
+        let names = names.into_inner().unwrap();
+        assert_eq!(names.len(), 4);
+        let listed = listed_namespaces();
+        assert!(!listed.contains(stale), "the leftover namespace was removed at start");
+        let waited = wait_for(Duration::from_secs(5), "the leftover's process killed", || {
+            sleeper.try_wait().unwrap()
+        });
+        assert!(!waited.success());
+        for ns in names {
+            assert!(!listed.contains(&ns), "{ns} left behind by a failing test");
+        }
+    }
+}
