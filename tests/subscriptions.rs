@@ -95,6 +95,28 @@ on_both_brokers! {
         }
     }
 
+    fn a_persistent_session_taken_over_while_connected_still_receives() {
+        let p = Pair::start(&["plugin_opt_publish t/#"], &[]);
+        let mut first = RawMqtt::connect(p.b.port, "live", false);
+        first.subscribe(1, "t/#");
+        wait_interest(&p.node, "bob", "t/#");
+        // The client reconnects before the broker noticed its old connection is gone.
+        let mut second = RawMqtt::connect(p.b.port, "live", false);
+        let other = Mqtt::connect(p.b.port, "other", true);
+        assert!(other.subscribe("marker/live", QoS::AtMostOnce));
+        wait_interest(&p.node, "bob", "marker/live");
+        assert!(
+            p.node.profile_topics("bob").unwrap_or_default().contains(&"t/#".to_string()),
+            "the session taken over still wants t/#"
+        );
+        let publ = Mqtt::connect(p.a.port, "pub-a", true);
+        publ.publish("t/1", b"to the new connection", QoS::AtLeastOnce, false);
+        let (kind, body) = second.read();
+        assert_eq!(kind & 0xF0, 0x30, "a PUBLISH");
+        assert!(body.ends_with(b"to the new connection"), "{body:?}");
+        drop(first);
+    }
+
     fn a_subscription_restored_by_mosquitto_persistence_is_honoured_after_a_restart() {
         let node = DevNode::start();
         let dir = workdir();
@@ -461,6 +483,20 @@ impl RawMqtt {
 
     fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
+    }
+
+    fn subscribe(&mut self, mid: u16, filter: &str) {
+        let mut body = mid.to_be_bytes().to_vec();
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter.as_bytes());
+        body.push(0x01); // QoS 1
+        self.packet(0x82, &body);
+        let (kind, rest) = self.read();
+        assert_eq!(
+            (kind, rest.last()),
+            (0x90, Some(&0x01)),
+            "SUBACK granted QoS 1"
+        );
     }
 
     fn publish_qos2(&mut self, mid: u16, topic: &str, payload: &[u8], dup: bool) {
