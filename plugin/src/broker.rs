@@ -6,6 +6,7 @@
 
 use crate::access::{self, AclAnswer};
 use crate::bindings::*;
+use crate::bus::{Level, Outgoing, ToBroker, ToWorker};
 use crate::config::{self, Config};
 use crate::interest::{BrokerSessionEvent, RestoredSessions, SessionEvent};
 use crate::qos2::{self, Qos2Dedup};
@@ -15,7 +16,6 @@ use crate::supervise::{WorkerHandle, STOP_WAIT};
 use crate::wake::Doorbell;
 use crate::watch::Watch;
 use crate::wire::Message;
-use crate::worker::{Level, ToBroker, ToWorker};
 use crossbeam_channel::TrySendError;
 use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -217,7 +217,8 @@ unsafe extern "C" fn on_message(
         let Some(topic) = (unsafe { str_of(ev.topic) }) else {
             return 0;
         };
-        if !p.cfg.forwards(topic) {
+        let route = p.cfg.router.route(topic);
+        if route.is_empty() {
             return 0;
         }
         let may_refuse = p.v21 && ev.qos > 0;
@@ -242,11 +243,14 @@ unsafe extern "C" fn on_message(
             }
         }
         let payload = payload.to_vec();
-        let queued = p.worker.publish(Message {
-            topic: topic.to_owned(),
-            payload,
-            qos: ev.qos,
-            retain: ev.retain,
+        let queued = p.worker.publish(Outgoing {
+            message: Message {
+                topic: topic.to_owned(),
+                payload,
+                qos: ev.qos,
+                retain: ev.retain,
+            },
+            route,
         });
         if !queued {
             if may_refuse && protocol_version(ev.client) == 5 {

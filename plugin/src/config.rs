@@ -1,6 +1,7 @@
 //! `plugin_opt_*` lines parsed by a pure function into a typed configuration. Every error names the
 //! `plugin_opt_` key; unknown keys are refused; list keys may be repeated.
 
+use crate::route::Router;
 use crate::topic;
 use std::fmt;
 use std::path::PathBuf;
@@ -76,7 +77,7 @@ pub struct Config {
     /// Wake the broker's loop through its own listener when messages arrive (see `wake`).
     pub wakeup: bool,
     /// Every `publish` and `private` filter, compiled for the MESSAGE callback.
-    pub forward_filters: topic::FilterSet,
+    pub router: Router,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -314,10 +315,8 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         None => Ok(Duration::from_millis(default)),
         Some(v) => millis(key, v, min, max),
     };
-    let forward_filters =
-        topic::FilterSet::new(publish.iter().chain(private.iter().map(|r| &r.filter)));
     Ok(Config {
-        forward_filters,
+        router: Router::new(&publish, &private),
         rpc_url,
         rpc_user,
         rpc_password,
@@ -345,13 +344,6 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
             .transpose()?
             .unwrap_or(true),
     })
-}
-
-impl Config {
-    /// Whether a local message on `topic` leaves this broker at all (public or private).
-    pub fn forwards(&self, topic: &str) -> bool {
-        self.forward_filters.matches_any(topic)
-    }
 }
 
 #[cfg(test)]
@@ -413,7 +405,8 @@ mod tests {
                 users: vec!["bob".into(), "carol".into()]
             }]
         );
-        assert!(c.forwards("doors/1") && c.forwards("sensors/x/y") && !c.forwards("other"));
+        let forwards = |t| !c.router.route(t).is_empty();
+        assert!(forwards("doors/1") && forwards("sensors/x/y") && !forwards("other"));
     }
 
     #[test]

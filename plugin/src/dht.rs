@@ -2,10 +2,10 @@
 //! kept) and the followed users' published interest. `dhtget` may wait for the network for seconds, so
 //! it never runs on the worker's post and poll path.
 
+use crate::bus::{Level, ToBroker, ToWorker};
 use crate::config::Config;
 use crate::health::{panic_text, Health};
 use crate::rpc::Twister;
-use crate::worker::{Level, ToBroker, ToWorker};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::{json, Map, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -6,6 +6,7 @@
 //! `access`, `startup`, `held`, `qos2`. The exported symbols below are one-line shims into `broker`.
 
 pub mod access;
+pub mod bus;
 pub mod config;
 pub mod dht;
 pub mod directs;
@@ -20,6 +21,7 @@ pub mod private_hold;
 pub mod qos2;
 pub mod ratelimit;
 pub mod reassembly;
+pub mod route;
 pub mod rpc;
 pub mod spool;
 pub mod startup;

@@ -5,9 +5,10 @@
 //! while messages are held); it is routed as soon as an interest matches, or dropped and counted when
 //! the grace period ends.
 
+use crate::bus::Outgoing;
 use crate::config::PrivateRule;
 use crate::interest::any_matches;
-use crate::topic;
+use crate::route::RuleSet;
 use crate::wire::Message;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -17,17 +18,16 @@ pub const GRACE: Duration = Duration::from_secs(10);
 /// How often the recipients' interest is read again while messages wait.
 pub const REREAD_EVERY: Duration = Duration::from_secs(1);
 
-/// The recipients of `topic` (listed by a rule matching it) whose published interest matches it.
+/// The recipients of `topic` listed by the rules it matched (`matched`, decided by the router) whose
+/// published interest matches it.
 pub fn interested_recipients(
     rules: &[PrivateRule],
+    matched: &RuleSet,
     remote: &BTreeMap<String, Vec<String>>,
     topic_name: &str,
 ) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for rule in rules
-        .iter()
-        .filter(|r| topic::matches(&r.filter, topic_name))
-    {
+    for rule in matched.iter().filter_map(|i| rules.get(i)) {
         for u in &rule.users {
             let interested = remote.get(u).is_some_and(|f| any_matches(f, topic_name));
             if interested && !out.contains(u) {
@@ -40,19 +40,19 @@ pub fn interested_recipients(
 
 #[derive(Default)]
 pub struct PrivateHold {
-    items: VecDeque<(Instant, Message)>,
+    items: VecDeque<(Instant, Outgoing)>,
     next_reread: Option<Instant>,
 }
 
 impl PrivateHold {
     /// Holds `msg`; true when the recipients' interest should be read again now.
-    pub fn push(&mut self, now: Instant, msg: Message) -> bool {
+    pub fn push(&mut self, now: Instant, msg: Outgoing) -> bool {
         self.items.push_back((now, msg));
         self.reread_due(now)
     }
 
     /// Puts back a message taken out, keeping the time it has waited.
-    pub fn keep(&mut self, since: Instant, msg: Message) {
+    pub fn keep(&mut self, since: Instant, msg: Outgoing) {
         self.items.push_back((since, msg));
     }
 
@@ -66,12 +66,12 @@ impl PrivateHold {
     }
 
     /// Every held message, oldest first, with the time it was held.
-    pub fn take_all(&mut self) -> Vec<(Instant, Message)> {
+    pub fn take_all(&mut self) -> Vec<(Instant, Outgoing)> {
         self.items.drain(..).collect()
     }
 
     /// The messages that waited GRACE or longer, taken out.
-    pub fn expired(&mut self, now: Instant) -> Vec<Message> {
+    pub fn expired(&mut self, now: Instant) -> Vec<Outgoing> {
         let mut out = Vec::new();
         while self
             .items
@@ -93,7 +93,7 @@ impl PrivateHold {
     }
 
     pub fn messages(&self) -> impl Iterator<Item = &Message> {
-        self.items.iter().map(|(_, m)| m)
+        self.items.iter().map(|(_, m)| &m.message)
     }
 
     pub fn len(&self) -> usize {
@@ -109,13 +109,27 @@ impl PrivateHold {
 mod tests {
     use super::*;
 
-    fn msg(topic: &str) -> Message {
-        Message {
-            topic: topic.into(),
-            payload: b"x".to_vec(),
-            qos: 1,
-            retain: false,
+    fn msg(topic: &str) -> Outgoing {
+        let mut private_rules = RuleSet::default();
+        private_rules.insert(0);
+        Outgoing {
+            message: Message {
+                topic: topic.into(),
+                payload: b"x".to_vec(),
+                qos: 1,
+                retain: false,
+            },
+            route: crate::route::Route {
+                public: false,
+                private_rules,
+            },
         }
+    }
+
+    fn first_rule() -> RuleSet {
+        let mut s = RuleSet::default();
+        s.insert(0);
+        s
     }
 
     fn rules() -> Vec<PrivateRule> {
@@ -132,12 +146,12 @@ mod tests {
         remote.insert("carol".to_string(), vec!["windows/#".to_string()]);
         remote.insert("dave".to_string(), vec!["#".to_string()]);
         assert_eq!(
-            interested_recipients(&rules(), &remote, "doors/front"),
+            interested_recipients(&rules(), &first_rule(), &remote, "doors/front"),
             vec!["bob"]
         );
-        assert!(interested_recipients(&rules(), &remote, "doors/a/b").is_empty());
+        assert!(interested_recipients(&rules(), &first_rule(), &remote, "doors/a/b").is_empty());
         assert!(
-            interested_recipients(&rules(), &remote, "lights/1").is_empty(),
+            interested_recipients(&rules(), &RuleSet::default(), &remote, "lights/1").is_empty(),
             "no rule"
         );
     }
@@ -163,7 +177,7 @@ mod tests {
         assert!(h.expired(t0 + GRACE - Duration::from_millis(1)).is_empty());
         let gone = h.expired(t0 + GRACE);
         assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].topic, "doors/1");
+        assert_eq!(gone[0].message.topic, "doors/1");
         assert_eq!(h.len(), 1);
         // Taken out to be routed, one put back keeps its age.
         let all = h.take_all();
@@ -171,7 +185,9 @@ mod tests {
         let (since, m) = all.into_iter().next().unwrap();
         h.keep(since, m);
         assert_eq!(
-            h.expired(t0 + Duration::from_secs(3) + GRACE)[0].topic,
+            h.expired(t0 + Duration::from_secs(3) + GRACE)[0]
+                .message
+                .topic,
             "doors/2"
         );
     }

@@ -7,6 +7,9 @@
 //! Stopping is bounded: the broker waits `STOP_WAIT` at most for the worker to flush and save, then
 //! leaves it behind (the library stays loaded, see `broker::keep_library_loaded`).
 
+use crate::bus::{
+    Level, Outbound, Outgoing, ToBroker, ToWorker, CONTROL_CAPACITY, TO_BROKER_CAPACITY,
+};
 use crate::config::Config;
 use crate::dht::DhtThread;
 use crate::drops::Drops;
@@ -15,11 +18,7 @@ use crate::interest::{Interest, RestoredSessions};
 use crate::rpc::Twister;
 use crate::state::Saved;
 use crate::wake::Doorbell;
-use crate::wire::Message;
-use crate::worker::{
-    Counters, Level, Outbound, Start, ToBroker, ToWorker, Worker, CONTROL_CAPACITY,
-    TO_BROKER_CAPACITY,
-};
+use crate::worker::{Counters, Start, Worker};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -78,7 +77,7 @@ impl WorkerHandle {
     }
 
     /// Queues a local message for the worker; false when the queue is full. Never blocks.
-    pub fn publish(&self, m: Message) -> bool {
+    pub fn publish(&self, m: Outgoing) -> bool {
         match self.outbound.offer(m) {
             Err(_) => false,
             Ok(wake) => {

@@ -80,35 +80,6 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-/// Filters compiled for the MESSAGE callback: most topics are rejected by one comparison with the
-/// literal text before a filter's first wildcard.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FilterSet {
-    filters: Vec<(String, usize)>,
-}
-
-impl FilterSet {
-    pub fn new<'a>(filters: impl IntoIterator<Item = &'a String>) -> Self {
-        let literal = |f: &str| match f.find(['+', '#']) {
-            // `a/#` also matches `a`: the slash before a final `#` is not required.
-            Some(at) if f[at..].starts_with('#') => at.saturating_sub(1),
-            Some(at) => at,
-            None => f.len(),
-        };
-        let filters = filters
-            .into_iter()
-            .map(|f| (f.clone(), literal(f)))
-            .collect();
-        FilterSet { filters }
-    }
-
-    pub fn matches_any(&self, topic: &str) -> bool {
-        self.filters.iter().any(|(f, literal)| {
-            topic.as_bytes().starts_with(&f.as_bytes()[..*literal]) && matches(f, topic)
-        })
-    }
-}
-
 /// Topics a broker must never take from the network: `$SYS`, `$CONTROL` and every other `$` topic.
 pub fn is_injectable(topic: &str) -> bool {
     is_valid_topic_name(topic) && !topic.starts_with('$')
@@ -203,36 +174,6 @@ mod tests {
             }
         }
         assert!(pairs > 10_000, "{pairs}");
-    }
-
-    #[test]
-    fn filter_sets_agree_with_matches() {
-        let filters: Vec<String> = ["a/b/#", "+/x", "#", "sensors/+/temp", "exact"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let topics = [
-            "a/b",
-            "a/b/c",
-            "q/x",
-            "$SYS/x",
-            "sensors/1/temp",
-            "sensors/1/hum",
-            "exact",
-            "exactly",
-            "",
-        ];
-        for n in 0..=filters.len() {
-            let set = FilterSet::new(&filters[..n]);
-            for t in topics {
-                assert_eq!(
-                    set.matches_any(t),
-                    filters[..n].iter().any(|f| matches(f, t)),
-                    "{:?} {t}",
-                    &filters[..n]
-                );
-            }
-        }
     }
 
     #[test]

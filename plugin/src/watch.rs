@@ -2,9 +2,9 @@
 //! log by `broker`: messages from the network refused for their topic (counted, rate-limited), a worker
 //! thread that has ended, a worker that shows no sign of life. Time comes in as `now`.
 
+use crate::bus::Level;
 use crate::health::Health;
 use crate::ratelimit::{held_back_note, LogLimiter};
-use crate::worker::Level;
 use std::time::{Duration, Instant};
 
 pub struct Watch {

@@ -8,12 +8,13 @@ mod posting;
 mod routing;
 mod sessions;
 
+use crate::bus::{Level, Outbound, Outgoing, ToBroker, ToWorker};
 use crate::config::{Config, WireFormat};
 use crate::dht::{DhtJob, DhtThread};
 use crate::drops::{Drops, Reason};
 use crate::health::Health;
 use crate::held::Held;
-use crate::interest::{Interest, RestoredSessions, SessionEvent};
+use crate::interest::{Interest, RestoredSessions};
 use crate::outbox::{Budget, InFlight};
 use crate::private_hold::{interested_recipients, PrivateHold};
 use crate::ratelimit::{held_back_note, LogLimiter};
@@ -25,65 +26,12 @@ use crate::wire::{self, Message};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twister_rules::PostHeader;
 
-/// What the broker thread sends to the worker.
-#[derive(Debug)]
-pub enum ToWorker {
-    Subscribe {
-        client: String,
-        filter: String,
-    },
-    Unsubscribe {
-        client: String,
-        filter: String,
-    },
-    /// What the broker told about a client's connection or session.
-    Session {
-        client: String,
-        event: SessionEvent,
-    },
-    /// From the DHT thread: a followed user's published interest (`None`: no profile or no topics).
-    RemoteInterest {
-        user: String,
-        filters: Option<Vec<String>>,
-    },
-    /// From the DHT thread: our profile write finished.
-    ProfileWritten(Result<(), String>),
-    /// The broker is unloading the plugin: flush, save, stop.
-    Shutdown,
-    /// Local messages were queued while the worker slept.
-    Wake,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Level {
-    Error,
-    Warning,
-    Notice,
-    Info,
-    Debug,
-}
-
-/// What the worker asks the broker thread to do (in the TICK callback).
-#[derive(Debug)]
-pub enum ToBroker {
-    Publish(Message),
-    Log(Level, String),
-}
-
-/// Room for local messages between two drains of the worker (every 2 ms while busy). Every slot is
-/// allocated up front, so this is also memory the plugin holds from the start (about 1 MiB).
-pub const OUTBOUND_CAPACITY: usize = 16_384;
 /// How often changed state (post number, read positions) is written to the state file.
 const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
-/// Subscription events and DHT answers.
-pub const CONTROL_CAPACITY: usize = 4096;
-/// Messages from the network and log lines waiting for the broker's TICK.
-pub const TO_BROKER_CAPACITY: usize = 8192;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Posts sent in one go before the worker looks at its inbox again.
 const POSTS_PER_FLUSH: usize = 32;
@@ -172,46 +120,6 @@ pub struct Worker {
     held: Held,
     /// Until when they wait (set once ready).
     resubscribe_until: Option<Instant>,
-}
-
-/// Messages from the MESSAGE callback to the worker. A lock-free queue, not the channel: while messages
-/// flow the worker drains it every few milliseconds on its own, so the broker's thread pays neither a
-/// lock nor a wake-up (a syscall) per message; it signals only a worker that went to sleep.
-pub struct Outbound {
-    queue: crossbeam_queue::ArrayQueue<Message>,
-    sleeping: AtomicBool,
-    /// The worker's count of messages waiting for a post, as of its last loop turn, and its bound
-    /// (`plugin_opt_max_queue`): lets the MESSAGE callback refuse a publish the worker would drop.
-    backlog: AtomicUsize,
-    max_backlog: usize,
-}
-
-impl Outbound {
-    /// For a worker that holds at most `max_backlog` messages waiting for a post.
-    pub fn new(max_backlog: usize) -> Self {
-        Outbound {
-            queue: crossbeam_queue::ArrayQueue::new(OUTBOUND_CAPACITY),
-            backlog: AtomicUsize::new(0),
-            max_backlog,
-            sleeping: AtomicBool::new(false),
-        }
-    }
-
-    /// The worker would drop a new message for want of room (`plugin_opt_max_queue`), as far as its
-    /// last loop turn tells, or the hand-over queue itself is full. Two atomic loads.
-    pub fn backlog_full(&self) -> bool {
-        self.queue.is_full()
-            || self.backlog.load(Ordering::Relaxed) + self.queue.len() >= self.max_backlog
-    }
-
-    /// Queues a local message; Err(message) when the queue is full, Ok(true) when the worker sleeps
-    /// and must be woken. Never blocks.
-    pub fn offer(&self, m: Message) -> Result<bool, Message> {
-        self.queue.push(m)?;
-        // Pairs with the worker's store of `sleeping` before its last look at the queue.
-        fence(Ordering::SeqCst);
-        Ok(self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst))
-    }
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -375,7 +283,13 @@ impl Worker {
                 Destination::Public => &mut self.public,
                 Destination::Direct(user) => self.private.entry(user).or_default(),
                 Destination::Undecided => {
-                    self.held_private.push(Instant::now(), msg);
+                    // Kept across a restart without its route: routed by the configuration now.
+                    let route = self.cfg.router.route(&msg.topic);
+                    let out = Outgoing {
+                        message: msg,
+                        route,
+                    };
+                    self.held_private.push(Instant::now(), out);
                     self.queued += 1;
                     continue;
                 }
@@ -483,7 +397,7 @@ impl Worker {
                 return self.shutdown(outbound);
             }
             let mut drained = 0;
-            while let Some(m) = outbound.queue.pop() {
+            while let Some(m) = outbound.take() {
                 self.outbound(m);
                 drained += 1;
                 if drained == 8192 {
@@ -498,14 +412,12 @@ impl Worker {
             } else {
                 // Going idle: let go of kept-alive connections, which would hold twisterd's `stop`.
                 self.rpc.release_idle();
-                outbound.sleeping.store(true, Ordering::SeqCst);
-                if !outbound.queue.is_empty() {
-                    outbound.sleeping.store(false, Ordering::SeqCst);
+                if !outbound.going_to_sleep() {
                     continue;
                 }
             }
             let received = self.inbox.recv_timeout(wait);
-            outbound.sleeping.store(false, Ordering::SeqCst);
+            outbound.awake();
             match received {
                 Ok(ToWorker::Shutdown) => return self.shutdown(outbound),
                 Ok(m) => {
@@ -523,7 +435,7 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => return self.shutdown(outbound),
             }
             self.step(Instant::now());
-            outbound.backlog.store(self.queued, Ordering::Relaxed);
+            outbound.set_backlog(self.queued);
         }
     }
 
@@ -1054,7 +966,7 @@ impl Worker {
 
     fn shutdown(&mut self, outbound: &Outbound) {
         self.stopping = true;
-        while let Some(m) = outbound.queue.pop() {
+        while let Some(m) = outbound.take() {
             self.outbound(m);
         }
         // Counted from the broker's request: the broker waits only so long (supervise::STOP_WAIT).

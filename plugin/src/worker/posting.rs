@@ -411,11 +411,16 @@ mod tests {
 
     fn publish(w: &mut Worker, from: usize, n: usize) {
         for i in from..from + n {
-            w.outbound(Message {
-                topic: format!("t/{i}"),
-                payload: b"x".to_vec(),
-                qos: 1,
-                retain: false,
+            let topic = format!("t/{i}");
+            let route = w.cfg.router.route(&topic);
+            w.outbound(Outgoing {
+                message: Message {
+                    topic,
+                    payload: b"x".to_vec(),
+                    qos: 1,
+                    retain: false,
+                },
+                route,
             });
         }
     }

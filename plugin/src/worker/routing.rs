@@ -41,44 +41,47 @@ impl Worker {
         }
     }
 
-    pub(super) fn outbound(&mut self, msg: Message) {
-        let public = self
-            .cfg
-            .publish
-            .iter()
-            .any(|f| crate::topic::matches(f, &msg.topic));
-        if public && self.make_room(&msg.topic) {
-            let item = self.encode_for_posting(&msg);
+    /// A local message, routed by the MESSAGE callback (`route`): never matched against the
+    /// configuration again here.
+    pub(super) fn outbound(&mut self, out: Outgoing) {
+        let msg = &out.message;
+        if out.route.public && self.make_room(&msg.topic) {
+            let item = self.encode_for_posting(msg);
             self.public.items.push_back(item);
             self.public.since.get_or_insert_with(Instant::now);
             self.queued += 1;
             self.counters.forwarded += 1;
         }
-        if self
-            .cfg
-            .private
-            .iter()
-            .any(|r| crate::topic::matches(&r.filter, &msg.topic))
-        {
+        if !out.route.private_rules.is_empty() {
             if self.remote_known {
-                self.enqueue_private(msg);
-            } else if self.make_room(&msg.topic) {
-                self.hold_private(msg);
+                self.enqueue_private(out);
+            } else if self.make_room(&out.message.topic) {
+                self.hold_private(out);
             }
         }
     }
 
     /// Queues a private forward for each listed recipient whose interest matches; with none, holds it
     /// for a while and reads the recipients' interest again at once.
-    pub(super) fn enqueue_private(&mut self, msg: Message) {
-        let recipients = interested_recipients(&self.cfg.private, &self.remote, &msg.topic);
+    pub(super) fn enqueue_private(&mut self, out: Outgoing) {
+        let recipients = self.recipients(&out);
         if recipients.is_empty() {
-            if self.make_room(&msg.topic) {
-                self.hold_private(msg);
+            if self.make_room(&out.message.topic) {
+                self.hold_private(out);
             }
             return;
         }
-        self.enqueue_to(&msg, recipients);
+        self.enqueue_to(&out.message, recipients);
+    }
+
+    /// The recipients of the private rules the message matched whose interest matches it.
+    fn recipients(&self, out: &Outgoing) -> Vec<String> {
+        interested_recipients(
+            &self.cfg.private,
+            &out.route.private_rules,
+            &self.remote,
+            &out.message.topic,
+        )
     }
 
     pub(super) fn enqueue_to(&mut self, msg: &Message, recipients: Vec<String>) {
@@ -96,7 +99,7 @@ impl Worker {
     }
 
     /// Room was made for it: it counts as queued while held.
-    pub(super) fn hold_private(&mut self, msg: Message) {
+    pub(super) fn hold_private(&mut self, msg: Outgoing) {
         self.queued += 1;
         if self.held_private.push(Instant::now(), msg) {
             self.reread_interest();
@@ -115,14 +118,14 @@ impl Worker {
     pub(super) fn route_held(&mut self, restart: bool) {
         let now = Instant::now();
         for (since, msg) in self.held_private.take_all() {
-            let recipients = interested_recipients(&self.cfg.private, &self.remote, &msg.topic);
+            let recipients = self.recipients(&msg);
             if recipients.is_empty() {
                 self.held_private
                     .keep(if restart { now } else { since }, msg);
                 continue;
             }
             self.queued = self.queued.saturating_sub(1);
-            self.enqueue_to(&msg, recipients);
+            self.enqueue_to(&msg.message, recipients);
         }
     }
 
@@ -135,7 +138,7 @@ impl Worker {
             self.queued = self.queued.saturating_sub(1);
             let detail = format!(
                 "a private message on {}: no listed recipient's published interest matched it within {:?}",
-                msg.topic,
+                msg.message.topic,
                 crate::private_hold::GRACE
             );
             self.drop_message(Reason::NoRecipientInterested, detail);
