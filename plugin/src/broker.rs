@@ -11,7 +11,11 @@ use crate::config::{self, Config};
 use crate::interest::{BrokerSessionEvent, RestoredSessions, SessionEvent};
 use crate::qos2::{self, Qos2Dedup};
 use crate::rpc::{HttpTwister, Twister};
-use crate::startup::{load_state, resolve_password, restored_sessions};
+use crate::spool::intake::{Intake, Verdict};
+use crate::spool::keeper::Keeper;
+use crate::startup::{
+    load_state, open_spool, resolve_password, restored_sessions, spool_with_worker,
+};
 use crate::supervise::{WorkerHandle, STOP_WAIT};
 use crate::wake::Doorbell;
 use crate::watch::Watch;
@@ -110,6 +114,41 @@ struct Plugin {
     /// This library stays loaded whatever the broker does (`keep_library_loaded`).
     pinned: bool,
     watch: Watch,
+    /// The crash-safe spool (`plugin_opt_spool_dir`): written in MESSAGE, kept by its own thread.
+    spool: Option<Intake>,
+    /// Stopped after the worker (dropped after it), so that the worker's last progress is written.
+    keeper: Option<Keeper>,
+}
+
+/// Maps the spool's segment files: the spool's one unsafe operation, kept in the host layer.
+struct MappedSegments;
+
+impl crate::spool::Storage for MappedSegments {
+    fn map(
+        &self,
+        file: &std::fs::File,
+        len: usize,
+    ) -> std::io::Result<Box<dyn crate::spool::Mapped>> {
+        // SAFETY: memmap2 requires that nothing truncates or rewrites the file behind the mapping.
+        // Segment files live in the spool directory, which one process at a time uses (locked at
+        // open); the spool sizes and truncates a segment file only while it is not mapped, maps it
+        // only once its `len` bytes are written, and reads and writes the mapping only through this
+        // one owner. A file changed by hand anyway would corrupt records (caught by their CRC at the
+        // next start) or, if truncated, fault the broker: documented in the README.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(file)? };
+        Ok(Box::new(map))
+    }
+}
+
+/// How a QoS 1/2 publish is refused without being acknowledged. 2.1 answers an MQTT 5 publisher with
+/// "quota exceeded"; for everyone else (2.0, and MQTT 3.1.1 on 2.1, where "quota exceeded" would be a
+/// plain PUBACK) the only refusal is closing the connection, after which the client resends it.
+fn refusal(v21: bool, client: *mut mosquitto) -> c_int {
+    if v21 && protocol_version(client) == 5 {
+        MOSQ_ERR_QUOTA_EXCEEDED_V21
+    } else {
+        MOSQ_ERR_ADMINISTRATIVE_ACTION as c_int
+    }
 }
 
 // ----- logging -----
@@ -232,6 +271,7 @@ unsafe extern "C" fn on_message(
             // SAFETY: the broker guarantees payloadlen readable bytes at payload for this call.
             unsafe { std::slice::from_raw_parts(ev.payload as *const u8, ev.payloadlen as usize) }
         };
+        let mut qos2_seen = None;
         if ev.qos == 2 && !ev.client.is_null() {
             // SAFETY: the client of this event, valid for this call; its id is only borrowed here.
             let id = unsafe { str_of(mosquitto_client_id(ev.client)) };
@@ -241,17 +281,28 @@ unsafe extern "C" fn on_message(
             if id.is_some_and(|id| !p.qos2.first_time(id, clean, fp)) {
                 return 0; // a retransmission: forwarded already
             }
+            qos2_seen = id.map(|id| (id, fp));
         }
-        let payload = payload.to_vec();
-        let queued = p.worker.publish(Outgoing {
-            message: Message {
-                topic: topic.to_owned(),
-                payload,
-                qos: ev.qos,
-                retain: ev.retain,
-            },
-            route,
-        });
+        let m = Message {
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+            qos: ev.qos,
+            retain: ev.retain,
+        };
+        if let Some(spool) = p.spool.as_mut() {
+            let worker = &p.worker;
+            let hand = |message| worker.publish(Outgoing { message, route });
+            return match spool.take(m, !worker.backlog_full(), hand) {
+                Verdict::Accepted(_) | Verdict::Dropped => 0,
+                Verdict::Refused => {
+                    if let Some((id, fp)) = qos2_seen {
+                        p.qos2.refused(id, fp);
+                    }
+                    refusal(p.v21, ev.client)
+                }
+            };
+        }
+        let queued = p.worker.publish(Outgoing { message: m, route });
         if !queued {
             if may_refuse && protocol_version(ev.client) == 5 {
                 p.refused += 1;
@@ -714,7 +765,11 @@ pub fn plugin_init(
                 Err(e) => return refuse(&e),
             }
         };
-        let saved = match load_state(&cfg) {
+        let mut saved = match load_state(&cfg) {
+            Ok(s) => s,
+            Err(e) => return refuse(&e),
+        };
+        let spool = match open_spool(&cfg, Box::new(MappedSegments), &mut saved) {
             Ok(s) => s,
             Err(e) => return refuse(&e),
         };
@@ -738,6 +793,18 @@ pub fn plugin_init(
             Ok(w) => w,
             Err(e) => return refuse(&format!("cannot start the worker thread: {e}")),
         };
+        let (spool, keeper) = match spool {
+            None => (None, None),
+            Some((spool, appender, report)) => {
+                if let Some(line) = report {
+                    log_now(Level::Warning, &line);
+                }
+                match spool_with_worker(spool, appender, &worker) {
+                    Ok((intake, keeper)) => (Some(intake), Some(keeper)),
+                    Err(e) => return refuse(&format!("cannot start the spool's thread: {e}")),
+                }
+            }
+        };
         let mut p = Box::new(Plugin {
             id,
             cfg: cfg.clone(),
@@ -753,6 +820,8 @@ pub fn plugin_init(
             last_drop_report: Instant::now(),
             pinned: keep_library_loaded(),
             watch: Watch::new(cfg.rpc_timeout),
+            spool,
+            keeper,
         });
         if !p.pinned {
             log_now(Level::Warning, "mqtt-twister: could not keep the library loaded: the broker's stop waits for the worker however long it takes");
@@ -817,6 +886,10 @@ pub fn plugin_cleanup(userdata: *mut c_void, _opts: *mut mosquitto_opt, _count: 
         // twisterd) is left behind, which is safe only because the library stays loaded.
         let wait = if p.pinned { STOP_WAIT } else { Duration::MAX };
         let stopped = p.worker.stop(wait);
+        // The worker's last progress is written down; what it did not take is replayed next start.
+        if let Some(keeper) = p.keeper.as_mut() {
+            keeper.stop();
+        }
         while let Ok(m) = p.worker.from_worker.try_recv() {
             if let ToBroker::Log(level, text) = m {
                 log_now(level, &text);

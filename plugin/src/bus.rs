@@ -6,6 +6,7 @@ use crate::interest::SessionEvent;
 use crate::route::Route;
 use crate::wire::Message;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// What the broker thread sends to the worker.
 #[derive(Debug)]
@@ -77,6 +78,8 @@ pub struct Outbound {
     /// (`plugin_opt_max_queue`): lets the MESSAGE callback refuse a publish the worker would drop.
     backlog: AtomicUsize,
     max_backlog: usize,
+    /// What of the spool is with the worker and what it took (see `spool::Progress`).
+    spool_progress: Arc<crate::spool::Progress>,
 }
 
 impl Outbound {
@@ -87,7 +90,17 @@ impl Outbound {
             backlog: AtomicUsize::new(0),
             max_backlog,
             sleeping: AtomicBool::new(false),
+            spool_progress: Arc::default(),
         }
+    }
+
+    pub fn spool_progress(&self) -> &Arc<crate::spool::Progress> {
+        &self.spool_progress
+    }
+
+    /// Worker side: nothing is queued (everything offered before was taken).
+    pub fn is_drained(&self) -> bool {
+        self.queue.is_empty()
     }
 
     /// The worker would drop a new message for want of room (`plugin_opt_max_queue`), as far as its

@@ -78,7 +78,18 @@ pub struct Config {
     pub wakeup: bool,
     /// Every `publish` and `private` filter, compiled for the MESSAGE callback.
     pub router: Router,
+    /// The crash-safe spool of accepted messages (`None`: messages wait in memory only).
+    pub spool: Option<SpoolConfig>,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub geometry: crate::spool::Geometry,
+}
+
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
@@ -113,6 +124,8 @@ const SCALARS: &[&str] = &[
     "wire_format",
     "wakeup",
     "max_message_bytes",
+    "spool_dir",
+    "spool_max_bytes",
 ];
 
 fn known_keys() -> Vec<&'static str> {
@@ -178,6 +191,40 @@ fn filter(key: &str, v: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(f.to_string())
+}
+
+fn spool(
+    dir: Option<&str>,
+    max_bytes: Option<&str>,
+    max_message_bytes: usize,
+) -> Result<Option<SpoolConfig>, ConfigError> {
+    let dir = match (dir, max_bytes) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "spool_max_bytes",
+                "needs plugin_opt_spool_dir (where the spool is kept)",
+            ))
+        }
+        (Some(""), _) => return Err(invalid("spool_dir", "needs a directory name")),
+        (Some(d), _) => PathBuf::from(d),
+    };
+    let max_bytes = match max_bytes {
+        None => DEFAULT_SPOOL_MAX_BYTES,
+        Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            invalid(
+                "spool_max_bytes",
+                format!("'{v}' is not a whole number of bytes"),
+            )
+        })?,
+    };
+    let geometry = crate::spool::Geometry::new(max_bytes, max_message_bytes)
+        .map_err(|e| invalid("spool_max_bytes", e))?;
+    Ok(Some(SpoolConfig {
+        dir,
+        max_bytes,
+        geometry,
+    }))
 }
 
 /// Parses the plugin's options (keys without the `plugin_opt_` prefix, in the order given).
@@ -306,6 +353,7 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
                 )
             })?,
     };
+    let spool = spool(get("spool_dir"), get("spool_max_bytes"), max_message_bytes)?;
     let state_file = match get("state_file") {
         None => None,
         Some("") => return Err(invalid("state_file", "needs a file name")),
@@ -332,6 +380,7 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         rpc_timeout: ms("rpc_timeout_ms", 5000, 100, 600_000)?,
         max_queue,
         max_message_bytes,
+        spool,
         state_file,
         create_user: get("create_user")
             .map(|v| boolean("create_user", v))
@@ -430,11 +479,53 @@ mod tests {
             (&[("nonsense", "1")], "plugin_opt_nonsense"),
             (&[("user", "bob")], "plugin_opt_user"),
             (&[("rpc_password_file", "/x")], "plugin_opt_rpc_password"),
+            (&[("spool_dir", "")], "plugin_opt_spool_dir"),
+            (
+                &[("spool_max_bytes", "1000000")],
+                "plugin_opt_spool_max_bytes",
+            ),
+            (
+                &[("spool_dir", "/s"), ("spool_max_bytes", "lots")],
+                "plugin_opt_spool_max_bytes",
+            ),
+            (
+                &[("spool_dir", "/s"), ("spool_max_bytes", "100000")],
+                "plugin_opt_spool_max_bytes",
+            ),
         ];
         for (extra, key) in cases {
             let msg = with(extra).unwrap_err().to_string();
             assert!(msg.contains(key), "{extra:?}: '{msg}' should name {key}");
         }
+    }
+
+    #[test]
+    fn the_spool_is_off_unless_given_a_directory() {
+        assert_eq!(with(&[]).unwrap().spool, None);
+        let c = with(&[("spool_dir", "/var/spool/mqtt-twister")]).unwrap();
+        let spool = c.spool.unwrap();
+        assert_eq!(spool.dir, PathBuf::from("/var/spool/mqtt-twister"));
+        assert_eq!(spool.max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+        let c = with(&[
+            ("spool_dir", "/s"),
+            ("spool_max_bytes", "1073741824"),
+            ("max_message_bytes", "1000000"),
+        ])
+        .unwrap();
+        let g = c.spool.unwrap().geometry;
+        assert!(g.slots * g.segment_bytes <= 1 << 30 && g.slots >= 4);
+        // Too small for the largest message configured: the error says what is needed.
+        let e = with(&[
+            ("spool_dir", "/s"),
+            ("spool_max_bytes", "8000000"),
+            ("max_message_bytes", "10000000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("plugin_opt_spool_max_bytes") && e.contains("at least"),
+            "{e}"
+        );
     }
 
     #[test]

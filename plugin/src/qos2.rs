@@ -97,6 +97,16 @@ impl Qos2Dedup {
         true
     }
 
+    /// The message `first_time` just let through was refused to its publisher after all (not
+    /// acknowledged): its retransmission is new, not a copy.
+    pub fn refused(&mut self, client: &str, fp: u64) {
+        if let Some(c) = self.clients.get_mut(client) {
+            if c.recent.back() == Some(&fp) {
+                c.recent.pop_back();
+            }
+        }
+    }
+
     /// The client's connection ended; its session may be resumed by the next one.
     pub fn connection_ended(&mut self, client: &str) {
         if let Some(c) = self.clients.get_mut(client) {
@@ -152,6 +162,17 @@ mod tests {
             d.first_time("c", false, fp("3")),
             "after the first new message, identical content is new"
         );
+    }
+
+    #[test]
+    fn a_refused_message_is_forwarded_when_it_comes_again() {
+        let mut d = Qos2Dedup::default();
+        assert!(d.first_time("c", false, fp("1")));
+        assert!(d.first_time("c", false, fp("2")));
+        d.refused("c", fp("2")); // the spool was full: no PUBREC, the client resends it
+        d.connection_ended("c");
+        assert!(!d.first_time("c", false, fp("1")), "1 was taken");
+        assert!(d.first_time("c", false, fp("2")), "2 was not");
     }
 
     #[test]

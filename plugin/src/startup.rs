@@ -3,7 +3,8 @@
 
 use crate::config::{self, Config, PasswordSource};
 use crate::interest::RestoredSessions;
-use crate::state::Saved;
+use crate::spool::Record;
+use crate::state::{Destination, Saved, Unsent};
 
 /// The twisterd password, inline or the first line of `plugin_opt_rpc_password_file`.
 pub fn resolve_password(cfg: &Config) -> Result<String, String> {
@@ -57,4 +58,98 @@ pub fn restored_sessions(saved: Option<&Saved>, holds: impl Fn(&str) -> bool) ->
             .map(|s| s.client.clone())
             .collect(),
     )
+}
+
+/// Queues what the spool kept from the last run, not taken, for the worker: routed again as a new
+/// message would be (public, and private with recipients decided later), after what the state file
+/// kept from a clean stop.
+pub fn replay_from_spool(cfg: &Config, saved: &mut Option<Saved>, records: Vec<Record>) {
+    if records.is_empty() {
+        return;
+    }
+    let unsent = &mut saved.get_or_insert_with(Saved::default).unsent;
+    for r in records {
+        let m = r.message;
+        let public = cfg
+            .publish
+            .iter()
+            .any(|f| crate::topic::matches(f, &m.topic));
+        let private = cfg
+            .private
+            .iter()
+            .any(|p| crate::topic::matches(&p.filter, &m.topic));
+        for (wanted, to) in [
+            (public, Destination::Public),
+            (private, Destination::Undecided),
+        ] {
+            if wanted {
+                unsent.push(Unsent {
+                    to,
+                    item: crate::wire::encode_item(&m),
+                });
+            }
+        }
+    }
+}
+
+/// The spool of `plugin_opt_spool_dir`, opened with `storage`, what it read back queued for the worker
+/// (see `replay_from_spool`), and a line for the log when it read back anything or found damage.
+pub fn open_spool(
+    cfg: &Config,
+    storage: Box<dyn crate::spool::Storage>,
+    saved: &mut Option<Saved>,
+) -> Result<Option<(crate::spool::Spool, crate::spool::Appender, Option<String>)>, String> {
+    let Some(sc) = &cfg.spool else {
+        return Ok(None);
+    };
+    let (spool, appender, recovery) = crate::spool::Spool::open(&sc.dir, sc.geometry, storage)
+        .map_err(|e| {
+            format!(
+                "{}spool_dir: cannot use {}: {e}",
+                config::PREFIX,
+                sc.dir.display()
+            )
+        })?;
+    let damage = recovery.lost > 0
+        || recovery.unreadable_bytes > 0
+        || recovery.bad_headers > 0
+        || recovery.mark_missing;
+    let line = (damage || !recovery.records.is_empty()).then(|| {
+        format!(
+            "mqtt-twister: spool {}: {} messages not posted before the last stop are queued again; {} lost to damage, {} unreadable bytes skipped, {} damaged segment headers{}",
+            sc.dir.display(),
+            recovery.records.len(),
+            recovery.lost,
+            recovery.unreadable_bytes,
+            recovery.bad_headers,
+            if recovery.mark_missing { "; the taken mark was unreadable: everything found is replayed (some may arrive twice)" } else { "" }
+        )
+    });
+    replay_from_spool(cfg, saved, recovery.records);
+    Ok(Some((spool, appender, line)))
+}
+
+/// The broker side of the spool and its keeper, once the worker runs: what was read back at start is
+/// with the worker already.
+pub fn spool_with_worker(
+    spool: crate::spool::Spool,
+    appender: crate::spool::Appender,
+    worker: &crate::supervise::WorkerHandle,
+) -> std::io::Result<(crate::spool::intake::Intake, crate::spool::keeper::Keeper)> {
+    let progress = worker.spool_progress();
+    let intake = crate::spool::intake::Intake::new(appender, progress.clone());
+    let log = worker.log_sender();
+    let keeper = crate::spool::keeper::Keeper::spawn(
+        spool,
+        progress,
+        Box::new(move |error, line| {
+            let level = if error {
+                crate::bus::Level::Error
+            } else {
+                crate::bus::Level::Warning
+            };
+            log(level, line)
+        }),
+    )?;
+    Ok((intake, keeper))
 }

@@ -41,6 +41,8 @@ pub struct WorkerHandle {
     outbound: Arc<Outbound>,
     health: Arc<Health>,
     thread: Option<JoinHandle<()>>,
+    /// For the helpers beside the worker (the spool's keeper) to log through the broker.
+    log: Sender<ToBroker>,
 }
 
 impl WorkerHandle {
@@ -55,6 +57,7 @@ impl WorkerHandle {
         let (to_broker, from_worker) = bounded(TO_BROKER_CAPACITY);
         let outbound = Arc::new(Outbound::new(cfg.max_queue));
         let health = Arc::new(Health::default());
+        let log = to_broker.clone();
         let supervisor = Supervisor {
             cfg,
             make_rpc: Box::new(make_rpc),
@@ -73,7 +76,21 @@ impl WorkerHandle {
             outbound,
             health,
             thread: Some(thread),
+            log,
         })
+    }
+
+    /// What of the spool is with the worker and what it took.
+    pub fn spool_progress(&self) -> Arc<crate::spool::Progress> {
+        self.outbound.spool_progress().clone()
+    }
+
+    /// A line for the broker's log, from a thread beside the worker; dropped when the channel is full.
+    pub fn log_sender(&self) -> impl Fn(Level, String) + Send + 'static {
+        let tx = self.log.clone();
+        move |level, line| {
+            let _ = tx.try_send(ToBroker::Log(level, format!("mqtt-twister: {line}")));
+        }
     }
 
     /// Queues a local message for the worker; false when the queue is full. Never blocks.

@@ -396,6 +396,7 @@ impl Worker {
             if self.health.stopping() {
                 return self.shutdown(outbound);
             }
+            let handed = outbound.spool_progress().handed_so_far();
             let mut drained = 0;
             while let Some(m) = outbound.take() {
                 self.outbound(m);
@@ -404,6 +405,7 @@ impl Worker {
                     break;
                 }
             }
+            let drained_all = outbound.is_drained();
             let deadline = self.next_deadline();
             let mut wait = deadline.saturating_duration_since(Instant::now());
             if drained > 0 {
@@ -436,6 +438,9 @@ impl Worker {
             }
             self.step(Instant::now());
             outbound.set_backlog(self.queued);
+            if drained_all && self.queued == 0 && self.pending.is_none() {
+                outbound.spool_progress().taken(handed);
+            }
         }
     }
 
@@ -966,6 +971,7 @@ impl Worker {
 
     fn shutdown(&mut self, outbound: &Outbound) {
         self.stopping = true;
+        let handed = outbound.spool_progress().handed_so_far();
         while let Some(m) = outbound.take() {
             self.outbound(m);
         }
@@ -1005,6 +1011,10 @@ impl Worker {
         self.saved.clean_stop = true;
         self.state_dirty = true;
         self.save_state_now();
+        if self.queued == 0 || (self.cfg.state_file.is_some() && !self.state_dirty) {
+            // Posted, or kept in the state file: not replayed from the spool.
+            outbound.spool_progress().taken(handed);
+        }
         let c = self.counters;
         self.log(Level::Notice, format!(
             "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}, internal errors {}",

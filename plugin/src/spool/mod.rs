@@ -33,6 +33,8 @@
 //! compaction the spool needs. Disk use never exceeds `slots * segment_bytes` plus the 64-byte mark.
 
 mod format;
+pub mod intake;
+pub mod keeper;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +62,37 @@ pub enum Refused {
     Full,
     /// The message is larger than a segment.
     TooBig,
+}
+
+/// How far the relay has got with the spooled records, between the broker thread, the worker and the
+/// keeper. Two watermarks, because the worker drains its hand-over queue apart from appends: the
+/// broker stores `handed` after it queued a record for the worker; the worker reads it *before*
+/// draining that queue, and once the queue was empty after the drain and nothing waits for a post,
+/// everything up to what it read is posted (or deliberately dropped) and it stores `taken`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    handed: AtomicU64,
+    taken: AtomicU64,
+}
+
+impl Progress {
+    /// Broker thread: every record up to `id` is in the worker's hand-over queue.
+    pub fn handed(&self, id: SpoolId) {
+        self.handed.store(id.0, Ordering::Release);
+    }
+
+    pub fn handed_so_far(&self) -> SpoolId {
+        SpoolId(self.handed.load(Ordering::Acquire))
+    }
+
+    /// Worker: every record up to `id` is taken (posted, or dropped and counted).
+    pub fn taken(&self, id: SpoolId) {
+        self.taken.fetch_max(id.0, Ordering::Release);
+    }
+
+    pub fn taken_so_far(&self) -> SpoolId {
+        SpoolId(self.taken.load(Ordering::Acquire))
+    }
 }
 
 /// How a spool is cut into segment files.
@@ -208,7 +241,8 @@ impl Appender {
         Ok(SpoolId(seq))
     }
 
-    fn refuse(&self, why: Refused) -> Result<SpoolId, Refused> {
+    /// Counts a message not spooled.
+    pub fn refuse(&self, why: Refused) -> Result<SpoolId, Refused> {
         let counter = match why {
             Refused::Qos0Shed => &self.shared.shed,
             Refused::Full | Refused::TooBig => &self.shared.refused,
@@ -308,6 +342,14 @@ impl Spool {
             .create(true)
             .truncate(false)
             .open(&mark_path)?;
+        // Two processes appending to the same segments would corrupt each other (and truncate files
+        // the other has mapped): one spool directory per broker.
+        mark.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "another process uses this spool directory",
+            )
+        })?;
         let mut slots = vec![Slot::Free; geometry.slots];
         let mut newest = taken;
         let mut found_any = false;
@@ -489,6 +531,16 @@ impl Spool {
         }
         self.mark.sync_data()?;
         Ok(SpoolId(appended))
+    }
+
+    /// The last id marked taken.
+    pub fn taken(&self) -> SpoolId {
+        SpoolId(self.taken)
+    }
+
+    /// The last id appended.
+    pub fn appended(&self) -> SpoolId {
+        SpoolId(self.shared.appended.load(Ordering::Acquire))
     }
 
     pub fn stats(&self) -> SpoolStats {

@@ -414,3 +414,47 @@ fn geometry_follows_the_configured_bound() {
     let e = Geometry::new(1 << 20, 10 << 20).unwrap_err();
     assert!(e.contains("too small"), "{e}");
 }
+
+#[test]
+fn one_process_at_a_time_uses_a_spool_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let e = Spool::open(dir.path(), G, Box::new(Heap::default()))
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), io::ErrorKind::ResourceBusy);
+    drop(first);
+    assert!(Spool::open(dir.path(), G, Box::new(Heap::default())).is_ok());
+}
+
+#[test]
+fn the_intake_spools_before_handing_over_and_refuses_what_the_worker_has_no_room_for() {
+    use intake::{Intake, Verdict};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, a, _) = open(dir.path());
+    let progress = Arc::new(Progress::default());
+    let mut intake = Intake::new(a, progress.clone());
+    let mut handed = Vec::new();
+    assert_eq!(
+        intake.take(msg(1, 1), true, |m| {
+            handed.push(m);
+            true
+        }),
+        Verdict::Accepted(SpoolId(1))
+    );
+    assert_eq!(progress.handed_so_far(), SpoolId(1));
+    // The worker's queue is full: QoS 0 dropped, QoS 1/2 refused, nothing spooled or handed.
+    assert_eq!(intake.take(msg(2, 0), false, |_| true), Verdict::Dropped);
+    assert_eq!(intake.take(msg(3, 2), false, |_| true), Verdict::Refused);
+    assert_eq!(progress.handed_so_far(), SpoolId(1));
+    assert_eq!(handed, vec![msg(1, 1)]);
+    let stats = s.stats();
+    assert_eq!((stats.appended, stats.shed_qos0, stats.refused), (1, 1, 1));
+    // The worker took record 1: nothing to replay.
+    progress.taken(SpoolId(1));
+    s.mark_taken(progress.taken_so_far());
+    s.maintain().unwrap();
+    drop(intake);
+    drop(s);
+    assert!(open(dir.path()).2.records.is_empty());
+}
