@@ -6,7 +6,7 @@ use crate::error::RpcError;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-pub const USAGE: &str = "devnode_fault {\"latency_ms\":n,\"busy\":0..1,\"http500\":0..1,\"stall_ms\":n,\"late_ms\":n,\"refuse_ms\":n}\nset fault injection (dev node only); {} clears it\nstall_ms: calls wait, then are carried out; late_ms: calls are carried out at once, answered when it ends";
+pub const USAGE: &str = "devnode_fault {\"latency_ms\":n,\"busy\":0..1,\"http500\":0..1,\"stall_ms\":n,\"late_ms\":n,\"refuse_ms\":n,\"forget_newest\":{\"user\":n}}\nset fault injection (dev node only); {} clears it\nstall_ms: calls wait, then are carried out; late_ms: calls are carried out at once, answered when it ends\nforget_newest: at once, the newest n pieces of each user are forgotten (memory and disk), as by a twisterd killed right after storing them; peers keep theirs";
 
 #[derive(Default, Clone, Debug)]
 pub struct Faults {
@@ -49,6 +49,20 @@ fn millis(v: &Value, key: &str) -> Result<u64, RpcError> {
     }
 }
 
+/// The pieces `forget_newest` asks to forget: (user, how many newest), or an error naming the key.
+pub fn forget_request(v: &Value) -> Result<Vec<(String, usize)>, RpcError> {
+    let Some(f) = v.get("forget_newest") else {
+        return Ok(Vec::new());
+    };
+    let bad =
+        || RpcError::invalid_params("forget_newest must be {\"user\": number of pieces, ...}");
+    f.as_object()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|(u, n)| Ok((u.clone(), n.as_u64().ok_or_else(bad)? as usize)))
+        .collect()
+}
+
 impl Faults {
     /// Replaces the whole fault set (keys left out are cleared). Unknown keys are refused.
     pub fn configure(&mut self, v: &Value) -> Result<(), RpcError> {
@@ -63,6 +77,7 @@ impl Faults {
                 "stall_ms",
                 "late_ms",
                 "refuse_ms",
+                "forget_newest",
             ]
             .contains(&key.as_str())
             {

@@ -1056,6 +1056,7 @@ impl Blocks {
     }
 }
 
+mod forget;
 mod replicate;
 pub use replicate::{Digest, Update};
 

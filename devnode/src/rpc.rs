@@ -97,6 +97,28 @@ impl Shared {
         Ok(())
     }
 
+    /// Forgets the newest pieces of users, in memory and on disk (see `Node::forget_newest`).
+    fn forget_newest(&self, forget: &[(String, usize)]) -> Result<Value, RpcError> {
+        let failed = |e: String| RpcError::new(RPC_MISC_ERROR, format!("devnode_fault: {e}"));
+        // What is pending goes to disk first, so that the log is rewritten without it afterwards.
+        self.make_durable().map_err(failed)?;
+        let mut out = serde_json::Map::new();
+        let mut gone = Vec::new();
+        {
+            let mut node = self.node();
+            for (user, n) in forget {
+                let ks = node.forget_newest(user, *n);
+                gone.extend(ks.iter().map(|k| (user.clone(), *k)));
+                out.insert(user.clone(), json!(ks));
+            }
+        }
+        if let Some((store, _)) = &self.durable {
+            store.forget(&gone).map_err(|e| failed(e.to_string()))?;
+        }
+        self.make_durable().map_err(failed)?;
+        Ok(Value::Object(out))
+    }
+
     /// A panic while holding the lock must not take the node down: the state is only ever changed
     /// after every check passed, so it is still consistent.
     pub fn node(&self) -> MutexGuard<'_, Node> {
@@ -200,9 +222,16 @@ pub fn execute(shared: &Shared, req: &Value) -> Result<Value, RpcError> {
     if method == "devnode_fault" {
         let p = Params::new(params, 1, 1, crate::fault::USAGE)?;
         let v = p.value(0)?;
-        let mut faults = shared.faults();
-        faults.configure(v)?;
-        return Ok(faults.describe());
+        let forget = crate::fault::forget_request(v)?;
+        let mut answer = {
+            let mut faults = shared.faults();
+            faults.configure(v)?;
+            faults.describe()
+        };
+        if !forget.is_empty() {
+            answer["forgotten"] = shared.forget_newest(&forget)?;
+        }
+        return Ok(answer);
     }
     let Some(m) = find_method(method) else {
         return Err(RpcError::new(RPC_METHOD_NOT_FOUND, "Method not found"));

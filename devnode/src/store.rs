@@ -171,6 +171,41 @@ impl Store {
         f.write_all(&buf).and_then(|_| f.sync_data()).map_err(werr)
     }
 
+    /// Rewrites the pieces log without the pieces `gone` (user, k), atomically (a crash leaves the old
+    /// or the new log). For the `forget_newest` fault.
+    pub fn forget(&self, gone: &[(String, i64)]) -> Result<(), StoreError> {
+        let path = self.dir.join(PIECES);
+        let werr = |e| StoreError::Write(path.clone(), e);
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::Read(path, e)),
+        };
+        let mut kept = Vec::with_capacity(bytes.len());
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            let piece =
+                serde_json::from_slice::<(String, i64, serde_json::Value)>(line.trim_ascii_end());
+            if piece.is_ok_and(|(u, k, _)| gone.iter().any(|(gu, gk)| *gu == u && *gk == k)) {
+                continue;
+            }
+            kept.extend_from_slice(line);
+        }
+        let tmp = self.dir.join(format!("{PIECES}.tmp"));
+        let mut f = File::create(&tmp).map_err(werr)?;
+        f.write_all(&kept)
+            .and_then(|_| f.sync_all())
+            .map_err(werr)?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(werr)?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        // The open handle appends to the old file: the next append opens the new one.
+        *log = None;
+        Ok(())
+    }
+
     #[cfg(test)]
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(state)
@@ -281,6 +316,33 @@ mod tests {
         store.save_bytes(&snapshot_bytes(&back).unwrap()).unwrap();
         let (again, _) = Store::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(again.torrents["alice"].pieces.len(), 1);
+    }
+
+    #[test]
+    fn forgotten_pieces_leave_the_log_and_appending_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let lines: Vec<String> = (0..4)
+            .map(|k| piece_line("alice", k, &piece(k as u64 + 1, false)).unwrap())
+            .chain([piece_line("bob", 3, &piece(9, false)).unwrap()])
+            .collect();
+        store.append(&lines).unwrap();
+        store
+            .forget(&[("alice".into(), 3), ("alice".into(), 2)])
+            .unwrap();
+        store
+            .append(&[piece_line("alice", 2, &piece(10, false)).unwrap()])
+            .unwrap();
+        let (back, unreadable) = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(unreadable, 0);
+        let keys = |u: &str| back.torrents[u].pieces.keys().copied().collect::<Vec<_>>();
+        assert_eq!(keys("alice"), vec![0, 1, 2]);
+        assert_eq!(
+            back.torrents["alice"].pieces[&2].arrival, 10,
+            "the new piece 2"
+        );
+        assert_eq!(keys("bob"), vec![3], "other users keep theirs");
+        assert!(!dir.path().join(format!("{PIECES}.tmp")).exists());
     }
 
     #[test]
