@@ -4,7 +4,6 @@
 
 use mqtt_twister_harness::*;
 use rumqttc::QoS;
-use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -22,8 +21,8 @@ fn mosquitto_persistence(dir: &Path) -> String {
 /// Waits until `user` has posted a message whose text contains `needle`.
 fn wait_posted(node: &DevNode, user: &str, needle: &str) {
     wait_for(T, &format!("{user}'s post of {needle}"), || {
-        let posts = node.ok("getposts", json!([200, [{"username": user}]]));
-        posts.to_string().contains(needle).then_some(())
+        let posts = readable_posts(node, user, 200);
+        posts.iter().any(|p| p.contains(needle)).then_some(())
     });
 }
 

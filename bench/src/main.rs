@@ -5,6 +5,8 @@
 //!
 //! Usage: mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,...]
 
+mod density;
+
 use mqtt_twister_harness::*;
 use rumqttc::QoS;
 use serde_json::json;
@@ -323,19 +325,15 @@ fn bridge_pair(ctx: &Ctx, name: &str) -> (Broker, Broker) {
     (a, b)
 }
 
-fn p2_p4(ctx: &mut Ctx, args: &Args, report: &mut Report) {
+fn p2(ctx: &mut Ctx, args: &Args, report: &mut Report) {
     let n = (args.messages / 4).max(PUBLISHERS * 100);
     let mut relay = Vec::new();
     let mut bridge = Vec::new();
-    let mut packing = Vec::new();
     for round in 0..args.rounds {
-        let (a, b, a_user, b_user) = relay_pair(ctx, &format!("p2-relay-{round}"), 50);
+        let (a, b, _, b_user) = relay_pair(ctx, &format!("p2-relay-{round}"), 50);
         let sub = Mqtt::connect(b.port, "bench-sub", true);
         assert!(sub.subscribe("bench/#", QoS::AtMostOnce));
         wait_interest(&ctx.node, &b_user, "bench/#");
-        let before = ctx.node.ok("getlasthave", json!([a_user, [a_user]]))[&a_user]
-            .as_i64()
-            .unwrap_or(-1);
         let (rate, got) = publish_and_count(
             a.port,
             &sub,
@@ -348,12 +346,6 @@ fn p2_p4(ctx: &mut Ctx, args: &Args, report: &mut Report) {
             eprintln!("  relay round {round}: received {got} of {n}");
         }
         relay.push(rate);
-        // P4: payload bytes per post, as a fraction of the text one post can hold.
-        let after = ctx.node.ok("getlasthave", json!([a_user, [a_user]]))[&a_user]
-            .as_i64()
-            .unwrap_or(-1);
-        let posts = (after - before).max(1) as f64;
-        packing.push((n * PAYLOAD) as f64 / posts / 1873.0);
         drop((a, b));
         let (a, b) = bridge_pair(ctx, &format!("p2bridge{round}"));
         let sub = Mqtt::connect(b.port, "bench-sub", true);
@@ -371,8 +363,6 @@ fn p2_p4(ctx: &mut Ctx, args: &Args, report: &mut Report) {
     let r = report.figure("P2", "relay through twisterd (dev node)", "msg/s", &relay);
     let br = report.figure("P2", "mosquitto bridge", "msg/s", &bridge);
     report.ratio("P2 relay/bridge", r / br, ">= 0.5");
-    let pk = report.figure("P4", "payload bytes per post / 1873", "frac", &packing);
-    report.ratio("P4 packing (64-byte text payloads)", pk, "report");
 }
 
 /// Latencies in ms of `count` messages sent at `rate` per second from `a` to a subscriber on `b`.
@@ -570,8 +560,11 @@ fn run() {
         p1(&mut ctx, &args, &mut report);
         with_broker_version(BrokerVersion::V2_1, || p1(&mut ctx, &args, &mut report));
     }
-    if want("P2") || want("P4") {
-        p2_p4(&mut ctx, &args, &mut report);
+    if want("P2") {
+        p2(&mut ctx, &args, &mut report);
+    }
+    if want("P4") {
+        density::p4(&mut ctx, &mut report);
     }
     if want("P3") {
         p3(&mut ctx, &args, &mut report);

@@ -12,6 +12,8 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 pub mod hosts;
+mod posts;
+pub use posts::readable_posts;
 
 pub const RPC_USER: &str = "test";
 pub const RPC_PASSWORD: &str = "test-secret";

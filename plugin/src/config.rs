@@ -40,7 +40,9 @@ pub enum AccessMode {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum WireFormat {
-    /// The project's envelope: batches, sequence numbers, retain flags.
+    /// The dense envelope: batches compressed and written in the densest text a post carries.
+    V2,
+    /// The project's JSON envelope: batches, sequence numbers, retain flags.
     V1,
     /// One message per post, as the 2014 proof-of-concept wrote it.
     Poc,
@@ -317,13 +319,14 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
             ))
         }
     };
-    let wire_format = match get("wire_format").unwrap_or("v1") {
+    let wire_format = match get("wire_format").unwrap_or("v2") {
+        "v2" => WireFormat::V2,
         "v1" => WireFormat::V1,
         "poc" => WireFormat::Poc,
         other => {
             return Err(invalid(
                 "wire_format",
-                format!("'{other}' is not v1 or poc"),
+                format!("'{other}' is not v2, v1 or poc"),
             ))
         }
     };
@@ -425,7 +428,7 @@ mod tests {
         assert_eq!(c.rpc_url, "http://127.0.0.1:28332/");
         assert_eq!(c.poll_interval, Duration::from_secs(1));
         assert_eq!(c.access, AccessMode::Auto);
-        assert_eq!(c.wire_format, WireFormat::V1);
+        assert_eq!(c.wire_format, WireFormat::V2);
         assert!(!c.create_user);
         assert!(c.follow.is_empty() && c.publish.is_empty());
     }

@@ -2,7 +2,7 @@
 //! carrying publishes and subscription interest over the Twister peer-to-peer network.
 //!
 //! Layout: `broker` (all unsafe, the broker's callbacks) -> channels -> `worker` (posts and polls through
-//! `rpc`) and `dht` (profile interest). Pure logic: `config`, `topic`, `wire`, `interest`, `state`,
+//! `rpc`) and `dht` (profile interest). Pure logic: `config`, `topic`, `wire` (v1, poc; `wire_v2` for the dense v2), `interest`, `state`,
 //! `access`, `startup`, `held`, `qos2`. The exported symbols below are one-line shims into `broker`.
 
 pub mod access;
@@ -31,6 +31,7 @@ pub mod topic;
 pub mod wake;
 pub mod watch;
 pub mod wire;
+pub mod wire_v2;
 pub mod worker;
 
 // The broker's symbols exist only inside a running mosquitto: unit tests build without them.

@@ -35,6 +35,8 @@ pub enum WireError {
     TooLong(usize),
     #[error("more than {MAX_ITEMS} messages in one post")]
     TooManyItems,
+    #[error("dense envelope: {0}")]
+    Dense(mqtt_twister_wire::WireError),
 }
 
 /// Longest text read from the network: a post or DM holds about 2 KB, so a longer one is not ours.
@@ -277,6 +279,9 @@ pub fn decode(text: &str) -> Result<Vec<Message>, WireError> {
 pub fn decode_items(text: &str) -> Result<Vec<Item>, WireError> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(WireError::TooLong(text.len()));
+    }
+    if crate::wire_v2::is_dense(text) {
+        return crate::wire_v2::decode_items(text);
     }
     parse_items(text)
 }

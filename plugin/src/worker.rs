@@ -581,7 +581,8 @@ impl Worker {
 
     fn encode(&self, msg: &Message) -> String {
         match self.cfg.wire_format {
-            WireFormat::V1 => wire::encode_item(msg),
+            // v2 queues v1 items too and compresses a post's batch of them when it is made.
+            WireFormat::V1 | WireFormat::V2 => wire::encode_item(msg),
             WireFormat::Poc => wire::encode_poc(msg),
         }
     }

@@ -49,7 +49,8 @@ impl Worker {
     fn text(&self, items: &VecDeque<String>, n: usize) -> String {
         match self.cfg.wire_format {
             WireFormat::Poc => items[0].clone(),
-            WireFormat::V1 => {
+            // v2 is packed by `wire_v2::pack`, which makes and measures its text itself.
+            WireFormat::V1 | WireFormat::V2 => {
                 wire::envelope(self.saved.seq, items.iter().take(n).map(String::as_str))
             }
         }
@@ -89,9 +90,14 @@ impl Worker {
             None => &self.public.items,
             Some(u) => self.private.get(u).map(|q| &q.items).unwrap_or(&empty),
         };
-        let n = self.fit(items, budget);
-        if n > 0 {
-            return Some((self.saved.next_k, self.text(items, n), n));
+        let packed = match self.cfg.wire_format {
+            WireFormat::V2 => crate::wire_v2::pack(items, self.saved.seq, budget),
+            _ => Some(self.fit(items, budget))
+                .filter(|n| *n > 0)
+                .map(|n| (n, self.text(items, n))),
+        };
+        if let Some((n, text)) = packed {
+            return Some((self.saved.next_k, text, n));
         }
         if items.is_empty() {
             return None;
@@ -106,7 +112,7 @@ impl Worker {
             .map(|it| it.message);
         let fragments = match &whole {
             Some(m)
-                if self.cfg.wire_format == WireFormat::V1
+                if self.cfg.wire_format != WireFormat::Poc
                     && m.payload.len() <= self.cfg.max_message_bytes =>
             {
                 wire::encode_fragments(m, id, room)

@@ -45,6 +45,16 @@ impl Worker {
     /// configuration again here.
     pub(super) fn outbound(&mut self, out: Outgoing) {
         let msg = &out.message;
+        // Checked here, not only when a message must be cut: v2 may fit a large one in one post.
+        if msg.payload.len() > self.cfg.max_message_bytes {
+            let (size, max) = (msg.payload.len(), self.cfg.max_message_bytes);
+            return self.drop_message(
+                Reason::TooBig,
+                format!(
+                    "a message of {size} bytes: more than plugin_opt_max_message_bytes ({max})"
+                ),
+            );
+        }
         if out.route.public && self.make_room(&msg.topic) {
             let item = self.encode_for_posting(msg);
             self.public.items.push_back(item);
