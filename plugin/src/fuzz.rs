@@ -1,4 +1,5 @@
-//! Property tests over the network input path: the post/DM decoder and the reassembler, fed with a
+//! Property tests over the network input path: the post/DM decoder (v1, poc; the dense v2 in
+//! `run_dense`) and the reassembler, fed with a
 //! deterministic, seeded mix of structured envelopes (colliding, repeated, contradicting and empty
 //! fragments, odd topics and numbers), mutations of them and random bytes. No input may panic, the
 //! reassembler's accounts must stay exact and within its limits, and an honest sender's fragments,
@@ -387,4 +388,81 @@ fn fuzz_millions() {
         out.stats
     );
     check(&out, inputs);
+}
+
+/// The dense (v2) decoder: texts from the real v2 encoder (an envelope's items, fragments too),
+/// frames of random bytes under every codec byte (so the zstd and batch decoders meet hostile
+/// input), and mutations of both. Returns (panics, honest texts that did not read back exactly,
+/// texts read as batches).
+fn run_dense(inputs: u64, seed: u64) -> (u64, u64, u64) {
+    use mqtt_twister_wire as v2;
+    let mut rng = Rng(seed);
+    let (mut panics, mut dishonest, mut read) = (0, 0, 0);
+    for _ in 0..inputs {
+        let (text, honest) = if rng.chance(50) {
+            let items = wire::decode_items(&envelope(&mut rng)).unwrap_or_default();
+            let records: Vec<v2::Record> = items
+                .into_iter()
+                .map(|it| v2::Record {
+                    topic: it.message.topic,
+                    payload: it.message.payload,
+                    qos: it.message.qos,
+                    retain: it.message.retain,
+                    fragment: it.fragment.map(|f| v2::Fragment {
+                        id: f.id,
+                        index: f.index,
+                        count: f.count,
+                    }),
+                })
+                .collect();
+            let seq = rng.next();
+            (
+                v2::encode(seq, &records, v2::Options::default()),
+                Some((seq, records)),
+            )
+        } else {
+            let mut frame = vec![rng.below(4) as u8];
+            frame.extend(rng.bytes(600));
+            (v2::text_of_frame(&frame), None)
+        };
+        let mutated = rng.chance(40);
+        let text = if mutated {
+            mutate(&mut rng, &text)
+        } else {
+            text
+        };
+        match catch_unwind(AssertUnwindSafe(|| {
+            (wire::decode_items(&text).is_ok(), v2::decode(&text).ok())
+        })) {
+            Err(_) => panics += 1,
+            Ok((ok, batch)) => {
+                read += u64::from(ok);
+                if honest.is_some() && !mutated && batch != honest {
+                    dishonest += 1;
+                }
+            }
+        }
+    }
+    (panics, dishonest, read)
+}
+
+#[test]
+fn fuzz_dense_small() {
+    let (panics, dishonest, read) = run_dense(5_000, 8);
+    assert_eq!((panics, dishonest), (0, 0));
+    assert!(read > 1000, "honest texts are read: {read}");
+}
+
+/// `make fuzz`: the dense decoder with millions of inputs in release.
+#[test]
+#[ignore]
+fn fuzz_dense_millions() {
+    let inputs = inputs_from_env(1_000_000);
+    let started = Instant::now();
+    let (panics, dishonest, read) = run_dense(inputs, 2025);
+    eprintln!(
+        "fuzz (dense v2): {inputs} inputs in {:.1} s: {panics} panics, {dishonest} honest texts misread, {read} read as batches",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!((panics, dishonest), (0, 0));
 }
