@@ -307,6 +307,9 @@ pub struct Spool {
 }
 
 const MARK_FILE: &str = "taken.mark";
+/// Segments kept prepared ahead of the appender (at least two, at most all): a burst of this much
+/// never waits for a segment to be allocated. They are mapped and resident (page cache) meanwhile.
+const SPARE_BYTES: usize = 256 << 20;
 
 fn segment_path(dir: &Path, slot: usize) -> PathBuf {
     dir.join(format!("segment-{slot:04}.spool"))
@@ -399,7 +402,7 @@ impl Spool {
             mark_count,
             taken,
             mark_written: taken,
-            spares: if geometry.slots >= 8 { 2 } else { 1 },
+            spares: (SPARE_BYTES / geometry.segment_bytes).clamp(2, geometry.slots),
         };
         let appender = Appender {
             shared,

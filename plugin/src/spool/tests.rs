@@ -458,3 +458,21 @@ fn the_intake_spools_before_handing_over_and_refuses_what_the_worker_has_no_room
     drop(s);
     assert!(open(dir.path()).2.records.is_empty());
 }
+
+#[test]
+fn a_burst_uses_the_whole_spool_without_waiting_for_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut a, _) = open(dir.path());
+    // No `maintain` during the burst: every segment was prepared at open.
+    let mut i = 0;
+    while a.append(&msg(i, 1), &[]).is_ok() {
+        i += 1;
+    }
+    let per_segment = G.capacity() / format::record_size(11, 16, 0);
+    assert!(
+        i as usize >= G.slots * per_segment / 2,
+        "{i} records in {} segments",
+        G.slots
+    );
+    assert_eq!(s.stats().bytes_on_disk, (G.slots * G.segment_bytes) as u64);
+}
