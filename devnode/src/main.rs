@@ -3,6 +3,7 @@
 mod error;
 mod fault;
 mod http;
+mod log;
 mod node;
 mod options;
 mod params;
@@ -10,8 +11,9 @@ mod peer;
 mod rpc;
 mod store;
 
+use log::{log, LogLevel};
 use node::Node;
-use options::{LogLevel, Options, OptionsError};
+use options::{Options, OptionsError};
 use rpc::Shared;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,12 +34,6 @@ fn install_signal_handlers() {
         unsafe {
             libc::signal(sig, on_signal as *const () as libc::sighandler_t);
         }
-    }
-}
-
-fn log(level: LogLevel, max: LogLevel, msg: &str) {
-    if level <= max {
-        eprintln!("twister-devnode: {msg}");
     }
 }
 

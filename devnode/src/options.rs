@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::log::LogLevel;
 use crate::node::Blocks;
 use crate::peer::PeerOptions;
 
@@ -58,13 +59,6 @@ const IGNORED: &[&str] = &[
     "debug",
     "logtimestamps",
 ];
-
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-pub enum LogLevel {
-    Error,
-    Info,
-    Debug,
-}
 
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -16,8 +16,8 @@
 
 mod session;
 
+use crate::log::LogLevel;
 use crate::node::Update;
-use crate::options::LogLevel;
 use crate::rpc::Shared;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -71,9 +71,7 @@ impl Hub {
     }
 
     pub fn log(&self, level: LogLevel, msg: &str) {
-        if level <= self.log_level {
-            eprintln!("twister-devnode: {msg}");
-        }
+        crate::log::log(level, self.log_level, msg);
     }
 
     fn register(&self, stream: &TcpStream) -> Option<(u64, Receiver<Arc<str>>, Arc<AtomicUsize>)> {

@@ -1,8 +1,8 @@
 //! One peer connection, inbound or outbound: hello both ways, then updates; pings keep it checked.
 
 use super::{Hub, DEAD_AFTER, MAX_LINE, PING_EVERY};
+use crate::log::LogLevel;
 use crate::node::{Digest, Update};
-use crate::options::LogLevel;
 use crate::rpc::Shared;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
