@@ -103,10 +103,16 @@ fn parse_reply(body: &str) -> Result<Value, RpcError> {
     }
 }
 
+/// A request as sent. Non-ASCII characters go raw (UTF-8), never as `\uXXXX`: twisterd's JSON reader
+/// keeps only the low byte of an escape, which would break the dense wire format's two-byte
+/// characters. Control characters are escaped (`\u0001`), which twisterd reads back exactly.
+fn request_body(method: &str, params: Value) -> String {
+    json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}).to_string()
+}
+
 impl Twister for HttpTwister {
     fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
-        let body =
-            json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}).to_string();
+        let body = request_body(method, params);
         let sent = self
             .agent()
             .post(&self.url)
@@ -148,6 +154,26 @@ impl Twister for HttpTwister {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_carry_non_ascii_raw_as_twisterd_needs() {
+        let text = "{\"v\":2}\u{1}\u{1f}\u{7f}\u{80}\u{7ff}\"\\";
+        let body = request_body("newpostmsg", json!(["alice", 3, text]));
+        assert!(
+            body.contains("\u{80}\u{7ff}"),
+            "two-byte characters raw: {body}"
+        );
+        assert!(
+            body.contains("\\u0001\\u001f\u{7f}"),
+            "control characters escaped: {body}"
+        );
+        assert!(
+            !body.contains("\\u0080") && !body.contains("\\u07ff"),
+            "{body}"
+        );
+        let back: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(back["params"][2], text);
+    }
 
     #[test]
     fn replies_are_read_like_twisterd_writes_them() {
