@@ -10,13 +10,13 @@ use crate::bus::{Level, Outgoing, ToBroker, ToWorker};
 use crate::config::{self, Config};
 use crate::interest::{BrokerSessionEvent, RestoredSessions, SessionEvent};
 use crate::qos2::{self, Qos2Dedup};
-use crate::rpc::{HttpTwister, Twister};
 use crate::spool::intake::{Intake, Verdict};
 use crate::spool::keeper::Keeper;
 use crate::startup::{
     load_state, open_spool, resolve_password, restored_sessions, spool_with_worker,
 };
 use crate::supervise::{WorkerHandle, STOP_WAIT};
+use crate::twister::{HttpTwister, Twister};
 use crate::wake::Doorbell;
 use crate::watch::Watch;
 use crate::wire::Message;

@@ -5,7 +5,7 @@
 use crate::bus::{Level, ToBroker, ToWorker};
 use crate::config::Config;
 use crate::health::{panic_text, Health};
-use crate::rpc::Twister;
+use crate::twister::{Client, Twister};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::{json, Map, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,16 +28,12 @@ pub struct DhtThread {
 }
 
 /// The profile's value and sequence number as the DHT holds them (seq 0: no profile yet).
-pub fn read_profile(rpc: &dyn Twister, user: &str) -> Result<(Map<String, Value>, i64), String> {
+pub fn read_profile(rpc: &Client, user: &str) -> Result<(Map<String, Value>, i64), String> {
     let got = rpc
-        .call("dhtget", json!([user, PROFILE, "s", DHTGET_TIMEOUT_MS]))
+        .dht_get(user, PROFILE, DHTGET_TIMEOUT_MS)
         .map_err(|e| format!("dhtget: {e}"))?;
-    let Some(item) = got.as_array().and_then(|a| a.first()) else {
-        return Ok((Map::new(), 0));
-    };
-    let seq = item["p"]["seq"].as_i64().unwrap_or(0);
-    let value = item["p"]["v"].as_object().cloned().unwrap_or_default();
-    Ok((value, seq))
+    let value = got.value.as_object().cloned().unwrap_or_default();
+    Ok((value, got.seq))
 }
 
 /// The topic filters in a profile value; `None` when it has none.
@@ -53,7 +49,7 @@ pub fn topics_of(profile: &Map<String, Value>) -> Option<Vec<String>> {
 }
 
 /// Writes `filters` into the profile, keeping every other key, then reads it back to be sure.
-pub fn write_profile(rpc: &dyn Twister, user: &str, filters: &[String]) -> Result<(), String> {
+pub fn write_profile(rpc: &Client, user: &str, filters: &[String]) -> Result<(), String> {
     let (mut value, seq) = read_profile(rpc, user)?;
     if topics_of(&value).as_deref() == Some(filters) {
         return Ok(());
@@ -68,7 +64,7 @@ pub fn write_profile(rpc: &dyn Twister, user: &str, filters: &[String]) -> Resul
             twister_rules::MAX_DHT_SINGLE
         ));
     }
-    rpc.call("dhtput", json!([user, PROFILE, "s", value, user, seq + 1]))
+    rpc.dht_put(user, PROFILE, &value, seq + 1)
         .map_err(|e| format!("dhtput: {e}"))?;
     let (back, _) = read_profile(rpc, user)?;
     if topics_of(&back).as_deref() != Some(filters) {
@@ -105,7 +101,7 @@ fn contained<T>(
 
 struct Context {
     cfg: Arc<Config>,
-    rpc: Box<dyn Twister>,
+    rpc: Client,
     worker: Sender<ToWorker>,
     broker: Sender<ToBroker>,
     health: Arc<Health>,
@@ -129,7 +125,7 @@ fn serve(c: Context, jobs: Receiver<DhtJob>) {
         read.dedup();
         if let Some(filters) = write {
             let r = contained(&c.broker, &c.health, "writing our profile", || {
-                write_profile(c.rpc.as_ref(), &c.cfg.user, &filters)
+                write_profile(&c.rpc, &c.cfg.user, &filters)
             });
             if r.is_ok() {
                 let _ = c.broker.try_send(ToBroker::Log(
@@ -145,9 +141,7 @@ fn serve(c: Context, jobs: Receiver<DhtJob>) {
         }
         for user in read {
             let what = format!("reading the interest of {user}");
-            match contained(&c.broker, &c.health, &what, || {
-                read_profile(c.rpc.as_ref(), &user)
-            }) {
+            match contained(&c.broker, &c.health, &what, || read_profile(&c.rpc, &user)) {
                 Ok((profile, _)) => {
                     if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
                         c.worker.try_send(ToWorker::RemoteInterest {
@@ -180,7 +174,7 @@ impl DhtThread {
         let (tx, rx) = unbounded();
         let context = Context {
             cfg,
-            rpc,
+            rpc: Client::new(rpc),
             worker,
             broker,
             health,
@@ -231,14 +225,14 @@ impl Drop for DhtThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::RpcError;
+    use crate::twister::TwisterError;
     use std::time::Duration;
 
     /// A twisterd whose every dhtget panics inside the plugin's code.
     struct Panicking;
 
     impl Twister for Panicking {
-        fn call(&self, method: &str, _params: Value) -> Result<Value, RpcError> {
+        fn call(&self, method: &str, _params: Value) -> Result<Value, TwisterError> {
             panic!("test: {method} panics");
         }
     }

@@ -2,7 +2,7 @@
 //! carrying publishes and subscription interest over the Twister peer-to-peer network.
 //!
 //! Layout: `broker` (all unsafe, the broker's callbacks) -> channels -> `worker` (posts and polls through
-//! `rpc`) and `dht` (profile interest). Pure logic: `config`, `topic`, `wire` (v1, poc; `wire_v2` for the dense v2), `interest`, `state`,
+//! `twister`, the typed client) and `dht` (profile interest). Pure logic: `config`, `topic`, `wire` (v1, poc; `wire_v2` for the dense v2), `interest`, `state`,
 //! `access`, `startup`, `held`, `qos2`. The exported symbols below are one-line shims into `broker`.
 
 pub mod access;
@@ -22,12 +22,12 @@ pub mod qos2;
 pub mod ratelimit;
 pub mod reassembly;
 pub mod route;
-pub mod rpc;
 pub mod spool;
 pub mod startup;
 pub mod state;
 pub mod supervise;
 pub mod topic;
+pub mod twister;
 pub mod wake;
 pub mod watch;
 pub mod wire;

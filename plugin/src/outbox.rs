@@ -8,34 +8,8 @@
 //! sent again, identical, under the same `k`: if the first copy lands late, the second is ignored, and
 //! either way the same messages are stored. Its number is never used for other text.
 
-use crate::rpc::RpcError;
-use serde_json::Value;
+use std::collections::BTreeMap;
 use twister_rules::max_post_number;
-
-/// What an answer to `newpostmsg`/`newdirectmsg` says about the post.
-#[derive(Debug, PartialEq)]
-pub enum Sent {
-    /// twisterd answered with the post: stored (or ignored as a copy of what its `k` holds).
-    Stored,
-    /// twisterd answered with an error: not stored by this call.
-    Refused(RpcError),
-    /// No answer read (timeout, connection lost, unreadable reply): it may have been stored.
-    Unknown(RpcError),
-}
-
-impl Sent {
-    pub fn of(result: Result<Value, RpcError>) -> Sent {
-        match result {
-            Ok(_) => Sent::Stored,
-            Err(e @ RpcError::Rpc { .. }) => Sent::Refused(e),
-            // Refused before reaching the RPC handler: authentication, wrong path.
-            Err(e @ RpcError::Http(401 | 403 | 404)) => Sent::Refused(e),
-            // No connection was made: nothing reached twisterd.
-            Err(e @ RpcError::NotSent(_)) => Sent::Refused(e),
-            Err(e) => Sent::Unknown(e),
-        }
-    }
-}
 
 /// A post or DM sent without a known outcome: its number, destination and exact text, and how many
 /// queued items it carries (still at the head of their queue).
@@ -58,8 +32,8 @@ pub enum Verified {
     Unknown,
 }
 
-pub fn verify(lasthave: &Value, user: &str, k: i64) -> Verified {
-    match lasthave.get(user).and_then(Value::as_i64) {
+pub fn verify(lasthave: &BTreeMap<String, i64>, user: &str, k: i64) -> Verified {
+    match lasthave.get(user).copied() {
         Some(last) if last >= k => Verified::Stored,
         Some(_) => Verified::NotYet,
         None => Verified::Unknown,
@@ -126,42 +100,16 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn only_an_error_answer_means_not_stored() {
-        assert_eq!(Sent::of(Ok(json!({"userpost": {}}))), Sent::Stored);
-        let refused = RpcError::Rpc {
-            code: -32602,
-            message: "too much posts from user 'a' rejecting post".into(),
-        };
-        assert_eq!(
-            Sent::of(Err(refused.clone())),
-            Sent::Refused(refused.clone())
-        );
-        assert!(matches!(
-            Sent::of(Err(RpcError::Http(401))),
-            Sent::Refused(_)
-        ));
-        let not_sent = RpcError::NotSent("Connection Failed".into());
-        assert_eq!(Sent::of(Err(not_sent.clone())), Sent::Refused(not_sent));
-        for unknown in [
-            RpcError::Transport("timed out reading response".into()),
-            RpcError::Http(500),
-            RpcError::BadReply("not JSON".into()),
-        ] {
-            assert_eq!(Sent::of(Err(unknown.clone())), Sent::Unknown(unknown));
-        }
-    }
 
     #[test]
     fn a_post_of_unknown_outcome_is_stored_once_our_last_number_reaches_it() {
-        assert_eq!(verify(&json!({"alice": 7}), "alice", 7), Verified::Stored);
-        assert_eq!(verify(&json!({"alice": 9}), "alice", 7), Verified::Stored);
-        assert_eq!(verify(&json!({"alice": 6}), "alice", 7), Verified::NotYet);
-        assert_eq!(verify(&json!({"alice": -1}), "alice", 0), Verified::NotYet);
-        assert_eq!(verify(&json!({"bob": 9}), "alice", 7), Verified::Unknown);
-        assert_eq!(verify(&json!(null), "alice", 7), Verified::Unknown);
+        let last = |u: &str, k: i64| BTreeMap::from([(u.to_string(), k)]);
+        assert_eq!(verify(&last("alice", 7), "alice", 7), Verified::Stored);
+        assert_eq!(verify(&last("alice", 9), "alice", 7), Verified::Stored);
+        assert_eq!(verify(&last("alice", 6), "alice", 7), Verified::NotYet);
+        assert_eq!(verify(&last("alice", -1), "alice", 0), Verified::NotYet);
+        assert_eq!(verify(&last("bob", 9), "alice", 7), Verified::Unknown);
+        assert_eq!(verify(&BTreeMap::new(), "alice", 7), Verified::Unknown);
     }
 
     #[test]

@@ -19,15 +19,15 @@ use crate::outbox::{Budget, InFlight};
 use crate::private_hold::{interested_recipients, PrivateHold};
 use crate::ratelimit::{held_back_note, LogLimiter};
 use crate::reassembly::{Limits, Reassembler};
-use crate::rpc::{RpcError, Twister, RPC_VERIFY_REJECTED, RPC_WALLET_INVALID_ACCOUNT_NAME};
 use crate::state::{Cursor, Destination, Saved, Unsent};
+use crate::twister::{Client, Twister, TwisterError};
 use crate::wake::Doorbell;
 use crate::wire::{self, Message};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use twister_rules::errors::Refusal;
 use twister_rules::PostHeader;
 
 /// How often changed state (post number, read positions) is written to the state file.
@@ -72,7 +72,7 @@ struct Queue {
 
 pub struct Worker {
     cfg: Arc<Config>,
-    rpc: Box<dyn Twister>,
+    rpc: Client,
     inbox: Receiver<ToWorker>,
     to_broker: Sender<ToBroker>,
     dht: DhtThread,
@@ -151,17 +151,6 @@ fn test_hook(m: &Message) {
     }
 }
 
-fn text_of(post: &Value) -> String {
-    let up = &post["userpost"];
-    let mut t = up
-        .get("msg")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    t.push_str(up.get("msg2").and_then(Value::as_str).unwrap_or(""));
-    t
-}
-
 impl Worker {
     pub fn new(
         cfg: Arc<Config>,
@@ -186,7 +175,7 @@ impl Worker {
         let mut w = Worker {
             interest: interest.unwrap_or_else(|| Interest::new(&cfg.subscribe)),
             cfg,
-            rpc,
+            rpc: Client::new(rpc),
             inbox,
             to_broker,
             dht,
@@ -355,7 +344,7 @@ impl Worker {
     }
 
     /// Logs an RPC failure once per change of state (the error's kind), naming the method that met it.
-    fn rpc_failed(&mut self, method: &str, e: &RpcError) {
+    fn rpc_failed(&mut self, method: &str, e: &TwisterError) {
         let kind = e.kind();
         if self.trouble.as_deref() != Some(kind.as_str()) {
             self.log(
@@ -372,18 +361,23 @@ impl Worker {
         }
     }
 
-    fn call(&mut self, method: &str, params: Value) -> Result<Value, RpcError> {
+    /// One typed call (`method` names it in the log), with the heartbeat and the log of trouble.
+    fn call<T>(
+        &mut self,
+        method: &str,
+        call: impl FnOnce(&Client) -> Result<T, TwisterError>,
+    ) -> Result<T, TwisterError> {
         // Once the broker stops, nothing but the shutdown's last posts waits on twisterd.
         if self.health.stopping() && !self.stopping {
-            return Err(RpcError::Transport("the broker is stopping".into()));
+            return Err(TwisterError::Transport("the broker is stopping".into()));
         }
         self.health.beat(Instant::now());
-        let r = self.rpc.call(method, params);
+        let r = call(&self.rpc);
         self.health.beat(Instant::now());
         match &r {
             Ok(_) => self.rpc_ok(),
             // An RPC error is an answer: twisterd is up.
-            Err(RpcError::Rpc { .. }) => self.rpc_ok(),
+            Err(TwisterError::Refused { .. }) => self.rpc_ok(),
             Err(e) => self.rpc_failed(method, e),
         }
         r
@@ -596,24 +590,23 @@ impl Worker {
 
     fn startup(&mut self) {
         let user = self.cfg.user.clone();
-        let wallet = match self.call("listwalletusers", json!([])) {
+        let wallet = match self.call("listwalletusers", |c| c.list_wallet_users()) {
             Ok(v) => v,
             Err(_) => return self.retry_startup(),
         };
-        let in_wallet = wallet
-            .as_array()
-            .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+        let in_wallet = wallet.contains(&user);
         if !in_wallet {
             if !self.cfg.create_user {
                 self.log_once("not-in-wallet", Level::Error, format!("user '{user}' is not in twisterd's wallet: create it there (createwalletuser + sendnewusertransaction) or set plugin_opt_create_user true"));
                 return self.retry_startup();
             }
-            match self.call("createwalletuser", json!([user])) {
+            match self.call("createwalletuser", |c| c.create_wallet_user(&user)) {
                 Ok(_) => self.log(
                     Level::Notice,
                     format!("created user '{user}' in twisterd's wallet"),
                 ),
-                Err(e) if e.is_rpc(RPC_WALLET_INVALID_ACCOUNT_NAME) => {}
+                // Already there (created meanwhile): the code twisterd uses for it, whatever its text.
+                Err(e) if e.is(Refusal::AlreadyInWallet) || e.is(Refusal::NotInWallet) => {}
                 Err(e) => {
                     self.log_once(
                         "create-failed",
@@ -627,22 +620,22 @@ impl Worker {
         if !self.follow_all() {
             return self.retry_startup();
         }
-        let following = match self.call("getfollowing", json!([user])) {
+        let following = match self.call("getfollowing", |c| c.get_following(&user)) {
             Ok(v) => v,
             Err(_) => return self.retry_startup(),
         };
-        let follows_self = following
-            .as_array()
-            .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+        let follows_self = following.contains(&user);
         if !follows_self {
             // Following only takes users registered in a block: ourselves not yet.
             if self.cfg.create_user {
-                match self.call("sendnewusertransaction", json!([user])) {
+                match self.call("sendnewusertransaction", |c| {
+                    c.send_new_user_transaction(&user)
+                }) {
                     Ok(_) => self.log(
                         Level::Notice,
                         format!("registration of '{user}' sent; waiting for a block"),
                     ),
-                    Err(e) if e.is_rpc(RPC_VERIFY_REJECTED) => {}
+                    Err(e) if e.is(Refusal::TxRejected) => {}
                     Err(e) => self.log_once(
                         "register-failed",
                         Level::Error,
@@ -659,16 +652,16 @@ impl Worker {
             self.next_startup = Instant::now() + self.startup_backoff;
             return;
         }
-        let lasthave = match self.call("getlasthave", json!([user])) {
+        let lasthave = match self.call("getlasthave", |c| c.get_last_have(&user, None)) {
             Ok(v) => v,
             Err(_) => return self.retry_startup(),
         };
-        let own_last = lasthave.get(&user).and_then(Value::as_i64).unwrap_or(-1);
+        let own_last = lasthave.get(&user).copied().unwrap_or(-1);
         if own_last >= self.saved.next_k {
             self.saved.next_k = own_last + 1;
         }
         for u in self.cfg.follow.clone() {
-            if let Some(last) = lasthave.get(&u).and_then(Value::as_i64) {
+            if let Some(&last) = lasthave.get(&u) {
                 self.saved
                     .cursors
                     .entry(u)
@@ -708,21 +701,17 @@ impl Worker {
         let user = self.cfg.user.clone();
         let mut all = vec![user.clone()];
         all.extend(self.cfg.follow.iter().cloned());
-        if self.call("follow", json!([user, all])).is_err() {
+        if self.call("follow", |c| c.follow(&user, &all)).is_err() {
             return false;
         }
-        let Ok(following) = self.call("getfollowing", json!([user])) else {
+        let Ok(held) = self.call("getfollowing", |c| c.get_following(&user)) else {
             return false;
         };
-        let held: Vec<&str> = following
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
         let missing: Vec<String> = self
             .cfg
             .follow
             .iter()
-            .filter(|u| !held.contains(&u.as_str()))
+            .filter(|u| !held.contains(u))
             .cloned()
             .collect();
         if !missing.is_empty() && missing != self.unfollowed {
@@ -755,13 +744,10 @@ impl Worker {
 
     fn read_followed(&mut self) {
         let user = self.cfg.user.clone();
-        let Ok(lasthave) = self.call("getlasthave", json!([user])) else {
+        let Ok(map) = self.call("getlasthave", |c| c.get_last_have(&user, None)) else {
             return;
         };
-        let Some(map) = lasthave.as_object() else {
-            return;
-        };
-        if let Some(own) = map.get(&user).and_then(Value::as_i64) {
+        if let Some(&own) = map.get(&user) {
             if let Some(p) = self.pending.take_if(|p| own >= p.k) {
                 self.log(
                     Level::Info,
@@ -781,7 +767,7 @@ impl Worker {
         let grown: Vec<(String, i64)> = map
             .iter()
             .filter(|(u, _)| self.cfg.follow.contains(u))
-            .filter_map(|(u, last)| last.as_i64().map(|l| (u.clone(), l)))
+            .map(|(u, last)| (u.clone(), *last))
             .collect();
         for (u, last) in grown {
             // Users followed at start-up got a cursor at their newest post then. One seen only now
@@ -803,10 +789,9 @@ impl Worker {
         // DMs first, judged against the cursor before it moves; passed on in post-number order.
         let mut reader = crate::directs::Reader::new(from, cursor.dm_id, cursor.dm_time);
         while let Some(window) = reader.next_window() {
-            let Ok(answer) = self.call(
-                "getdirectmsgs",
-                json!([user, crate::directs::PAGE, [window]]),
-            ) else {
+            let Ok(answer) = self.call("getdirectmsgs", |c| {
+                c.get_direct_msgs(&user, crate::directs::PAGE, window)
+            }) else {
                 return;
             };
             reader.take(&answer);
@@ -827,33 +812,22 @@ impl Worker {
             let upto = since.saturating_add(FETCH_WINDOW).min(last);
             // One slot more than the window can hold: twisterd may put its promoted post first.
             let count = upto - since + 1;
-            let Ok(posts) = self.call(
-                "getposts",
-                json!([count, [{"username": from, "since_id": since, "max_id": upto}]]),
-            ) else {
+            let Ok(mut posts) = self.call("getposts", |c| c.get_posts(from, since, upto, count))
+            else {
                 return self.keep_cursor(from, cursor);
             };
-            let mut posts: Vec<Value> = posts.as_array().cloned().unwrap_or_default();
-            posts.sort_by_key(|p| p["userpost"]["k"].as_i64().unwrap_or(-1));
+            posts.sort_by_key(|p| p.k);
             for p in posts {
-                if p.get("sig_userpost")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .is_empty()
-                {
-                    continue; // twisterd's promoted post
-                }
-                let up = &p["userpost"];
-                if up.get("n").and_then(Value::as_str) != Some(from) || up.get("dm").is_some() {
+                // twisterd's promoted post, another user's, or a DM (read above).
+                if p.promoted || p.author != from || p.is_dm {
                     continue;
                 }
-                let k = up.get("k").and_then(Value::as_i64).unwrap_or(-1);
-                if !cursor.first_sight(k) {
+                if !cursor.first_sight(p.k) {
                     self.counters.duplicates += 1;
                     continue;
                 }
                 self.keep_cursor(from, cursor.clone());
-                self.received(from, k, "post", &text_of(&p));
+                self.received(from, p.k, "post", &p.text);
             }
             since = upto;
             cursor.advance(upto);

@@ -2,8 +2,8 @@
 //! twisterd refuses, does not answer in time, or is out of post budget (decisions in `crate::outbox`).
 
 use super::*;
-use crate::outbox::{InFlight, Sent, Verified};
-use twister_rules::errors::Refusal;
+use crate::outbox::{InFlight, Verified};
+use crate::twister::Outcome;
 
 impl Worker {
     pub(super) fn flush_due_at(&self) -> Option<Instant> {
@@ -181,8 +181,8 @@ impl Worker {
         };
         let user = self.cfg.user.clone();
         let result = match &to {
-            None => self.call("newpostmsg", json!([user, k, text])),
-            Some(u) => self.call("newdirectmsg", json!([user, k, u, text])),
+            None => self.call("newpostmsg", |c| c.new_post(&user, k, &text)),
+            Some(u) => self.call("newdirectmsg", |c| c.new_dm(&user, k, u, &text)),
         };
         let flight = InFlight {
             k,
@@ -190,12 +190,12 @@ impl Worker {
             text,
             items: n,
         };
-        match Sent::of(result) {
-            Sent::Stored => {
+        match Outcome::of(result) {
+            Outcome::Stored => {
                 self.posted(&flight);
                 true
             }
-            Sent::Unknown(e) => {
+            Outcome::Unknown(e) => {
                 self.counters.unknown_outcomes += 1;
                 if resend.is_none() {
                     self.log(Level::Warning, format!("no answer to post {k} ({}): it may have been stored; finding out before number {k} is used again (unknown outcomes so far: {})", e.kind(), self.counters.unknown_outcomes));
@@ -204,11 +204,8 @@ impl Worker {
                 self.backoff_posts();
                 false
             }
-            Sent::Refused(e) => {
-                let refusal = match &e {
-                    RpcError::Rpc { code, message } => Refusal::classify(*code, message),
-                    _ => Refusal::Other,
-                };
+            Outcome::Refused(e) => {
+                let refusal = e.refusal().unwrap_or(Refusal::Other);
                 if refusal == Refusal::TooLarge && resend.is_none() {
                     self.log(Level::Error, format!("twisterd found a post of {} bytes too large: sending one message per post", flight.text.len()));
                     if n == 1 {
@@ -229,7 +226,7 @@ impl Worker {
                 if refusal.waits_for_a_block() {
                     self.out_of_budget(k, refusal, &e);
                 } else {
-                    if let RpcError::Rpc { .. } = e {
+                    if let TwisterError::Refused { .. } = e {
                         self.log(Level::Error, format!("posting failed: {e}"));
                     }
                     self.backoff_posts();
@@ -242,7 +239,9 @@ impl Worker {
     /// Our own last post number, from twisterd: settles a post of unknown outcome.
     fn verify_pending(&mut self, p: &InFlight) -> Verified {
         let user = self.cfg.user.clone();
-        match self.call("getlasthave", json!([user, [user]])) {
+        match self.call("getlasthave", |c| {
+            c.get_last_have(&user, Some(std::slice::from_ref(&user)))
+        }) {
             Ok(v) => crate::outbox::verify(&v, &user, p.k),
             Err(_) => Verified::Unknown,
         }
@@ -265,7 +264,7 @@ impl Worker {
 
     /// twisterd refused post `k` until a later block: wait for the chain to reach the height that can
     /// allow it, watching the height every poll interval.
-    fn out_of_budget(&mut self, k: i64, refusal: Refusal, e: &RpcError) {
+    fn out_of_budget(&mut self, k: i64, refusal: Refusal, e: &TwisterError) {
         let height = self.chain_height();
         let Some(height) = height else {
             // The height cannot be read now: retry with backoff as for any failure.
@@ -285,9 +284,7 @@ impl Worker {
     }
 
     fn chain_height(&mut self) -> Option<i64> {
-        self.call("getinfo", json!([]))
-            .ok()
-            .and_then(|v| v.get("blocks").and_then(Value::as_i64))
+        self.call("getinfo", |c| c.get_height()).ok().flatten()
     }
 
     /// While out of budget: one `getinfo` per poll interval; posts as soon as a block allows.

@@ -1,18 +1,18 @@
-//! twisterd's JSON-RPC over HTTP, as the plugin's worker threads use it. Credentials go in the
-//! Authorization header and never into errors or logs.
+//! twisterd's JSON-RPC over HTTP: one untyped call, its answer or a `TwisterError`. Credentials go in
+//! the Authorization header and never into errors or logs. No connection is kept while idle.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-pub const RPC_WALLET_INVALID_ACCOUNT_NAME: i64 = -11;
-pub const RPC_VERIFY_REJECTED: i64 = -22;
-pub const RPC_INVALID_PARAMS: i64 = -32602;
+use twister_rules::errors::Refusal;
 
+/// What went wrong with one call. An answer with an error is a `Refused`, classified once by
+/// `twister_rules::errors::Refusal::classify` (the codes and texts the dev node answers with).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RpcError {
-    /// No answer read: the request may or may not have been carried out.
+pub enum TwisterError {
+    /// No answer read: the request may or may not have been carried out (outcome unknown).
     #[error("twisterd unreachable ({0})")]
     Transport(String),
     /// No connection made: nothing was sent.
@@ -20,36 +20,54 @@ pub enum RpcError {
     NotSent(String),
     #[error("HTTP status {0}")]
     Http(u16),
+    /// twisterd answered with an error: `refusal` says what it means.
     #[error("error {code}: {message}")]
-    Rpc { code: i64, message: String },
+    Refused {
+        refusal: Refusal,
+        code: i64,
+        message: String,
+    },
     #[error("unreadable reply ({0})")]
     BadReply(String),
 }
 
-impl RpcError {
-    pub fn is_rpc(&self, code: i64) -> bool {
-        matches!(self, RpcError::Rpc { code: c, .. } if *c == code)
+impl TwisterError {
+    pub fn refused(code: i64, message: impl Into<String>) -> Self {
+        let message = message.into();
+        TwisterError::Refused {
+            refusal: Refusal::classify(code, &message),
+            code,
+            message,
+        }
     }
 
-    pub fn message_starts(&self, prefix: &str) -> bool {
-        matches!(self, RpcError::Rpc { message, .. } if message.starts_with(prefix))
+    /// What twisterd's error answer means; `None` when there was no error answer.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            TwisterError::Refused { refusal, .. } => Some(*refusal),
+            _ => None,
+        }
+    }
+
+    pub fn is(&self, refusal: Refusal) -> bool {
+        self.refusal() == Some(refusal)
     }
 
     /// What stays the same while the same trouble lasts: used to log once per change of state.
     pub fn kind(&self) -> String {
         match self {
-            RpcError::Transport(_) | RpcError::NotSent(_) => "unreachable".into(),
-            RpcError::Http(401) => "HTTP 401 (check plugin_opt_rpc_user / rpc_password)".into(),
-            RpcError::Http(s) => format!("HTTP {s}"),
-            RpcError::Rpc { code, .. } => format!("error {code}"),
-            RpcError::BadReply(_) => "unreadable reply".into(),
+            TwisterError::Transport(_) | TwisterError::NotSent(_) => "unreachable".into(),
+            TwisterError::Http(401) => "HTTP 401 (check plugin_opt_rpc_user / rpc_password)".into(),
+            TwisterError::Http(s) => format!("HTTP {s}"),
+            TwisterError::Refused { code, .. } => format!("error {code}"),
+            TwisterError::BadReply(_) => "unreadable reply".into(),
         }
     }
 }
 
-/// The calls the plugin makes; a trait so logic can be exercised without a node.
+/// One untyped call; a trait so that the typed client (`super::Client`) can run on a fake node.
 pub trait Twister: Send {
-    fn call(&self, method: &str, params: Value) -> Result<Value, RpcError>;
+    fn call(&self, method: &str, params: Value) -> Result<Value, TwisterError>;
 
     /// Closes the connections kept open between calls. twisterd's `stop` waits for every open RPC
     /// connection to close, so a caller about to go idle lets go of them.
@@ -88,18 +106,15 @@ impl HttpTwister {
     }
 }
 
-fn parse_reply(body: &str) -> Result<Value, RpcError> {
-    let v: Value = serde_json::from_str(body).map_err(|_| RpcError::BadReply("not JSON".into()))?;
+fn parse_reply(body: &str) -> Result<Value, TwisterError> {
+    let v: Value =
+        serde_json::from_str(body).map_err(|_| TwisterError::BadReply("not JSON".into()))?;
     match v.get("error") {
         Some(Value::Null) | None => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
-        Some(e) => Err(RpcError::Rpc {
-            code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
-            message: e
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        }),
+        Some(e) => Err(TwisterError::refused(
+            e.get("code").and_then(Value::as_i64).unwrap_or(0),
+            e.get("message").and_then(Value::as_str).unwrap_or(""),
+        )),
     }
 }
 
@@ -111,7 +126,7 @@ fn request_body(method: &str, params: Value) -> String {
 }
 
 impl Twister for HttpTwister {
-    fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+    fn call(&self, method: &str, params: Value) -> Result<Value, TwisterError> {
         let body = request_body(method, params);
         let sent = self
             .agent()
@@ -123,13 +138,13 @@ impl Twister for HttpTwister {
             Ok(resp) => parse_reply(
                 &resp
                     .into_string()
-                    .map_err(|e| RpcError::Transport(e.kind().to_string()))?,
+                    .map_err(|e| TwisterError::Transport(e.kind().to_string()))?,
             ),
             Err(ureq::Error::Status(status, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 match parse_reply(&text) {
-                    Err(e @ RpcError::Rpc { .. }) => Err(e),
-                    _ => Err(RpcError::Http(status)),
+                    Err(e @ TwisterError::Refused { .. }) => Err(e),
+                    _ => Err(TwisterError::Http(status)),
                 }
             }
             Err(ureq::Error::Transport(t)) => {
@@ -139,8 +154,8 @@ impl Twister for HttpTwister {
                     ureq::ErrorKind::ConnectionFailed
                     | ureq::ErrorKind::Dns
                     | ureq::ErrorKind::InvalidUrl
-                    | ureq::ErrorKind::UnknownScheme => RpcError::NotSent(text),
-                    _ => RpcError::Transport(text),
+                    | ureq::ErrorKind::UnknownScheme => TwisterError::NotSent(text),
+                    _ => TwisterError::Transport(text),
                 })
             }
         }
@@ -189,8 +204,12 @@ mod tests {
             r#"{"result":null,"error":{"code":-32602,"message":"bad post signature"},"id":1}"#,
         )
         .unwrap_err();
-        assert!(e.is_rpc(RPC_INVALID_PARAMS) && e.message_starts("bad post"));
-        assert!(matches!(parse_reply("<html>"), Err(RpcError::BadReply(_))));
+        assert!(e.is(Refusal::BadSignature), "{e:?}");
+        assert_eq!(e.to_string(), "error -32602: bad post signature");
+        assert!(matches!(
+            parse_reply("<html>"),
+            Err(TwisterError::BadReply(_))
+        ));
     }
 
     #[test]
@@ -202,7 +221,7 @@ mod tests {
             Duration::from_millis(500),
         );
         let e = t.call("getinfo", json!([])).unwrap_err();
-        assert!(matches!(e, RpcError::NotSent(_)), "{e:?}");
+        assert!(matches!(e, TwisterError::NotSent(_)), "{e:?}");
         assert!(!e.to_string().contains("hunter2"));
     }
 }
