@@ -21,6 +21,7 @@ pub mod private_hold;
 pub mod qos2;
 pub mod ratelimit;
 pub mod reassembly;
+pub mod relay;
 pub mod route;
 pub mod spool;
 pub mod startup;

@@ -277,7 +277,7 @@ impl Supervisor {
 mod tests {
     use super::*;
     use crate::interest::RestoredSessions;
-    use crate::rpc::RpcError;
+    use crate::twister::TwisterError;
     use serde_json::Value;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -299,7 +299,7 @@ mod tests {
     }
 
     impl Twister for Fake {
-        fn call(&self, method: &str, _params: Value) -> Result<Value, RpcError> {
+        fn call(&self, method: &str, _params: Value) -> Result<Value, TwisterError> {
             if self.blocked.load(Ordering::SeqCst) {
                 self.waiting.fetch_add(1, Ordering::SeqCst);
                 while self.blocked.load(Ordering::SeqCst) {
@@ -309,7 +309,7 @@ mod tests {
             if method == "listwalletusers" && self.panics.fetch_sub(1, Ordering::SeqCst) > 0 {
                 panic!("test: {method} panics");
             }
-            Err(RpcError::Transport("test: unreachable".into()))
+            Err(TwisterError::Transport("test: unreachable".into()))
         }
     }
 

@@ -4,7 +4,6 @@
 
 use crate::wire::{self, Fragment, Item, Message, WireError};
 use mqtt_twister_wire as v2;
-use std::collections::VecDeque;
 
 /// True for a text `decode_items` must read as v2 (or a later dense version): `{"v":N}` then data.
 pub fn is_dense(text: &str) -> bool {
@@ -52,11 +51,15 @@ fn record(item: &str) -> Option<v2::Record> {
 
 /// As many of the first queued items as one text of at most `budget` bytes carries, and that text;
 /// None when the first alone does not fit (it is then cut into fragments or dropped).
-pub fn pack(items: &VecDeque<String>, seq: u64, budget: usize) -> Option<(usize, String)> {
+pub fn pack<'a>(
+    items: impl IntoIterator<Item = &'a str>,
+    seq: u64,
+    budget: usize,
+) -> Option<(usize, String)> {
     // Only what one batch can hold is read from the queue.
     let mut records = Vec::new();
     let mut bytes = 0;
-    for item in items.iter().take(v2::MAX_RECORDS) {
+    for item in items.into_iter().take(v2::MAX_RECORDS) {
         let Some(r) = record(item) else { break };
         bytes += r.payload.len() + r.topic.len();
         records.push(r);
@@ -70,6 +73,7 @@ pub fn pack(items: &VecDeque<String>, seq: u64, budget: usize) -> Option<(usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
 
     fn msg(topic: &str, payload: &[u8], qos: u8, retain: bool) -> Message {
         Message {
@@ -100,7 +104,7 @@ mod tests {
             .chain([msg("bin/€", &[0, 255, 0x40, 0x23, 10], 1, false)])
             .collect();
         let queue: VecDeque<String> = batch.iter().map(wire::encode_item).collect();
-        let (n, text) = pack(&queue, 3, 1873).unwrap();
+        let (n, text) = pack(queue.iter().map(String::as_str), 3, 1873).unwrap();
         assert_eq!(n, batch.len(), "all in one post");
         let v1_len: usize = queue.iter().map(String::len).sum();
         assert!(
@@ -118,7 +122,7 @@ mod tests {
         let m = msg("big", &[7u8; 5000], 2, true);
         let parts = wire::encode_fragments(&m, 77, 1800).unwrap();
         let queue: VecDeque<String> = parts.iter().cloned().collect();
-        let (n, text) = pack(&queue, 1, 1873).unwrap();
+        let (n, text) = pack(queue.iter().map(String::as_str), 1, 1873).unwrap();
         assert_eq!(
             n,
             parts.len(),

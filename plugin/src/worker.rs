@@ -4,45 +4,39 @@
 //!
 //! `WorkerHandle` is what the broker side holds; `Worker` is the actor behind it.
 
-mod posting;
+mod drive;
+#[cfg(test)]
+mod drive_tests;
 mod routing;
 mod sessions;
 
 use crate::bus::{Level, Outbound, Outgoing, ToBroker, ToWorker};
-use crate::config::{Config, WireFormat};
+use crate::config::Config;
 use crate::dht::{DhtJob, DhtThread};
 use crate::drops::{Drops, Reason};
 use crate::health::Health;
 use crate::held::Held;
 use crate::interest::{Interest, RestoredSessions};
-use crate::outbox::{Budget, InFlight};
 use crate::private_hold::{interested_recipients, PrivateHold};
 use crate::ratelimit::{held_back_note, LogLimiter};
 use crate::reassembly::{Limits, Reassembler};
+use crate::relay::outbox::{Outbox, Queued, Settings};
 use crate::state::{Cursor, Destination, Saved, Unsent};
 use crate::twister::{Client, Twister, TwisterError};
 use crate::wake::Doorbell;
 use crate::wire::{self, Message};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twister_rules::errors::Refusal;
-use twister_rules::PostHeader;
 
 /// How often changed state (post number, read positions) is written to the state file.
 const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Posts sent in one go before the worker looks at its inbox again.
-const POSTS_PER_FLUSH: usize = 32;
 const FETCH_WINDOW: i64 = 100;
-/// twisterd keeps this many characters of a post's text in `msg`, the rest in `msg2`.
-const POC_BRIDGE_CHARS: usize = 140;
 /// How long the worker keeps trying to send what is queued when the broker stops.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
-/// Worst-case digits for the fields of a post we cannot know in advance.
-const WORST_HEIGHT: i64 = 99_999_999;
-const WORST_TIME: i64 = 9_999_999_999;
 /// After a restart, how long messages only a previous run's subscriptions wanted wait for their clients
 /// to subscribe again.
 pub const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(60);
@@ -50,24 +44,12 @@ pub const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(60);
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Counters {
     pub forwarded: u64,
-    pub posts: u64,
-    pub dms: u64,
     pub received: u64,
     pub injected: u64,
     pub malformed: u64,
     pub duplicates: u64,
-    pub fragmented: u64,
-    /// Posts sent without an answer read (timeout, connection lost).
-    pub unknown_outcomes: u64,
-    /// Times posting waited for a block (out of post budget).
-    pub budget_waits: u64,
-}
-
-/// Messages waiting for a post: items already encoded for the wire.
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<String>,
-    since: Option<Instant>,
+    /// Posts, DMs, fragments, unknown outcomes, waits for a block.
+    pub outbox: crate::relay::outbox::Counters,
 }
 
 pub struct Worker {
@@ -89,15 +71,9 @@ pub struct Worker {
     startup_backoff: Duration,
     unfollowed: Vec<String>,
     next_refollow: Instant,
-    public: Queue,
-    private: BTreeMap<String, Queue>,
-    queued: usize,
+    /// Posting: queues, numbers, budget, fragments (`crate::relay::outbox`), driven by `drive_outbox`.
+    outbox: Outbox,
     next_poll: Instant,
-    post_retry_at: Instant,
-    post_backoff: Duration,
-    /// A post sent whose outcome is unknown: settled before its number is used again.
-    pending: Option<InFlight>,
-    budget: Budget,
     drops: Drops,
     profile_due: Option<Instant>,
     profile_backoff: Duration,
@@ -113,7 +89,6 @@ pub struct Worker {
     reassembly: Reassembler,
     /// Warnings about what followed users sent.
     input_log: LogLimiter,
-    fragment_ids: u64,
     /// Messages were handed to the broker since the doorbell last rang.
     ring_pending: bool,
     /// Messages from the network waiting for a previous run's subscriptions to come back.
@@ -171,6 +146,17 @@ impl Worker {
             health,
         } = start;
         let state_found = saved.is_some();
+        let outbox = Outbox::new(
+            Settings {
+                user: cfg.user.clone(),
+                wire_format: cfg.wire_format,
+                batch_delay: cfg.batch_delay,
+                max_message_bytes: cfg.max_message_bytes,
+            },
+            saved.as_ref().map_or(0, |s| s.next_k),
+            saved.as_ref().map_or(0, |s| s.seq),
+            counters.outbox,
+        );
         let restarted = interest.is_some();
         let mut w = Worker {
             interest: interest.unwrap_or_else(|| Interest::new(&cfg.subscribe)),
@@ -190,14 +176,8 @@ impl Worker {
             startup_backoff: Duration::from_millis(200),
             unfollowed: Vec::new(),
             next_refollow: now,
-            public: Queue::default(),
-            private: BTreeMap::new(),
-            queued: 0,
+            outbox,
             next_poll: now,
-            post_retry_at: now,
-            post_backoff: Duration::from_millis(250),
-            pending: None,
-            budget: Budget::default(),
             drops,
             profile_due: None,
             profile_backoff: Duration::from_millis(500),
@@ -211,7 +191,6 @@ impl Worker {
             last_save: now,
             reassembly: Reassembler::new(Limits::default()),
             input_log: LogLimiter::new(20, Duration::from_secs(10)),
-            fragment_ids: 0,
             ring_pending: false,
             held: Held::default(),
             resubscribe_until: None,
@@ -237,12 +216,14 @@ impl Worker {
     /// is still unsent, the local subscriptions, the counters and the helper threads.
     pub fn salvage(&mut self) -> Start {
         let mut saved = self.saved.clone();
+        saved.next_k = self.outbox.next_k();
+        saved.seq = self.outbox.seq();
         saved.unsent = self.unsent();
         Start {
             saved: Some(saved),
             restored: None,
             interest: Some(std::mem::take(&mut self.interest)),
-            counters: self.counters,
+            counters: self.counters(),
             drops: std::mem::take(&mut self.drops),
             dht: self.dht.take(),
             doorbell: std::mem::replace(&mut self.doorbell, Doorbell::new(None, String::new())),
@@ -257,35 +238,27 @@ impl Worker {
             return;
         }
         let n = unsent.len();
+        let now = Instant::now();
         for u in unsent {
-            let Some(it) = wire::item_message(&u.item) else {
-                continue;
-            };
-            // A fragment goes back as it was; a whole message in the format configured now.
-            let item = if it.fragment.is_some() {
-                u.item.clone()
-            } else {
-                self.encode(&it.message)
-            };
-            let msg = it.message;
-            let queue = match u.to {
-                Destination::Public => &mut self.public,
-                Destination::Direct(user) => self.private.entry(user).or_default(),
+            let to = match u.to {
+                Destination::Public => None,
+                Destination::Direct(user) => Some(user),
                 Destination::Undecided => {
-                    // Kept across a restart without its route: routed by the configuration now.
-                    let route = self.cfg.router.route(&msg.topic);
-                    let out = Outgoing {
-                        message: msg,
-                        route,
-                    };
-                    self.held_private.push(Instant::now(), out);
-                    self.queued += 1;
+                    if let Some(it) = wire::item_message(&u.item) {
+                        // Kept across a restart without its route: routed by the configuration now.
+                        let route = self.cfg.router.route(&it.message.topic);
+                        let out = Outgoing {
+                            message: it.message,
+                            route,
+                        };
+                        self.held_private.push(now, out);
+                    }
                     continue;
                 }
             };
-            queue.items.push_back(item);
-            queue.since.get_or_insert_with(Instant::now);
-            self.queued += 1;
+            if let Some(item) = Queued::restored(&u.item, self.cfg.wire_format) {
+                self.outbox.push(item, to, now);
+            }
         }
         self.state_dirty = true;
         self.log(
@@ -296,31 +269,7 @@ impl Worker {
 
     /// Everything still queued, as it is kept in the state file.
     fn unsent(&self) -> Vec<Unsent> {
-        let neutral = |item: &String| {
-            wire::item_message(item).map(|it| {
-                if it.fragment.is_some() {
-                    item.clone()
-                } else {
-                    wire::encode_item(&it.message)
-                }
-            })
-        };
-        let mut out: Vec<Unsent> = self
-            .public
-            .items
-            .iter()
-            .filter_map(neutral)
-            .map(|item| Unsent {
-                to: Destination::Public,
-                item,
-            })
-            .collect();
-        for (user, q) in &self.private {
-            out.extend(q.items.iter().filter_map(neutral).map(|item| Unsent {
-                to: Destination::Direct(user.clone()),
-                item,
-            }));
-        }
+        let mut out = self.outbox.unsent();
         out.extend(self.held_private.messages().map(|m| Unsent {
             to: Destination::Undecided,
             item: wire::encode_item(m),
@@ -431,8 +380,8 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => return self.shutdown(outbound),
             }
             self.step(Instant::now());
-            outbound.set_backlog(self.queued);
-            if drained_all && self.queued == 0 && self.pending.is_none() {
+            outbound.set_backlog(self.queued());
+            if drained_all && self.queued() == 0 && !self.outbox.has_unknown_outcome() {
                 outbound.spool_progress().taken(handed);
             }
         }
@@ -451,7 +400,7 @@ impl Worker {
         if let Some(p) = self.profile_due {
             d = d.min(p);
         }
-        if let Some(f) = self.flush_due_at() {
+        if let Some(f) = self.outbox.poll_timeout(now) {
             d = d.min(f);
         }
         if !self.unfollowed.is_empty() {
@@ -476,9 +425,8 @@ impl Worker {
             self.poll();
             self.next_poll = Instant::now() + self.cfg.poll_interval;
         }
-        if self.flush_due_at().is_some_and(|t| Instant::now() >= t) {
-            self.flush(POSTS_PER_FLUSH);
-        }
+        self.outbox.handle_timeout(Instant::now());
+        self.drive_outbox();
         if self.profile_due.is_some_and(|t| now >= t) {
             self.profile_due = None;
             self.dht.send(DhtJob::WriteProfile(self.interest.filters()));
@@ -573,14 +521,6 @@ impl Worker {
         }
     }
 
-    fn encode(&self, msg: &Message) -> String {
-        match self.cfg.wire_format {
-            // v2 queues v1 items too and compresses a post's batch of them when it is made.
-            WireFormat::V1 | WireFormat::V2 => wire::encode_item(msg),
-            WireFormat::Poc => wire::encode_poc(msg),
-        }
-    }
-
     // ----- start-up -----
 
     fn retry_startup(&mut self) {
@@ -657,9 +597,7 @@ impl Worker {
             Err(_) => return self.retry_startup(),
         };
         let own_last = lasthave.get(&user).copied().unwrap_or(-1);
-        if own_last >= self.saved.next_k {
-            self.saved.next_k = own_last + 1;
-        }
+        self.outbox.k_at_least(own_last + 1);
         for u in self.cfg.follow.clone() {
             if let Some(&last) = lasthave.get(&u) {
                 self.saved
@@ -682,7 +620,8 @@ impl Worker {
             Level::Notice,
             format!(
                 "ready: Twister user '{user}', next post number {}, following {:?}",
-                self.saved.next_k, self.cfg.follow
+                self.outbox.next_k(),
+                self.cfg.follow
             ),
         );
         let wake = match self.doorbell.enabled() {
@@ -748,21 +687,8 @@ impl Worker {
             return;
         };
         if let Some(&own) = map.get(&user) {
-            if let Some(p) = self.pending.take_if(|p| own >= p.k) {
-                self.log(
-                    Level::Info,
-                    format!(
-                        "post {} (outcome unknown) was stored by twisterd: its {} messages are done",
-                        p.k, p.items
-                    ),
-                );
-                self.posted(&p);
-            }
-            if own >= self.saved.next_k {
-                self.log(Level::Warning, format!("twisterd holds our post {own} above our next number {}: another writer uses '{user}'? moving on", self.saved.next_k));
-                self.saved.next_k = own + 1;
-                self.state_dirty = true;
-            }
+            self.outbox.own_last(own, Instant::now());
+            self.drive_outbox();
         }
         let grown: Vec<(String, i64)> = map
             .iter()
@@ -930,6 +856,8 @@ impl Worker {
         }
         self.last_save = Instant::now();
         self.saved.interest = self.interest.saved();
+        self.saved.next_k = self.outbox.next_k();
+        self.saved.seq = self.outbox.seq();
         let Some(path) = self.cfg.state_file.clone() else {
             self.state_dirty = false;
             return;
@@ -954,21 +882,18 @@ impl Worker {
         let asked = self.health.stop_asked_at().unwrap_or_else(Instant::now);
         let until = asked + SHUTDOWN_FLUSH;
         if self.ready {
-            self.post_retry_at = Instant::now();
-            while self.queued > 0 && Instant::now() < until {
-                let before = self.queued;
-                self.flush(1);
-                if self.queued == before {
+            while self.queued() > 0 && Instant::now() < until {
+                let before = self.queued();
+                self.outbox.flush_now(1, Instant::now());
+                self.drive_outbox();
+                if self.queued() == before {
                     break;
                 }
             }
         }
-        if let Some(p) = self.pending.take() {
-            // Its first copy may still land: the number is never used for other text.
-            self.saved.next_k = self.saved.next_k.max(p.k + 1);
-            self.log(Level::Warning, format!("stopping before knowing whether twisterd stored post {}: its {} messages stay queued and go again under a new number (they may arrive twice)", p.k, p.items));
-        }
-        if self.queued > 0 {
+        self.outbox.stop();
+        self.drive_outbox();
+        if self.queued() > 0 {
             let kept = if self.cfg.state_file.is_some() {
                 "kept in the state file for the next start"
             } else {
@@ -978,7 +903,7 @@ impl Worker {
                 Level::Warning,
                 format!(
                     "stopping with {} messages not yet posted ({kept})",
-                    self.queued
+                    self.queued()
                 ),
             );
         }
@@ -986,14 +911,14 @@ impl Worker {
         self.saved.clean_stop = true;
         self.state_dirty = true;
         self.save_state_now();
-        if self.queued == 0 || (self.cfg.state_file.is_some() && !self.state_dirty) {
+        if self.queued() == 0 || (self.cfg.state_file.is_some() && !self.state_dirty) {
             // Posted, or kept in the state file: not replayed from the spool.
             outbound.spool_progress().taken(handed);
         }
-        let c = self.counters;
+        let c = self.counters();
         self.log(Level::Notice, format!(
             "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}, internal errors {}",
-            c.forwarded, c.posts, c.dms, c.received, c.injected, c.malformed, self.drops.dropped(), self.drops.summary(), c.unknown_outcomes, c.budget_waits, self.health.internal_errors()
+            c.forwarded, c.outbox.posts, c.outbox.dms, c.received, c.injected, c.malformed, self.drops.dropped(), self.drops.summary(), c.outbox.unknown_outcomes, c.outbox.budget_waits, self.health.internal_errors()
         ));
         self.dht.stop();
     }

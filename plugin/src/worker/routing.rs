@@ -5,19 +5,8 @@
 use super::*;
 
 impl Worker {
-    /// Encodes a message about to be queued; in the poc format, says when the 2014 bridge will lose it.
-    pub(super) fn encode_for_posting(&mut self, msg: &Message) -> String {
-        let item = self.encode(msg);
-        let chars = item.chars().count();
-        if self.cfg.wire_format == WireFormat::Poc && chars > POC_BRIDGE_CHARS {
-            let detail = format!("a message on {} as a post of {chars} characters: twisterd splits it into msg + msg2 and the 2014 bridge reads only msg, so it is lost there (plugin_opt_wire_format poc)", msg.topic);
-            self.drop_message(Reason::SplitForThe2014Bridge, detail);
-        }
-        item
-    }
-
     pub(super) fn make_room(&mut self, topic: &str) -> bool {
-        if self.queued < self.cfg.max_queue {
+        if self.queued() < self.cfg.max_queue {
             return true;
         }
         self.drop_message(
@@ -56,11 +45,10 @@ impl Worker {
             );
         }
         if out.route.public && self.make_room(&msg.topic) {
-            let item = self.encode_for_posting(msg);
-            self.public.items.push_back(item);
-            self.public.since.get_or_insert_with(Instant::now);
-            self.queued += 1;
+            let item = self.outbox.prepare(msg.clone());
+            self.outbox.push(item, None, Instant::now());
             self.counters.forwarded += 1;
+            self.drive_outbox();
         }
         if !out.route.private_rules.is_empty() {
             if self.remote_known {
@@ -95,22 +83,19 @@ impl Worker {
     }
 
     pub(super) fn enqueue_to(&mut self, msg: &Message, recipients: Vec<String>) {
-        let item = self.encode_for_posting(msg);
+        let item = self.outbox.prepare(msg.clone());
+        self.drive_outbox();
         for u in recipients {
             if !self.make_room(&msg.topic) {
                 return;
             }
-            let q = self.private.entry(u).or_default();
-            q.items.push_back(item.clone());
-            q.since.get_or_insert_with(Instant::now);
-            self.queued += 1;
+            self.outbox.push(item.clone(), Some(u), Instant::now());
             self.counters.forwarded += 1;
         }
     }
 
     /// Room was made for it: it counts as queued while held.
     pub(super) fn hold_private(&mut self, msg: Outgoing) {
-        self.queued += 1;
         if self.held_private.push(Instant::now(), msg) {
             self.reread_interest();
         }
@@ -134,7 +119,6 @@ impl Worker {
                     .keep(if restart { now } else { since }, msg);
                 continue;
             }
-            self.queued = self.queued.saturating_sub(1);
             self.enqueue_to(&msg.message, recipients);
         }
     }
@@ -145,7 +129,6 @@ impl Worker {
             return;
         }
         for msg in self.held_private.expired(now) {
-            self.queued = self.queued.saturating_sub(1);
             let detail = format!(
                 "a private message on {}: no listed recipient's published interest matched it within {:?}",
                 msg.message.topic,

@@ -1,0 +1,60 @@
+//! The relay core: the plugin's decisions, with no I/O, no clock and no log of its own. It takes
+//! events (a routed local message, a typed twisterd reply to a request it made, "now") and returns
+//! effects (post this text under this `k`, ask for our last post number, ask for the chain height,
+//! log this line, the state changed) plus the instant it next needs to be called, in the style of
+//! quinn-proto's `Connection` (`handle_timeout(now)`, `poll_effect`, `poll_timeout`).
+//!
+//! - `timers`: every deadline in one place; a deadline returned is never in the past.
+//! - `outbox`: typed outgoing messages in, posts and DMs out: batching at the exact post size, `k`
+//!   numbering, the post budget, fragments, posts of unknown outcome.
+//!
+//! The driver (today `crate::worker`) carries the effects out with the typed client
+//! (`crate::twister::Client`) and feeds each reply back with the id of its request.
+
+pub mod outbox;
+pub mod timers;
+
+#[cfg(test)]
+mod outbox_tests;
+
+use crate::drops::Reason;
+use crate::twister::TwisterError;
+use std::collections::BTreeMap;
+
+/// Matches a reply to the request it answers.
+pub type RequestId = u64;
+
+pub use crate::bus::Level;
+
+/// What the relay asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// `newpostmsg` (`to: None`) or `newdirectmsg` (`to: Some(user)`) of `text` under number `k`.
+    Post {
+        id: RequestId,
+        k: i64,
+        to: Option<String>,
+        text: String,
+    },
+    /// `getlasthave` of our own user only.
+    OwnLastHave {
+        id: RequestId,
+    },
+    /// `getinfo`: the chain height.
+    Height {
+        id: RequestId,
+    },
+    Log(Level, String),
+    /// A message not forwarded: the driver counts it (`crate::drops`) and logs it, rate-limited.
+    Dropped(Reason, String),
+    /// Post numbers or queues changed: the state file is due for a write.
+    StateChanged,
+}
+
+/// A twisterd reply to a request, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Posted(Result<(), TwisterError>),
+    LastHave(Result<BTreeMap<String, i64>, TwisterError>),
+    Height(Result<Option<i64>, TwisterError>),
+}

@@ -1,0 +1,675 @@
+//! Routed local messages in, posts and DMs out. Owns the queues (typed messages, encoded once when
+//! queued, each queue with its own count), the packing of a post up to Twister's exact size limit
+//! (`twister_rules`' size model with worst-case header fields), our post number `k` and envelope
+//! sequence, cutting a message too large for one post into fragments, the post budget (a refusal
+//! waits for the chain height that can allow it) and posts whose outcome is unknown (settled before
+//! their number is used again: `crate::outbox`).
+//!
+//! No I/O, no clock: every event brings `now`; requests go out as `Effect`s with an id and come back
+//! as `Reply`s. At most one request is outstanding at a time.
+
+use super::timers::{Timer, Timers};
+use super::{Effect, Level, Reply, RequestId};
+use crate::config::WireFormat;
+use crate::drops::Reason;
+use crate::outbox::{verify, Budget, InFlight, Verified};
+use crate::state::{Destination, Unsent};
+use crate::twister::{Outcome, TwisterError};
+use crate::wire::{self, Message};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+use twister_rules::errors::Refusal;
+use twister_rules::PostHeader;
+
+/// Posts sent in one go before the driver looks at its inbox again.
+pub const POSTS_PER_FLUSH: usize = 32;
+/// twisterd keeps this many characters of a post's text in `msg`, the rest in `msg2`.
+const POC_BRIDGE_CHARS: usize = 140;
+/// Worst-case digits for the fields of a post we cannot know in advance.
+const WORST_HEIGHT: i64 = 99_999_999;
+const WORST_TIME: i64 = 9_999_999_999;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the outbox needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub user: String,
+    pub wire_format: WireFormat,
+    pub batch_delay: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// What a queued item carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Whole(Message),
+    /// One fragment of a message too large for a post (its encoded item says which).
+    Fragment,
+}
+
+/// A message waiting for a post, encoded once (in the configured wire format) when queued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub payload: Payload,
+    pub encoded: String,
+}
+
+impl Queued {
+    pub fn new(message: Message, format: WireFormat) -> Self {
+        let encoded = match format {
+            // v2 queues v1 items too and compresses a post's batch of them when it is made.
+            WireFormat::V1 | WireFormat::V2 => wire::encode_item(&message),
+            WireFormat::Poc => wire::encode_poc(&message),
+        };
+        Queued {
+            payload: Payload::Whole(message),
+            encoded,
+        }
+    }
+
+    /// An item as the state file keeps it: a fragment as it was, a whole message re-encoded in the
+    /// format configured now. `None`: not an item of ours.
+    pub fn restored(item: &str, format: WireFormat) -> Option<Self> {
+        let it = wire::item_message(item)?;
+        Some(match it.fragment {
+            Some(_) => Queued {
+                payload: Payload::Fragment,
+                encoded: item.to_string(),
+            },
+            None => Queued::new(it.message, format),
+        })
+    }
+
+    /// As the state file keeps it (whole messages in the format-neutral v1 item).
+    fn saved(&self) -> String {
+        match &self.payload {
+            Payload::Whole(m) => wire::encode_item(m),
+            Payload::Fragment => self.encoded.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Queued>,
+    /// Since when its head has waited (reset when a post takes items).
+    since: Option<Instant>,
+}
+
+/// Counts of what the outbox did, carried over a restart of the relay.
+#[derive(Default, Debug, Clone, Copy, PartialEq)]
+pub struct Counters {
+    pub posts: u64,
+    pub dms: u64,
+    pub fragmented: u64,
+    /// Posts sent without an answer read (timeout, connection lost).
+    pub unknown_outcomes: u64,
+    /// Times posting waited for a block (out of post budget).
+    pub budget_waits: u64,
+}
+
+/// The request outstanding and what its reply decides.
+#[derive(Debug)]
+enum Awaiting {
+    Post {
+        flight: InFlight,
+        resend: bool,
+    },
+    /// Our last post number, to settle `InFlight` (unknown outcome).
+    Verify(InFlight),
+    /// The height after a refusal for budget.
+    RefusedAt {
+        k: i64,
+        refusal: Refusal,
+        error: TwisterError,
+    },
+    /// The height while waiting for a block.
+    Watch,
+}
+
+pub struct Outbox {
+    settings: Settings,
+    public: Queue,
+    private: BTreeMap<String, Queue>,
+    len: usize,
+    next_k: i64,
+    seq: u64,
+    fragment_ids: u64,
+    /// A post sent whose outcome is unknown: settled before its number is used again.
+    pending: Option<InFlight>,
+    budget: Budget,
+    timers: Timers,
+    backoff: Duration,
+    /// Posts left in the current flush.
+    burst: usize,
+    awaiting: Option<(RequestId, Awaiting)>,
+    last_id: RequestId,
+    effects: VecDeque<Effect>,
+    pub counters: Counters,
+}
+
+impl Outbox {
+    pub fn new(settings: Settings, next_k: i64, seq: u64, counters: Counters) -> Self {
+        Outbox {
+            settings,
+            public: Queue::default(),
+            private: BTreeMap::new(),
+            len: 0,
+            next_k,
+            seq,
+            fragment_ids: 0,
+            pending: None,
+            budget: Budget::default(),
+            timers: Timers::default(),
+            backoff: FIRST_BACKOFF,
+            burst: 0,
+            awaiting: None,
+            last_id: 0,
+            effects: VecDeque::new(),
+            counters,
+        }
+    }
+
+    pub fn next_k(&self) -> i64 {
+        self.next_k
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Messages queued (fragments count one each).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A post was sent whose outcome is not known yet.
+    pub fn has_unknown_outcome(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    pub fn waiting_for_a_block(&self) -> bool {
+        self.budget.waiting()
+    }
+
+    /// twisterd (or the state file) says our numbers are used up to `k - 1`.
+    pub fn k_at_least(&mut self, k: i64) {
+        self.next_k = self.next_k.max(k);
+    }
+
+    /// Encodes a message about to be queued; in the poc format, says when the 2014 bridge will lose it.
+    pub fn prepare(&mut self, message: Message) -> Queued {
+        let out = Queued::new(message, self.settings.wire_format);
+        let chars = out.encoded.chars().count();
+        if self.settings.wire_format == WireFormat::Poc && chars > POC_BRIDGE_CHARS {
+            if let Payload::Whole(m) = &out.payload {
+                let detail = format!("a message on {} as a post of {chars} characters: twisterd splits it into msg + msg2 and the 2014 bridge reads only msg, so it is lost there (plugin_opt_wire_format poc)", m.topic);
+                self.effects
+                    .push_back(Effect::Dropped(Reason::SplitForThe2014Bridge, detail));
+            }
+        }
+        out
+    }
+
+    /// Queues `item` for the public timeline (`to: None`) or a DM to `to`.
+    pub fn push(&mut self, item: Queued, to: Option<String>, now: Instant) {
+        let q = self.queue(&to);
+        q.items.push_back(item);
+        q.since.get_or_insert(now);
+        self.len += 1;
+    }
+
+    fn queue(&mut self, to: &Option<String>) -> &mut Queue {
+        match to {
+            None => &mut self.public,
+            Some(u) => self.private.entry(u.clone()).or_default(),
+        }
+    }
+
+    /// Everything queued, as the state file keeps it.
+    pub fn unsent(&self) -> Vec<Unsent> {
+        let mut out: Vec<Unsent> = self
+            .public
+            .items
+            .iter()
+            .map(|o| Unsent {
+                to: Destination::Public,
+                item: o.saved(),
+            })
+            .collect();
+        for (user, q) in &self.private {
+            out.extend(q.items.iter().map(|o| Unsent {
+                to: Destination::Direct(user.clone()),
+                item: o.saved(),
+            }));
+        }
+        out
+    }
+
+    // ----- the driver's calls -----
+
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When the outbox next needs `handle_timeout`; never before `now`.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        if self.awaiting.is_some() {
+            return None;
+        }
+        self.flush_due_at().map(|t| t.max(now))
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.awaiting.is_none()
+            && self.burst == 0
+            && self.flush_due_at().is_some_and(|t| now >= t)
+        {
+            self.burst = POSTS_PER_FLUSH;
+            self.next_request(now);
+        }
+    }
+
+    /// Sends up to `posts` posts now, whatever the batch delay and backoff say (the broker stops).
+    pub fn flush_now(&mut self, posts: usize, now: Instant) {
+        if self.awaiting.is_some() {
+            return;
+        }
+        self.timers.set(Timer::PostRetry, now);
+        self.burst = posts;
+        self.next_request(now);
+    }
+
+    /// While out of budget: ask for the chain height (once per poll interval).
+    pub fn watch_height(&mut self) {
+        if self.budget.waiting() && self.awaiting.is_none() {
+            let id = self.request(Awaiting::Watch);
+            self.effects.push_back(Effect::Height { id });
+        }
+    }
+
+    /// twisterd's last post number of ours, read while polling: settles a post of unknown outcome,
+    /// and moves past numbers another writer used.
+    pub fn own_last(&mut self, own: i64, now: Instant) {
+        if self.awaiting.is_none() {
+            if let Some(p) = self.pending.take_if(|p| own >= p.k) {
+                self.stored_after_all(&p, now);
+            }
+        }
+        if own >= self.next_k {
+            self.log(Level::Warning, format!("twisterd holds our post {own} above our next number {}: another writer uses '{}'? moving on", self.next_k, self.settings.user));
+            self.next_k = own + 1;
+            self.effects.push_back(Effect::StateChanged);
+        }
+    }
+
+    /// The broker stops: a post of unknown outcome keeps its number out of use.
+    pub fn stop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            // Its first copy may still land: the number is never used for other text.
+            self.next_k = self.next_k.max(p.k + 1);
+            self.log(Level::Warning, format!("stopping before knowing whether twisterd stored post {}: its {} messages stay queued and go again under a new number (they may arrive twice)", p.k, p.items));
+        }
+    }
+
+    pub fn handle_reply(&mut self, id: RequestId, reply: Reply, now: Instant) {
+        let Some((expected, awaiting)) = self.awaiting.take() else {
+            return;
+        };
+        if expected != id {
+            // Not the answer to what is outstanding: ignored, the request still waits for it.
+            self.awaiting = Some((expected, awaiting));
+            return;
+        }
+        match (awaiting, reply) {
+            (Awaiting::Post { flight, resend }, Reply::Posted(result)) => {
+                self.sent(flight, resend, Outcome::of(result), now)
+            }
+            (Awaiting::Verify(p), Reply::LastHave(result)) => {
+                let verified = match result {
+                    Ok(map) => verify(&map, &self.settings.user, p.k),
+                    Err(_) => Verified::Unknown,
+                };
+                self.verified(p, verified, now)
+            }
+            (Awaiting::RefusedAt { k, refusal, error }, Reply::Height(h)) => {
+                match h.ok().flatten() {
+                    Some(height) => self.out_of_budget(k, refusal, &error, height),
+                    // The height cannot be read now: retry with backoff as for any failure.
+                    None => self.back_off(now),
+                }
+            }
+            (Awaiting::Watch, Reply::Height(h)) => {
+                if let Some(height) = h.ok().flatten() {
+                    if self.budget.waiting() && self.budget.height_reached(height) {
+                        self.log(
+                            Level::Info,
+                            format!("chain at height {height}: posting again"),
+                        );
+                        self.timers.set(Timer::PostRetry, now);
+                    }
+                }
+            }
+            // A reply of the wrong kind: a driver bug; what was asked is given up as a failure.
+            (Awaiting::Post { flight, resend }, _) => {
+                if resend {
+                    self.pending = Some(flight);
+                }
+                self.back_off(now)
+            }
+            (Awaiting::Verify(p), _) => {
+                self.pending = Some(p);
+                self.back_off(now)
+            }
+            (Awaiting::RefusedAt { .. }, _) => self.back_off(now),
+            (Awaiting::Watch, _) => {}
+        }
+    }
+
+    // ----- decisions -----
+
+    fn flush_due_at(&self) -> Option<Instant> {
+        if self.budget.waiting() {
+            // Woken by the chain height (`watch_height`), not by a timer.
+            return None;
+        }
+        let oldest = std::iter::once(&self.public)
+            .chain(self.private.values())
+            .filter_map(|q| q.since)
+            .min()?;
+        let due = oldest + self.settings.batch_delay;
+        Some(match self.timers.get(Timer::PostRetry) {
+            Some(retry) => due.max(retry),
+            None => due,
+        })
+    }
+
+    fn request(&mut self, awaiting: Awaiting) -> RequestId {
+        self.last_id += 1;
+        self.awaiting = Some((self.last_id, awaiting));
+        self.last_id
+    }
+
+    fn log(&mut self, level: Level, line: String) {
+        self.effects.push_back(Effect::Log(level, line));
+    }
+
+    /// The next request of the current flush, if any: settling a post of unknown outcome first.
+    fn next_request(&mut self, now: Instant) {
+        while self.burst > 0 && self.awaiting.is_none() {
+            if self.budget.waiting() {
+                self.burst = 0;
+                return;
+            }
+            let target = if let Some(p) = &self.pending {
+                p.to.clone()
+            } else if !self.public.items.is_empty() {
+                None
+            } else if let Some((u, _)) = self.private.iter().find(|(_, q)| !q.items.is_empty()) {
+                Some(u.clone())
+            } else {
+                self.burst = 0;
+                return;
+            };
+            self.burst -= 1;
+            if let Some(p) = self.pending.take() {
+                let id = self.request(Awaiting::Verify(p));
+                self.effects.push_back(Effect::OwnLastHave { id });
+                return;
+            }
+            if let Some((k, text, items)) = self.next_post(&target, now) {
+                let flight = InFlight {
+                    k,
+                    to: target,
+                    text,
+                    items,
+                };
+                self.send(flight, false);
+            }
+        }
+    }
+
+    fn send(&mut self, flight: InFlight, resend: bool) {
+        let (k, to, text) = (flight.k, flight.to.clone(), flight.text.clone());
+        let id = self.request(Awaiting::Post { flight, resend });
+        self.effects.push_back(Effect::Post { id, k, to, text });
+    }
+
+    fn header(&self) -> PostHeader<'_> {
+        PostHeader {
+            user: &self.settings.user,
+            k: self.next_k,
+            lastk: Some(self.next_k),
+            height: WORST_HEIGHT,
+            time: WORST_TIME,
+            reply: None,
+        }
+    }
+
+    /// How many queued items fit in one post of `budget` bytes (0: the first alone is too big).
+    fn fit(&self, items: &VecDeque<Queued>, budget: usize) -> usize {
+        if self.settings.wire_format == WireFormat::Poc {
+            return usize::from(items.front().is_some_and(|i| i.encoded.len() <= budget));
+        }
+        let mut total = 0;
+        let mut n = 0;
+        for item in items {
+            if wire::envelope_size(self.seq, n + 1, total + item.encoded.len()) > budget {
+                break;
+            }
+            total += item.encoded.len();
+            n += 1;
+        }
+        n
+    }
+
+    fn text(&self, items: &VecDeque<Queued>, n: usize) -> String {
+        match self.settings.wire_format {
+            WireFormat::Poc => items[0].encoded.clone(),
+            // v2 is packed by `wire_v2::pack`, which makes and measures its text itself.
+            WireFormat::V1 | WireFormat::V2 => {
+                wire::envelope(self.seq, items.iter().take(n).map(|i| i.encoded.as_str()))
+            }
+        }
+    }
+
+    /// The largest text a post (or a DM to `to`) can carry.
+    pub fn room(&self, to: &Option<String>) -> usize {
+        match to {
+            None => twister_rules::max_post_ascii(&self.header()),
+            Some(u) => twister_rules::max_dm_bytes(&self.header(), u),
+        }
+    }
+
+    /// The next post to `to`: its number, text and item count; `None` when the queue's head was
+    /// handled otherwise (cut into fragments or dropped).
+    fn next_post(&mut self, to: &Option<String>, now: Instant) -> Option<(i64, String, usize)> {
+        let budget = self.room(to);
+        let empty = VecDeque::new();
+        let items = match to {
+            None => &self.public.items,
+            Some(u) => self.private.get(u).map(|q| &q.items).unwrap_or(&empty),
+        };
+        let packed = match self.settings.wire_format {
+            WireFormat::V2 => {
+                crate::wire_v2::pack(items.iter().map(|i| i.encoded.as_str()), self.seq, budget)
+            }
+            _ => Some(self.fit(items, budget))
+                .filter(|n| *n > 0)
+                .map(|n| (n, self.text(items, n))),
+        };
+        if let Some((n, text)) = packed {
+            return Some((self.next_k, text, n));
+        }
+        let head = items.front()?.clone();
+        // Too big for one post: cut it into fragments that fit (or drop it, beyond the limit).
+        let room = budget.saturating_sub(wire::envelope_size(self.seq, 1, 0));
+        self.fragment_ids += 1;
+        let id = (self.seq << 20) | (self.fragment_ids & 0xF_FFFF);
+        let fragments = match &head.payload {
+            Payload::Whole(m)
+                if self.settings.wire_format != WireFormat::Poc
+                    && m.payload.len() <= self.settings.max_message_bytes =>
+            {
+                wire::encode_fragments(m, id, room)
+            }
+            _ => None,
+        };
+        self.pop(to, 1, now);
+        match fragments {
+            Some(parts) => {
+                self.counters.fragmented += 1;
+                self.len += parts.len();
+                let q = self.queue(to);
+                for part in parts.into_iter().rev() {
+                    q.items.push_front(Queued {
+                        payload: Payload::Fragment,
+                        encoded: part,
+                    });
+                }
+                q.since.get_or_insert(now);
+            }
+            None => {
+                let size = match &head.payload {
+                    Payload::Whole(m) => m.payload.len(),
+                    Payload::Fragment => head.encoded.len(),
+                };
+                let detail = format!("a message of {size} bytes: more than plugin_opt_max_message_bytes ({}), or the poc wire format, which cannot cut it into posts (one post carries at most {budget})", self.settings.max_message_bytes);
+                self.effects
+                    .push_back(Effect::Dropped(Reason::TooBig, detail));
+            }
+        }
+        None
+    }
+
+    fn verified(&mut self, p: InFlight, verified: Verified, now: Instant) {
+        match verified {
+            Verified::Stored => {
+                self.stored_after_all(&p, now);
+                self.next_request(now);
+            }
+            Verified::Unknown => {
+                self.pending = Some(p);
+                self.back_off(now);
+            }
+            // Only the same text may go under its number: a late first copy then changes nothing.
+            Verified::NotYet => {
+                self.log(Level::Info, format!("post {} (outcome unknown) is not stored yet: sending it again, the same text under the same number", p.k));
+                self.send(p, true);
+            }
+        }
+    }
+
+    fn stored_after_all(&mut self, p: &InFlight, now: Instant) {
+        self.log(
+            Level::Info,
+            format!(
+                "post {} (outcome unknown) was stored by twisterd: its {} messages are done",
+                p.k, p.items
+            ),
+        );
+        self.posted(p, now);
+    }
+
+    fn sent(&mut self, flight: InFlight, resend: bool, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Stored => {
+                self.posted(&flight, now);
+                self.next_request(now);
+            }
+            Outcome::Unknown(e) => {
+                self.counters.unknown_outcomes += 1;
+                if !resend {
+                    let k = flight.k;
+                    self.log(Level::Warning, format!("no answer to post {k} ({}): it may have been stored; finding out before number {k} is used again (unknown outcomes so far: {})", e.kind(), self.counters.unknown_outcomes));
+                }
+                self.pending = Some(flight);
+                self.back_off(now);
+            }
+            Outcome::Refused(e) => {
+                let refusal = e.refusal().unwrap_or(Refusal::Other);
+                if refusal == Refusal::TooLarge && !resend {
+                    self.log(Level::Error, format!("twisterd found a post of {} bytes too large: sending one message per post", flight.text.len()));
+                    if flight.items == 1 {
+                        self.pop(&flight.to, 1, now);
+                        self.effects.push_back(Effect::Dropped(
+                            Reason::TooBig,
+                            "twisterd refused a post of one message as too large".to_string(),
+                        ));
+                        return self.next_request(now);
+                    }
+                    return self.back_off(now);
+                }
+                let k = flight.k;
+                // A post of unknown outcome stays as it is: its first copy may still land.
+                if resend {
+                    self.pending = Some(flight);
+                }
+                if refusal.waits_for_a_block() {
+                    self.burst = 0;
+                    let id = self.request(Awaiting::RefusedAt {
+                        k,
+                        refusal,
+                        error: e,
+                    });
+                    self.effects.push_back(Effect::Height { id });
+                } else {
+                    if let TwisterError::Refused { .. } = e {
+                        self.log(Level::Error, format!("posting failed: {e}"));
+                    }
+                    self.back_off(now);
+                }
+            }
+        }
+    }
+
+    /// twisterd refused post `k` until a later block: wait for the chain to reach the height that can
+    /// allow it (`watch_height`).
+    fn out_of_budget(&mut self, k: i64, refusal: Refusal, e: &TwisterError, height: i64) {
+        let wait = match refusal {
+            Refusal::BadSignature => self.budget.too_recent(height),
+            _ => self.budget.refused(k, height),
+        };
+        self.counters.budget_waits += 1;
+        let level = if self.counters.budget_waits == 1 {
+            Level::Notice
+        } else {
+            Level::Info
+        };
+        self.log(level, format!("out of post budget: twisterd refused post {k} at height {height} ({e}); queueing and watching the chain height, posting at height {wait}"));
+    }
+
+    /// `p` is stored: its items leave the queue and its number is used.
+    fn posted(&mut self, p: &InFlight, now: Instant) {
+        self.next_k = self.next_k.max(p.k + 1);
+        self.seq += 1;
+        // Saved soon; a crash in between is covered at start-up, where the next k is also taken from
+        // twisterd's own last piece (getlasthave).
+        self.effects.push_back(Effect::StateChanged);
+        match p.to {
+            None => self.counters.posts += 1,
+            Some(_) => self.counters.dms += 1,
+        }
+        self.pop(&p.to, p.items, now);
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    fn back_off(&mut self, now: Instant) {
+        self.burst = 0;
+        self.timers.set(Timer::PostRetry, now + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn pop(&mut self, to: &Option<String>, n: usize, now: Instant) {
+        let q = self.queue(to);
+        let n = n.min(q.items.len());
+        q.items.drain(..n);
+        q.since = if q.items.is_empty() { None } else { Some(now) };
+        self.len = self.len.saturating_sub(n);
+    }
+}

@@ -1,0 +1,60 @@
+//! The worker as the driver of the relay's outbox (`crate::relay::outbox`): it carries out each
+//! effect with the typed twisterd client and feeds the reply back, until the outbox has nothing left
+//! to ask. Calls are made one at a time, so at most one request is outstanding.
+
+use super::*;
+use crate::relay::{Effect, Reply};
+
+impl Worker {
+    /// Carries out what the outbox asks for, feeding each answer back.
+    pub(super) fn drive_outbox(&mut self) {
+        while let Some(effect) = self.outbox.poll_effect() {
+            match effect {
+                Effect::Post { id, k, to, text } => {
+                    let user = self.cfg.user.clone();
+                    let result = match &to {
+                        None => self.call("newpostmsg", |c| c.new_post(&user, k, &text)),
+                        Some(u) => self.call("newdirectmsg", |c| c.new_dm(&user, k, u, &text)),
+                    };
+                    self.outbox
+                        .handle_reply(id, Reply::Posted(result), Instant::now());
+                }
+                Effect::OwnLastHave { id } => {
+                    let user = self.cfg.user.clone();
+                    let result = self.call("getlasthave", |c| {
+                        c.get_last_have(&user, Some(std::slice::from_ref(&user)))
+                    });
+                    self.outbox
+                        .handle_reply(id, Reply::LastHave(result), Instant::now());
+                }
+                Effect::Height { id } => {
+                    let result = self.call("getinfo", |c| c.get_height());
+                    self.outbox
+                        .handle_reply(id, Reply::Height(result), Instant::now());
+                }
+                Effect::Log(level, line) => self.log(level, line),
+                Effect::Dropped(reason, detail) => self.drop_message(reason, detail),
+                Effect::StateChanged => self.state_dirty = true,
+            }
+        }
+    }
+
+    /// The worker's counters with the outbox's.
+    pub(super) fn counters(&self) -> Counters {
+        Counters {
+            outbox: self.outbox.counters,
+            ..self.counters
+        }
+    }
+
+    /// Messages waiting for a post, held private forwards included (`plugin_opt_max_queue`).
+    pub(super) fn queued(&self) -> usize {
+        self.outbox.len() + self.held_private.len()
+    }
+
+    /// While out of budget: one `getinfo` per poll interval; posts as soon as a block allows.
+    pub(super) fn watch_height(&mut self) {
+        self.outbox.watch_height();
+        self.drive_outbox();
+    }
+}
