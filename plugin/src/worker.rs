@@ -18,10 +18,9 @@ use crate::health::Health;
 use crate::held::Held;
 use crate::interest::{Interest, RestoredSessions};
 use crate::private_hold::{interested_recipients, PrivateHold};
-use crate::ratelimit::{held_back_note, LogLimiter};
-use crate::reassembly::{Limits, Reassembler};
+use crate::relay::inbox::Inbox;
 use crate::relay::outbox::{Outbox, Queued, Settings};
-use crate::state::{Cursor, Destination, Saved, Unsent};
+use crate::state::{Destination, Saved, Unsent};
 use crate::twister::{Client, Twister, TwisterError};
 use crate::wake::Doorbell;
 use crate::wire::{self, Message};
@@ -34,7 +33,6 @@ use twister_rules::errors::Refusal;
 /// How often changed state (post number, read positions) is written to the state file.
 const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const FETCH_WINDOW: i64 = 100;
 /// How long the worker keeps trying to send what is queued when the broker stops.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// After a restart, how long messages only a previous run's subscriptions wanted wait for their clients
@@ -46,8 +44,8 @@ pub struct Counters {
     pub forwarded: u64,
     pub received: u64,
     pub injected: u64,
-    pub malformed: u64,
-    pub duplicates: u64,
+    /// Malformed input, duplicates.
+    pub inbox: crate::relay::inbox::Counters,
     /// Posts, DMs, fragments, unknown outcomes, waits for a block.
     pub outbox: crate::relay::outbox::Counters,
 }
@@ -86,9 +84,8 @@ pub struct Worker {
     /// In `shutdown`: only its own calls still go to twisterd.
     stopping: bool,
     last_save: Instant,
-    reassembly: Reassembler,
-    /// Warnings about what followed users sent.
-    input_log: LogLimiter,
+    /// Reading followed users (`crate::relay::inbox`), driven by `drive_inbox`.
+    incoming: Inbox,
     /// Messages were handed to the broker since the doorbell last rang.
     ring_pending: bool,
     /// Messages from the network waiting for a previous run's subscriptions to come back.
@@ -146,6 +143,15 @@ impl Worker {
             health,
         } = start;
         let state_found = saved.is_some();
+        let incoming = Inbox::new(
+            &cfg.user,
+            &cfg.follow,
+            saved
+                .as_ref()
+                .map(|s| s.cursors.clone())
+                .unwrap_or_default(),
+            counters.inbox,
+        );
         let outbox = Outbox::new(
             Settings {
                 user: cfg.user.clone(),
@@ -189,8 +195,7 @@ impl Worker {
             health,
             stopping: false,
             last_save: now,
-            reassembly: Reassembler::new(Limits::default()),
-            input_log: LogLimiter::new(20, Duration::from_secs(10)),
+            incoming,
             ring_pending: false,
             held: Held::default(),
             resubscribe_until: None,
@@ -218,6 +223,7 @@ impl Worker {
         let mut saved = self.saved.clone();
         saved.next_k = self.outbox.next_k();
         saved.seq = self.outbox.seq();
+        saved.cursors = self.incoming.cursors().clone();
         saved.unsent = self.unsent();
         Start {
             saved: Some(saved),
@@ -600,10 +606,7 @@ impl Worker {
         self.outbox.k_at_least(own_last + 1);
         for u in self.cfg.follow.clone() {
             if let Some(&last) = lasthave.get(&u) {
-                self.saved
-                    .cursors
-                    .entry(u)
-                    .or_insert_with(|| Cursor::at(last));
+                self.incoming.start_at(&u, last);
             }
         }
         self.state_dirty = true;
@@ -681,165 +684,35 @@ impl Worker {
         }
     }
 
+    /// One `getlasthave`, then what is new of each followed user (`crate::relay::inbox`).
     fn read_followed(&mut self) {
-        let user = self.cfg.user.clone();
-        let Ok(map) = self.call("getlasthave", |c| c.get_last_have(&user, None)) else {
-            return;
-        };
-        if let Some(&own) = map.get(&user) {
-            self.outbox.own_last(own, Instant::now());
-            self.drive_outbox();
-        }
-        let grown: Vec<(String, i64)> = map
-            .iter()
-            .filter(|(u, _)| self.cfg.follow.contains(u))
-            .map(|(u, last)| (u.clone(), *last))
-            .collect();
-        for (u, last) in grown {
-            // Users followed at start-up got a cursor at their newest post then. One seen only now
-            // became followable after we started (registered later): all of its posts are new to us.
-            let cursor = self
-                .saved
-                .cursors
-                .entry(u.clone())
-                .or_insert_with(|| Cursor::at(-1))
-                .clone();
-            if last > cursor.k {
-                self.fetch(&u, cursor, last);
-            }
-        }
+        self.incoming.poll();
+        self.drive_inbox();
     }
 
-    fn fetch(&mut self, from: &str, mut cursor: Cursor, last: i64) {
-        let user = self.cfg.user.clone();
-        // DMs first, judged against the cursor before it moves; passed on in post-number order.
-        let mut reader = crate::directs::Reader::new(from, cursor.dm_id, cursor.dm_time);
-        while let Some(window) = reader.next_window() {
-            let Ok(answer) = self.call("getdirectmsgs", |c| {
-                c.get_direct_msgs(&user, crate::directs::PAGE, window)
-            }) else {
-                return;
-            };
-            reader.take(&answer);
-        }
-        cursor.dm_id = reader.max_id;
-        cursor.dm_time = reader.max_time;
-        for dm in reader.in_post_order() {
-            if !cursor.first_sight(dm.k) {
-                self.counters.duplicates += 1;
-                continue;
-            }
-            // Marked read before it is read: a piece that crashes the worker is not read again.
-            self.keep_cursor(from, cursor.clone());
-            self.received(from, dm.k, "DM", &dm.text);
-        }
-        let mut since = cursor.k;
-        while since < last {
-            let upto = since.saturating_add(FETCH_WINDOW).min(last);
-            // One slot more than the window can hold: twisterd may put its promoted post first.
-            let count = upto - since + 1;
-            let Ok(mut posts) = self.call("getposts", |c| c.get_posts(from, since, upto, count))
-            else {
-                return self.keep_cursor(from, cursor);
-            };
-            posts.sort_by_key(|p| p.k);
-            for p in posts {
-                // twisterd's promoted post, another user's, or a DM (read above).
-                if p.promoted || p.author != from || p.is_dm {
-                    continue;
-                }
-                if !cursor.first_sight(p.k) {
-                    self.counters.duplicates += 1;
-                    continue;
-                }
-                self.keep_cursor(from, cursor.clone());
-                self.received(from, p.k, "post", &p.text);
-            }
-            since = upto;
-            cursor.advance(upto);
-        }
-        self.keep_cursor(from, cursor);
-    }
-
-    fn keep_cursor(&mut self, from: &str, cursor: Cursor) {
-        if self.saved.cursors.get(from) != Some(&cursor) {
-            self.saved.cursors.insert(from.to_string(), cursor);
-            self.state_dirty = true;
-        }
-    }
-
-    fn received(&mut self, from: &str, k: i64, what: &str, text: &str) {
-        let items = match wire::decode_items(text) {
-            Ok(items) => items,
-            Err(e) => {
-                self.counters.malformed += 1;
-                let malformed = self.counters.malformed;
-                return self.input_warning(format!(
-                    "skipped {what} {k} of {from}: {e} (malformed so far: {malformed})"
-                ));
-            }
-        };
-        for it in items {
-            let Some(m) = self.join(from, k, what, it) else {
-                continue;
-            };
-            #[cfg(debug_assertions)]
-            test_hook(&m);
-            self.counters.received += 1;
-            if !crate::topic::is_injectable(&m.topic) {
-                self.counters.malformed += 1;
-                self.input_warning(format!(
+    /// A whole message from the network: published into the broker when wanted here.
+    fn deliver(&mut self, from: &str, k: i64, what: &str, m: Message) {
+        #[cfg(debug_assertions)]
+        test_hook(&m);
+        self.counters.received += 1;
+        if !crate::topic::is_injectable(&m.topic) {
+            self.incoming.malformed(
+                format!(
                     "skipped a message from {from} ({what} {k}): topic not allowed from the network"
-                ));
-                continue;
-            }
-            // Retained messages are kept even with no subscriber now, for those who come later.
-            let wanted = m.retain || self.interest.wants(&m.topic);
-            let may_come_back =
-                self.resubscribe_until.is_some() && self.interest.may_want(&m.topic);
-            if may_come_back {
-                // Injected too when wanted: a copy for a session the broker may have lost.
-                self.held.hold(m.clone(), wanted);
-            }
-            if wanted {
-                self.inject(m);
-            }
-        }
-    }
-
-    /// A whole message as it came, or the message a fragment completes.
-    fn join(&mut self, from: &str, k: i64, what: &str, it: wire::Item) -> Option<Message> {
-        let Some(f) = it.fragment else {
-            return Some(it.message);
-        };
-        let before = self.reassembly.stats;
-        let joined = self.reassembly.add(from, f, it.message, Instant::now());
-        let after = self.reassembly.stats;
-        let dropped = (after.evicted.wrapping_sub(before.evicted))
-            .wrapping_add(after.expired.wrapping_sub(before.expired));
-        for _ in 0..dropped {
-            self.drop_message(
-                Reason::Unfinished,
-                "an unfinished message from the network: no new fragment for 10 minutes, or more unfinished than one sender or all together may leave".into(),
+                ),
+                Instant::now(),
             );
+            return;
         }
-        match joined {
-            Ok(whole) => whole,
-            Err(e) => {
-                self.counters.malformed += 1;
-                self.input_warning(format!("skipped a fragment in {what} {k} of {from}: {e}"));
-                None
-            }
+        // Retained messages are kept even with no subscriber now, for those who come later.
+        let wanted = m.retain || self.interest.wants(&m.topic);
+        let may_come_back = self.resubscribe_until.is_some() && self.interest.may_want(&m.topic);
+        if may_come_back {
+            // Injected too when wanted: a copy for a session the broker may have lost.
+            self.held.hold(m.clone(), wanted);
         }
-    }
-
-    /// A warning about what a followed user sent: rate-limited, so that no peer can flood the log.
-    fn input_warning(&mut self, msg: String) {
-        if let Some(held_back) = self.input_log.allow(Instant::now()) {
-            self.log(
-                Level::Warning,
-                format!("{msg}{}", held_back_note(held_back)),
-            );
+        if wanted {
+            self.inject(m);
         }
     }
 
@@ -858,6 +731,7 @@ impl Worker {
         self.saved.interest = self.interest.saved();
         self.saved.next_k = self.outbox.next_k();
         self.saved.seq = self.outbox.seq();
+        self.saved.cursors = self.incoming.cursors().clone();
         let Some(path) = self.cfg.state_file.clone() else {
             self.state_dirty = false;
             return;
@@ -918,7 +792,7 @@ impl Worker {
         let c = self.counters();
         self.log(Level::Notice, format!(
             "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}, internal errors {}",
-            c.forwarded, c.outbox.posts, c.outbox.dms, c.received, c.injected, c.malformed, self.drops.dropped(), self.drops.summary(), c.outbox.unknown_outcomes, c.outbox.budget_waits, self.health.internal_errors()
+            c.forwarded, c.outbox.posts, c.outbox.dms, c.received, c.injected, c.inbox.malformed, self.drops.dropped(), self.drops.summary(), c.outbox.unknown_outcomes, c.outbox.budget_waits, self.health.internal_errors()
         ));
         self.dht.stop();
     }

@@ -5,17 +5,17 @@
 //! quinn-proto's `Connection` (`handle_timeout(now)`, `poll_effect`, `poll_timeout`).
 //!
 //! - `timers`: every deadline in one place; a deadline returned is never in the past.
+//! - `inbox`: what followed users posted, in: cursors, fetch plans, the DM reader, decoding, dedup,
+//!   reassembly; whole messages out to the driver.
 //! - `outbox`: typed outgoing messages in, posts and DMs out: batching at the exact post size, `k`
 //!   numbering, the post budget, fragments, posts of unknown outcome.
 //!
 //! The driver (today `crate::worker`) carries the effects out with the typed client
 //! (`crate::twister::Client`) and feeds each reply back with the id of its request.
 
+pub mod inbox;
 pub mod outbox;
 pub mod timers;
-
-#[cfg(test)]
-mod outbox_tests;
 
 use crate::drops::Reason;
 use crate::twister::TwisterError;

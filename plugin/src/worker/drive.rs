@@ -1,8 +1,9 @@
-//! The worker as the driver of the relay's outbox (`crate::relay::outbox`): it carries out each
-//! effect with the typed twisterd client and feeds the reply back, until the outbox has nothing left
-//! to ask. Calls are made one at a time, so at most one request is outstanding.
+//! The worker as the driver of the relay core (`crate::relay`): it carries out each effect of the
+//! outbox and the inbox with the typed twisterd client and feeds the reply back, until neither has
+//! anything left to ask. Calls are made one at a time, so at most one request is outstanding.
 
 use super::*;
+use crate::relay::inbox::{InboxEffect, InboxReply};
 use crate::relay::{Effect, Reply};
 
 impl Worker {
@@ -39,10 +40,71 @@ impl Worker {
         }
     }
 
-    /// The worker's counters with the outbox's.
+    /// Carries out what the inbox asks for, feeding each answer back, and hands on what it read.
+    pub(super) fn drive_inbox(&mut self) {
+        let user = self.cfg.user.clone();
+        while let Some(effect) = self.incoming.poll_effect() {
+            let (id, reply) = match effect {
+                InboxEffect::LastHave { id } => (
+                    id,
+                    InboxReply::LastHave(
+                        self.call("getlasthave", |c| c.get_last_have(&user, None)),
+                    ),
+                ),
+                InboxEffect::DirectMsgs { id, window } => (
+                    id,
+                    InboxReply::DirectMsgs(self.call("getdirectmsgs", |c| {
+                        c.get_direct_msgs(&user, crate::directs::PAGE, window)
+                    })),
+                ),
+                InboxEffect::Posts {
+                    id,
+                    from,
+                    since,
+                    upto,
+                    count,
+                } => (
+                    id,
+                    InboxReply::Posts(
+                        self.call("getposts", |c| c.get_posts(&from, since, upto, count)),
+                    ),
+                ),
+                InboxEffect::OwnLast(own) => {
+                    self.outbox.own_last(own, Instant::now());
+                    self.drive_outbox();
+                    continue;
+                }
+                InboxEffect::Deliver {
+                    from,
+                    k,
+                    what,
+                    message,
+                } => {
+                    self.deliver(&from, k, what, message);
+                    continue;
+                }
+                InboxEffect::Log(level, line) => {
+                    self.log(level, line);
+                    continue;
+                }
+                InboxEffect::Dropped(reason, detail) => {
+                    self.drop_message(reason, detail);
+                    continue;
+                }
+                InboxEffect::StateChanged => {
+                    self.state_dirty = true;
+                    continue;
+                }
+            };
+            self.incoming.handle_reply(id, reply, Instant::now());
+        }
+    }
+
+    /// The worker's counters with the outbox's and the inbox's.
     pub(super) fn counters(&self) -> Counters {
         Counters {
             outbox: self.outbox.counters,
+            inbox: self.incoming.counters,
             ..self.counters
         }
     }

@@ -8,6 +8,16 @@
 //! No I/O, no clock: every event brings `now`; requests go out as `Effect`s with an id and come back
 //! as `Reply`s. At most one request is outstanding at a time.
 
+#[cfg(test)]
+mod fake;
+mod packing;
+#[cfg(test)]
+mod packing_tests;
+#[cfg(test)]
+mod tests;
+
+pub use packing::{Payload, Queued};
+
 use super::timers::{Timer, Timers};
 use super::{Effect, Level, Reply, RequestId};
 use crate::config::WireFormat;
@@ -16,18 +26,13 @@ use crate::outbox::{verify, Budget, InFlight, Verified};
 use crate::state::{Destination, Unsent};
 use crate::twister::{Outcome, TwisterError};
 use crate::wire::{self, Message};
+use packing::POC_BRIDGE_CHARS;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use twister_rules::errors::Refusal;
-use twister_rules::PostHeader;
 
 /// Posts sent in one go before the driver looks at its inbox again.
 pub const POSTS_PER_FLUSH: usize = 32;
-/// twisterd keeps this many characters of a post's text in `msg`, the rest in `msg2`.
-const POC_BRIDGE_CHARS: usize = 140;
-/// Worst-case digits for the fields of a post we cannot know in advance.
-const WORST_HEIGHT: i64 = 99_999_999;
-const WORST_TIME: i64 = 9_999_999_999;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -38,56 +43,6 @@ pub struct Settings {
     pub wire_format: WireFormat,
     pub batch_delay: Duration,
     pub max_message_bytes: usize,
-}
-
-/// What a queued item carries.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    Whole(Message),
-    /// One fragment of a message too large for a post (its encoded item says which).
-    Fragment,
-}
-
-/// A message waiting for a post, encoded once (in the configured wire format) when queued.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Queued {
-    pub payload: Payload,
-    pub encoded: String,
-}
-
-impl Queued {
-    pub fn new(message: Message, format: WireFormat) -> Self {
-        let encoded = match format {
-            // v2 queues v1 items too and compresses a post's batch of them when it is made.
-            WireFormat::V1 | WireFormat::V2 => wire::encode_item(&message),
-            WireFormat::Poc => wire::encode_poc(&message),
-        };
-        Queued {
-            payload: Payload::Whole(message),
-            encoded,
-        }
-    }
-
-    /// An item as the state file keeps it: a fragment as it was, a whole message re-encoded in the
-    /// format configured now. `None`: not an item of ours.
-    pub fn restored(item: &str, format: WireFormat) -> Option<Self> {
-        let it = wire::item_message(item)?;
-        Some(match it.fragment {
-            Some(_) => Queued {
-                payload: Payload::Fragment,
-                encoded: item.to_string(),
-            },
-            None => Queued::new(it.message, format),
-        })
-    }
-
-    /// As the state file keeps it (whole messages in the format-neutral v1 item).
-    fn saved(&self) -> String {
-        match &self.payload {
-            Payload::Whole(m) => wire::encode_item(m),
-            Payload::Fragment => self.encoded.clone(),
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -440,50 +395,9 @@ impl Outbox {
         self.effects.push_back(Effect::Post { id, k, to, text });
     }
 
-    fn header(&self) -> PostHeader<'_> {
-        PostHeader {
-            user: &self.settings.user,
-            k: self.next_k,
-            lastk: Some(self.next_k),
-            height: WORST_HEIGHT,
-            time: WORST_TIME,
-            reply: None,
-        }
-    }
-
-    /// How many queued items fit in one post of `budget` bytes (0: the first alone is too big).
-    fn fit(&self, items: &VecDeque<Queued>, budget: usize) -> usize {
-        if self.settings.wire_format == WireFormat::Poc {
-            return usize::from(items.front().is_some_and(|i| i.encoded.len() <= budget));
-        }
-        let mut total = 0;
-        let mut n = 0;
-        for item in items {
-            if wire::envelope_size(self.seq, n + 1, total + item.encoded.len()) > budget {
-                break;
-            }
-            total += item.encoded.len();
-            n += 1;
-        }
-        n
-    }
-
-    fn text(&self, items: &VecDeque<Queued>, n: usize) -> String {
-        match self.settings.wire_format {
-            WireFormat::Poc => items[0].encoded.clone(),
-            // v2 is packed by `wire_v2::pack`, which makes and measures its text itself.
-            WireFormat::V1 | WireFormat::V2 => {
-                wire::envelope(self.seq, items.iter().take(n).map(|i| i.encoded.as_str()))
-            }
-        }
-    }
-
     /// The largest text a post (or a DM to `to`) can carry.
     pub fn room(&self, to: &Option<String>) -> usize {
-        match to {
-            None => twister_rules::max_post_ascii(&self.header()),
-            Some(u) => twister_rules::max_dm_bytes(&self.header(), u),
-        }
+        packing::room(&self.settings.user, self.next_k, to)
     }
 
     /// The next post to `to`: its number, text and item count; `None` when the queue's head was
@@ -495,13 +409,15 @@ impl Outbox {
             None => &self.public.items,
             Some(u) => self.private.get(u).map(|q| &q.items).unwrap_or(&empty),
         };
-        let packed = match self.settings.wire_format {
+        let format = self.settings.wire_format;
+        let packed = match format {
+            // v2 is packed by `wire_v2::pack`, which makes and measures its text itself.
             WireFormat::V2 => {
                 crate::wire_v2::pack(items.iter().map(|i| i.encoded.as_str()), self.seq, budget)
             }
-            _ => Some(self.fit(items, budget))
+            _ => Some(packing::fit(format, self.seq, items, budget))
                 .filter(|n| *n > 0)
-                .map(|n| (n, self.text(items, n))),
+                .map(|n| (n, packing::text(format, self.seq, items, n))),
         };
         if let Some((n, text)) = packed {
             return Some((self.next_k, text, n));
