@@ -1,9 +1,11 @@
 //! mqtt-twister: a Mosquitto plugin that makes independent brokers one distributed MQTT broker by
 //! carrying publishes and subscription interest over the Twister peer-to-peer network.
 //!
-//! Layout: `broker` (all unsafe, the broker's callbacks) -> channels -> `worker` (posts and polls through
-//! `twister`, the typed client) and `dht` (profile interest). Pure logic: `config`, `topic`, `wire` (v1, poc; `wire_v2` for the dense v2), `interest`, `state`,
-//! `access`, `startup`, `held`, `qos2`. The exported symbols below are one-line shims into `broker`.
+//! Layout: `broker` (all unsafe, the broker's callbacks) -> channels -> `worker`, the driver of the
+//! relay core `relay` (decisions without I/O: `relay::outbox` posts, `relay::inbox` reads), which it
+//! carries out through `twister` (the typed twisterd client); `dht` (profile interest). Pure logic:
+//! `config`, `topic`, `wire` (v1, poc; `wire_v2` for the dense v2), `interest`, `state`, `access`, `startup`, `held`, `qos2`. The exported
+//! symbols below are one-line shims into `broker`.
 
 pub mod access;
 pub mod bus;
