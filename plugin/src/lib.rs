@@ -18,7 +18,6 @@ mod fuzz;
 pub mod health;
 pub mod held;
 pub mod interest;
-pub mod outbox;
 pub mod private_hold;
 pub mod qos2;
 pub mod ratelimit;

@@ -3,11 +3,12 @@
 //! (`twister_rules`' size model with worst-case header fields), our post number `k` and envelope
 //! sequence, cutting a message too large for one post into fragments, the post budget (a refusal
 //! waits for the chain height that can allow it) and posts whose outcome is unknown (settled before
-//! their number is used again: `crate::outbox`).
+//! their number is used again: `budget`).
 //!
 //! No I/O, no clock: every event brings `now`; requests go out as `Effect`s with an id and come back
 //! as `Reply`s. At most one request is outstanding at a time.
 
+mod budget;
 #[cfg(test)]
 mod fake;
 mod packing;
@@ -22,10 +23,10 @@ use super::timers::{Timer, Timers};
 use super::{Effect, Level, Reply, RequestId};
 use crate::config::WireFormat;
 use crate::drops::Reason;
-use crate::outbox::{verify, Budget, InFlight, Verified};
 use crate::state::{Destination, Unsent};
 use crate::twister::{Outcome, TwisterError};
 use crate::wire::{self, Message};
+use budget::{verify, Budget, InFlight, Verified};
 use packing::POC_BRIDGE_CHARS;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
