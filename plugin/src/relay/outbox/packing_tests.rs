@@ -176,3 +176,36 @@ fn queued_messages_and_fragments_survive_a_restart_through_the_state_file() {
     assert_eq!(got, vec![msg("a", b"1"), msg("big", &vec![7u8; 4000])]);
     assert_eq!(next.outbox.counters.fragmented, 0, "not cut again");
 }
+
+#[test]
+fn v2_posts_never_exceed_the_limit_and_every_message_arrives_in_order() {
+    for seed in 100..130 {
+        let mut rng = Rng(seed);
+        let mut run = Run::new(WireFormat::V2);
+        let to = (seed % 2 == 1).then_some("bob");
+        let sent: Vec<Message> = (0..60).map(|_| rng.message()).collect();
+        for m in &sent {
+            run.push(m.clone(), to);
+        }
+        run.settle();
+        for (k, (_, text)) in &run.node.posts {
+            let size = match to {
+                None => twister_rules::post_size(&worst(*k), text),
+                Some(u) => twister_rules::dm_size(&worst(*k), u, text.len()),
+            };
+            assert!(
+                size <= MAX_POST_BYTES,
+                "seed {seed}: post {k} is {size} bytes"
+            );
+        }
+        let mut joiner = Reassembler::new(Limits::default());
+        let mut got = Vec::new();
+        for it in run.node.messages() {
+            match it.fragment {
+                None => got.push(it.message),
+                Some(f) => got.extend(joiner.add(USER, f, it.message, run.now).unwrap()),
+            }
+        }
+        assert_eq!(got, sent, "seed {seed}");
+    }
+}
