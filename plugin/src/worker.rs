@@ -21,6 +21,8 @@ use crate::interest::{Interest, RestoredSessions};
 use crate::private_hold::{interested_recipients, PrivateHold};
 use crate::relay::inbox::Inbox;
 use crate::relay::outbox::{Outbox, Queued, Settings};
+use crate::relay::session::Session;
+use crate::relay::timers::{Timer, Timers};
 use crate::state::{Destination, Saved, Unsent};
 use crate::twister::{Client, Twister, TwisterError};
 use crate::wake::Doorbell;
@@ -29,7 +31,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use twister_rules::errors::Refusal;
 
 /// How often changed state (post number, read positions) is written to the state file.
 const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -66,17 +67,14 @@ pub struct Worker {
     saved: Saved,
     state_dirty: bool,
     ready: bool,
-    next_startup: Instant,
-    startup_backoff: Duration,
-    unfollowed: Vec<String>,
-    next_refollow: Instant,
+    /// Start-up and follows (`crate::relay::session`), driven by `worker/start.rs`.
+    session: Session,
+    /// Every deadline of the worker (`crate::relay::timers`).
+    timers: Timers,
     /// Posting: queues, numbers, budget, fragments (`crate::relay::outbox`), driven by `drive_outbox`.
     outbox: Outbox,
-    next_poll: Instant,
     drops: Drops,
-    profile_due: Option<Instant>,
     profile_backoff: Duration,
-    next_interest_refresh: Instant,
     trouble: Option<String>,
     said_once: Vec<String>,
     pub counters: Counters,
@@ -91,8 +89,6 @@ pub struct Worker {
     ring_pending: bool,
     /// Messages from the network waiting for a previous run's subscriptions to come back.
     held: Held,
-    /// Until when they wait (set once ready).
-    resubscribe_until: Option<Instant>,
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -153,6 +149,7 @@ impl Worker {
                 .unwrap_or_default(),
             counters.inbox,
         );
+        let session = Session::new(&cfg.user, &cfg.follow, cfg.create_user);
         let outbox = Outbox::new(
             Settings {
                 user: cfg.user.clone(),
@@ -179,16 +176,22 @@ impl Worker {
             saved: saved.unwrap_or_default(),
             state_dirty: false,
             ready: false,
-            next_startup: now,
-            startup_backoff: Duration::from_millis(200),
-            unfollowed: Vec::new(),
-            next_refollow: now,
+            session,
+            timers: {
+                let mut t = Timers::default();
+                for timer in [
+                    Timer::Startup,
+                    Timer::Refollow,
+                    Timer::Poll,
+                    Timer::InterestRefresh,
+                ] {
+                    t.set(timer, now);
+                }
+                t
+            },
             outbox,
-            next_poll: now,
             drops,
-            profile_due: None,
             profile_backoff: Duration::from_millis(500),
-            next_interest_refresh: now,
             trouble: None,
             said_once: Vec::new(),
             counters,
@@ -199,7 +202,6 @@ impl Worker {
             incoming,
             ring_pending: false,
             held: Held::default(),
-            resubscribe_until: None,
         };
         if w.cfg.state_file.is_some() && !state_found {
             w.log(
@@ -397,21 +399,28 @@ impl Worker {
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
         let mut d = now + Duration::from_secs(1);
+        let mut at = |timer| {
+            if let Some(t) = self.timers.get(timer) {
+                d = d.min(t);
+            }
+        };
         if !self.ready {
-            return d.min(self.next_startup);
+            at(Timer::Startup);
+            return d.max(now);
         }
-        d = d.min(self.next_poll).min(self.next_interest_refresh);
-        if let Some(t) = self.resubscribe_until {
-            d = d.min(t);
+        for timer in [
+            Timer::Poll,
+            Timer::InterestRefresh,
+            Timer::ResubscribeGrace,
+            Timer::Profile,
+        ] {
+            at(timer);
         }
-        if let Some(p) = self.profile_due {
-            d = d.min(p);
+        if !self.session.unfollowed().is_empty() {
+            at(Timer::Refollow);
         }
         if let Some(f) = self.outbox.poll_timeout(now) {
             d = d.min(f);
-        }
-        if !self.unfollowed.is_empty() {
-            d = d.min(self.next_refollow);
         }
         if self.remote_known {
             if let Some(h) = self.held_private.next_deadline() {
@@ -423,31 +432,33 @@ impl Worker {
 
     fn step(&mut self, now: Instant) {
         if !self.ready {
-            if now >= self.next_startup {
+            if self.timers.due(Timer::Startup, now) {
                 self.startup();
             }
             return;
         }
-        if now >= self.next_poll {
+        if self.timers.due(Timer::Poll, now) {
             self.poll();
-            self.next_poll = Instant::now() + self.cfg.poll_interval;
+            self.timers
+                .set(Timer::Poll, Instant::now() + self.cfg.poll_interval);
         }
         self.outbox.handle_timeout(Instant::now());
         self.drive_outbox();
-        if self.profile_due.is_some_and(|t| now >= t) {
-            self.profile_due = None;
+        if self.timers.due(Timer::Profile, now) {
+            self.timers.clear(Timer::Profile);
             self.dht.send(DhtJob::WriteProfile(self.interest.filters()));
         }
-        if now >= self.next_interest_refresh {
+        if self.timers.due(Timer::InterestRefresh, now) {
             // Always moved on: a deadline left in the past would make the worker spin.
-            self.next_interest_refresh = now + self.cfg.interest_refresh;
+            self.timers
+                .set(Timer::InterestRefresh, now + self.cfg.interest_refresh);
             let recipients = self.private_recipients();
             if !recipients.is_empty() {
                 self.dht.send(DhtJob::ReadInterest(recipients));
             }
         }
-        if !self.unfollowed.is_empty() && now >= self.next_refollow {
-            self.follow_all();
+        if !self.session.unfollowed().is_empty() && self.timers.due(Timer::Refollow, now) {
+            self.refollow();
         }
         self.end_resubscribe_grace(now);
         self.expire_held(now);
@@ -514,7 +525,8 @@ impl Worker {
                     Level::Warning,
                     format!("writing our interest to the Twister profile failed: {e}; retrying"),
                 );
-                self.profile_due = Some(Instant::now() + self.profile_backoff);
+                self.timers
+                    .set(Timer::Profile, Instant::now() + self.profile_backoff);
                 self.profile_backoff = (self.profile_backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -523,8 +535,8 @@ impl Worker {
     fn interest_changed(&mut self) {
         // Debounced: a burst of SUBSCRIBEs makes one profile write.
         let due = Instant::now() + self.cfg.profile_debounce;
-        if self.profile_due.is_none() {
-            self.profile_due = Some(due);
+        if self.timers.get(Timer::Profile).is_none() {
+            self.timers.set(Timer::Profile, due);
         }
     }
 
@@ -560,7 +572,8 @@ impl Worker {
         }
         // Retained messages are kept even with no subscriber now, for those who come later.
         let wanted = m.retain || self.interest.wants(&m.topic);
-        let may_come_back = self.resubscribe_until.is_some() && self.interest.may_want(&m.topic);
+        let may_come_back =
+            self.timers.get(Timer::ResubscribeGrace).is_some() && self.interest.may_want(&m.topic);
         if may_come_back {
             // Injected too when wanted: a copy for a session the broker may have lost.
             self.held.hold(m.clone(), wanted);

@@ -7,6 +7,7 @@
 //! - `timers`: every deadline in one place; a deadline returned is never in the past.
 //! - `inbox`: what followed users posted, in: cursors, fetch plans, the DM reader, decoding, dedup,
 //!   reassembly; whole messages out to the driver.
+//! - `session`: start-up: wallet, registration, follows, then twisterd's numbers.
 //! - `outbox`: typed outgoing messages in, posts and DMs out: batching at the exact post size, `k`
 //!   numbering, the post budget, fragments, posts of unknown outcome.
 //!
@@ -15,6 +16,7 @@
 
 pub mod inbox;
 pub mod outbox;
+pub mod session;
 pub mod timers;
 
 use crate::drops::Reason;

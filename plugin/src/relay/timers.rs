@@ -1,4 +1,4 @@
-//! Every deadline of the relay in one place. A deadline is an instant handed in by the caller (the
+//! Every deadline of the relay and its driver in one place. A deadline is an instant handed in by the caller (the
 //! relay reads no clock); `next(now)` never answers an instant before `now`, so a driver that sleeps
 //! until it can never spin on a deadline left in the past.
 
@@ -9,9 +9,21 @@ use std::time::Instant;
 pub enum Timer {
     /// Posting failed: not before this instant (backoff).
     PostRetry,
+    /// The next try of the start-up (wallet, follows, registration).
+    Startup,
+    /// The next `getlasthave` of followed users.
+    Poll,
+    /// Following users who were not registered yet, again.
+    Refollow,
+    /// Writing our interest to the profile (debounced, or retried).
+    Profile,
+    /// Reading the private recipients' interest again.
+    InterestRefresh,
+    /// The end of the wait for the last run's subscriptions to come back.
+    ResubscribeGrace,
 }
 
-const TIMERS: usize = 1;
+const TIMERS: usize = 7;
 
 #[derive(Debug, Default, Clone)]
 pub struct Timers {

@@ -58,10 +58,14 @@ impl Worker {
 
     /// After the grace, what only a previous run's subscriptions wanted is given up.
     pub(super) fn end_resubscribe_grace(&mut self, now: Instant) {
-        if self.resubscribe_until.is_none_or(|t| now < t) {
+        if self
+            .timers
+            .get(Timer::ResubscribeGrace)
+            .is_none_or(|t| now < t)
+        {
             return;
         }
-        self.resubscribe_until = None;
+        self.timers.clear(Timer::ResubscribeGrace);
         if self.interest.forget_returning() {
             self.interest_changed();
         }
