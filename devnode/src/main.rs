@@ -1,6 +1,7 @@
 //! twister-devnode: a twisterd-compatible JSON-RPC node for one machine.
 
 mod error;
+mod escapes;
 mod fault;
 mod http;
 mod log;

@@ -161,8 +161,22 @@ pub fn handle_body(shared: &Shared, body: &[u8]) -> Reply {
 }
 
 fn handle_parsed(shared: &Shared, body: &[u8]) -> Reply {
-    let parsed: Value = match serde_json::from_slice(body) {
+    let read = crate::escapes::as_twisterd_reads(body);
+    let parsed: Value = match serde_json::from_slice(&read) {
         Ok(v) => v,
+        Err(_) if read.as_ref() != body && serde_json::from_slice::<Value>(body).is_ok() => {
+            // Valid JSON whose escapes twisterd turns into bytes that are not UTF-8: twisterd's text
+            // checks refuse it (newpostmsg's words; its other calls fail in their own ways).
+            let id = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("id").cloned())
+                .unwrap_or(Value::Null);
+            let e = RpcError::new(
+                RPC_INTERNAL_ERROR,
+                "error signing post with private key of user",
+            );
+            return reply(e.http_status(), &envelope(Err(e), id), true);
+        }
         Err(_) => {
             let e = RpcError::new(RPC_PARSE_ERROR, "Parse error");
             return reply(e.http_status(), &envelope(Err(e), Value::Null), true);
