@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${CARGO_TARGET_DIR:-target}/release
+case $T in /*) ;; *) T=$PWD/$T ;; esac
 N=${MESSAGES:-3000}
 work=$(mktemp -d /tmp/mqtt-twister-profile.XXXXXX)
 pids=()
@@ -19,7 +20,7 @@ max_queued_messages 0
 user root"
 printf '%s\n' "$base" >"$work/plain.conf"
 printf '%s\nplugin %s\nplugin_opt_rpc_url http://127.0.0.1:%s/\nplugin_opt_rpc_user p\nplugin_opt_rpc_password profile\nplugin_opt_user profiler\nplugin_opt_create_user true\nplugin_opt_publish %s\n' \
-  "$base" "$PWD/$T/libmqtt_twister.so" "$node_port" "${FORWARD:-elsewhere/#}" >"$work/plugin.conf"
+  "$base" "$T/libmqtt_twister.so" "$node_port" "${FORWARD:-elsewhere/#}" >"$work/plugin.conf"
 seq 1 "$N" | sed 's/^/payload-0123456789-0123456789-0123456789-/' >"$work/lines"
 run() {
   valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$work/$1.out" mosquitto -c "$work/$1.conf" >"$work/$1.log" 2>&1 &
@@ -38,7 +39,8 @@ plain=$(total "$work/plain.out-01"); plugin=$(total "$work/plugin.out-01")
 echo "broker thread, $N QoS 1 messages through one broker (instructions):"
 echo "  plain mosquitto:  $plain  ($((plain / N)) per message, start-up included)"
 echo "  with the plugin:  $plugin  ($((plugin / N)) per message; forward filter ${FORWARD:-elsewhere/#})"
-for cb in on_message on_tick on_acl_check; do
-  n=$(incl "broker::$cb"); echo "  $cb (inclusive): ${n:-0}  ($(( ${n:-0} / N )) per message)"
+# The host layer's trampolines (host/trampolines.rs), one per callback kind, include the plugin's logic.
+for cb in message tick acl_check; do
+  n=$(incl "trampolines::$cb"); echo "  $cb (inclusive): ${n:-0}  ($(( ${n:-0} / N )) per message)"
 done
 echo "(callgrind files in $work)"

@@ -1,11 +1,13 @@
 //! mqtt-twister: a Mosquitto plugin that makes independent brokers one distributed MQTT broker by
 //! carrying publishes and subscription interest over the Twister peer-to-peer network.
 //!
-//! Layout: `broker` (all unsafe, the broker's callbacks) -> channels -> `worker`, the driver of the
-//! relay core `relay` (decisions without I/O: `relay::outbox` posts, `relay::inbox` reads), which it
-//! carries out through `twister` (the typed twisterd client); `dht` (profile interest). Pure logic:
-//! `config`, `topic`, `wire` (v1, poc; `wire_v2` for the dense v2), `interest`, `state`, `access`, `startup`, `held`, `qos2`. The exported
-//! symbols below are one-line shims into `broker`.
+//! Layout: `host` (all unsafe: bindings, trampolines, typed views of event data) calls `plugin` (what
+//! each broker event means, safe), which hands over through `bus` (the cross-thread types) to
+//! `worker`, the driver of the relay core `relay` (decisions without I/O: `relay::outbox` posts,
+//! `relay::inbox` reads), which it carries out through `twister` (the typed twisterd client); `dht`
+//! (profile interest). `route` decides where a local message goes. Pure logic: `config`, `topic`,
+//! `wire` (v1, poc; `wire_v2` for the dense v2), `interest`, `state`, `access`, `startup`, `held`,
+//! `qos2`. The exported symbols below are one-line shims into `host::entry`.
 
 pub mod access;
 pub mod bus;
@@ -18,6 +20,7 @@ mod fuzz;
 pub mod health;
 pub mod held;
 pub mod interest;
+pub mod plugin;
 pub mod private_hold;
 pub mod qos2;
 pub mod ratelimit;
@@ -36,39 +39,37 @@ pub mod wire;
 pub mod wire_v2;
 pub mod worker;
 
-// The broker's symbols exist only inside a running mosquitto: unit tests build without them.
-#[cfg(not(test))]
-mod bindings;
-#[cfg(not(test))]
-mod broker;
+pub mod host;
 
 #[cfg(not(test))]
 mod exports {
-    use crate::bindings::{mosquitto_opt, mosquitto_plugin_id_t};
-    use crate::broker;
+    use crate::host::entry;
     use std::ffi::{c_int, c_void};
+
+    type PluginId = crate::host::entry::PluginId;
+    type Opt = crate::host::entry::Opt;
 
     #[no_mangle]
     pub extern "C" fn mosquitto_plugin_version(count: c_int, versions: *const c_int) -> c_int {
-        broker::plugin_version(count, versions)
+        entry::plugin_version(count, versions)
     }
 
     #[no_mangle]
     pub extern "C" fn mosquitto_plugin_init(
-        id: *mut mosquitto_plugin_id_t,
+        id: *mut PluginId,
         userdata: *mut *mut c_void,
-        opts: *mut mosquitto_opt,
+        opts: *mut Opt,
         count: c_int,
     ) -> c_int {
-        broker::plugin_init(id, userdata, opts, count)
+        entry::plugin_init(id, userdata, opts, count)
     }
 
     #[no_mangle]
     pub extern "C" fn mosquitto_plugin_cleanup(
         userdata: *mut c_void,
-        opts: *mut mosquitto_opt,
+        opts: *mut Opt,
         count: c_int,
     ) -> c_int {
-        broker::plugin_cleanup(userdata, opts, count)
+        entry::plugin_cleanup(userdata, opts, count)
     }
 }

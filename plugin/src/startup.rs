@@ -1,5 +1,5 @@
 //! What plugin_init reads before the plugin starts: the RPC password and the state file. Safe code
-//! kept out of the host layer (`broker`).
+//! kept out of the host layer (`crate::host`).
 
 use crate::config::{self, Config, PasswordSource};
 use crate::interest::RestoredSessions;

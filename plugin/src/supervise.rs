@@ -5,7 +5,7 @@
 //! read again. Panics in a row wait longer and longer before the next start.
 //!
 //! Stopping is bounded: the broker waits `STOP_WAIT` at most for the worker to flush and save, then
-//! leaves it behind (the library stays loaded, see `broker::keep_library_loaded`).
+//! leaves it behind (the library stays loaded, see `host::entry::keep_library_loaded`).
 
 use crate::bus::{
     Level, Outbound, Outgoing, ToBroker, ToWorker, CONTROL_CAPACITY, TO_BROKER_CAPACITY,
@@ -91,6 +91,26 @@ impl WorkerHandle {
         move |level, line| {
             let _ = tx.try_send(ToBroker::Log(level, format!("mqtt-twister: {line}")));
         }
+    }
+
+    /// A handle with no worker thread behind it, for the broker side's unit tests: the other ends of
+    /// its channels and queue.
+    #[cfg(test)]
+    pub fn detached(
+        max_queue: usize,
+    ) -> (Self, Receiver<ToWorker>, Sender<ToBroker>, Arc<Outbound>) {
+        let (to_worker, inbox) = bounded(CONTROL_CAPACITY);
+        let (to_broker, from_worker) = bounded(TO_BROKER_CAPACITY);
+        let outbound = Arc::new(Outbound::new(max_queue));
+        let handle = WorkerHandle {
+            to_worker: Some(to_worker),
+            from_worker,
+            outbound: outbound.clone(),
+            health: Arc::new(Health::default()),
+            thread: None,
+            log: to_broker.clone(),
+        };
+        (handle, inbox, to_broker, outbound)
     }
 
     /// Queues a local message for the worker; false when the queue is full. Never blocks.

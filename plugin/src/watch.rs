@@ -1,5 +1,5 @@
 //! What the broker thread says about the plugin's health, decided here and written to the broker's
-//! log by `broker`: messages from the network refused for their topic (counted, rate-limited), a worker
+//! log by `plugin` (through the host layer): messages from the network refused for their topic (counted, rate-limited), a worker
 //! thread that has ended, a worker that shows no sign of life. Time comes in as `now`.
 
 use crate::bus::Level;

@@ -146,7 +146,7 @@ impl Mapped for memmap2::MmapMut {
 }
 
 /// How segment files get their disk blocks and their mapping. The mapping is made by the host layer
-/// (`broker.rs`), the home of every `unsafe` block.
+/// (`crate::host`), the home of every `unsafe` block.
 pub trait Storage: Send {
     /// Maps the first `len` bytes of `file`, shared and writable.
     fn map(&self, file: &File, len: usize) -> io::Result<Box<dyn Mapped>>;

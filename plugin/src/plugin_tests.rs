@@ -1,0 +1,311 @@
+//! The callbacks' logic without a broker: fake clients, a fake broker that records what it is asked,
+//! and a worker handle with no thread behind it (its channels' other ends are read here).
+
+use super::*;
+use crate::bus::Outbound;
+use crossbeam_channel::{Receiver, Sender};
+use std::cell::RefCell;
+
+struct FakeClient {
+    id: Option<&'static str>,
+    protocol: i32,
+    clean: bool,
+}
+
+const MQTT5: FakeClient = FakeClient {
+    id: Some("c1"),
+    protocol: 5,
+    clean: true,
+};
+const MQTT311: FakeClient = FakeClient {
+    id: Some("c1"),
+    protocol: 4,
+    clean: true,
+};
+
+impl Client for &FakeClient {
+    fn id(&self) -> Option<&str> {
+        self.id
+    }
+    fn protocol_version(&self) -> i32 {
+        self.protocol
+    }
+    fn clean_session(&self) -> bool {
+        self.clean
+    }
+}
+
+#[derive(Default)]
+struct FakeBroker {
+    logs: RefCell<Vec<(Level, String)>>,
+    published: RefCell<Vec<Message>>,
+}
+
+impl Broker for FakeBroker {
+    fn log(&self, level: Level, line: &str) {
+        self.logs.borrow_mut().push((level, line.to_string()));
+    }
+    fn publish(&self, m: Message) -> Result<(), PublishRefused> {
+        if m.topic.starts_with('$') {
+            return Err(PublishRefused::Topic("a $ topic"));
+        }
+        self.published.borrow_mut().push(m);
+        Ok(())
+    }
+}
+
+struct Setup {
+    plugin: Plugin,
+    inbox: Receiver<ToWorker>,
+    to_broker: Sender<ToBroker>,
+    outbound: Arc<Outbound>,
+}
+
+fn setup(v21: bool, max_queue: usize, acl: AclAnswer) -> Setup {
+    let options: Vec<(String, String)> = [
+        ("rpc_user", "rpc"),
+        ("rpc_password", "secret"),
+        ("user", "alice"),
+        ("publish", "doors/#"),
+        ("private", "secret/+ bob"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cfg = Arc::new(config::parse(&options).unwrap());
+    let (worker, inbox, to_broker, outbound) = WorkerHandle::detached(max_queue);
+    Setup {
+        plugin: Plugin::new(cfg, worker, acl, v21, true),
+        inbox,
+        to_broker,
+        outbound,
+    }
+}
+
+fn message<'a>(
+    topic: &'a str,
+    qos: u8,
+    client: &'a FakeClient,
+) -> MessageEvent<'a, &'a FakeClient> {
+    MessageEvent {
+        topic,
+        payload: b"payload",
+        qos,
+        retain: false,
+        client,
+    }
+}
+
+fn queued(outbound: &Outbound) -> Vec<Outgoing> {
+    std::iter::from_fn(|| outbound.take()).collect()
+}
+
+#[test]
+fn a_message_no_rule_routes_is_accepted_and_not_queued() {
+    let mut s = setup(false, 100, AclAnswer::Defer);
+    let answer = s.plugin.message(&message("lights/1", 1, &MQTT5));
+    assert_eq!(answer, MessageAnswer::Accept);
+    assert!(queued(&s.outbound).is_empty());
+}
+
+#[test]
+fn a_routed_message_carries_its_route_to_the_worker() {
+    let mut s = setup(false, 100, AclAnswer::Defer);
+    assert_eq!(
+        s.plugin.message(&message("doors/front", 1, &MQTT5)),
+        MessageAnswer::Accept
+    );
+    assert_eq!(
+        s.plugin.message(&message("secret/x", 0, &MQTT5)),
+        MessageAnswer::Accept
+    );
+    let q = queued(&s.outbound);
+    assert_eq!(q.len(), 2);
+    assert_eq!(q[0].message.topic, "doors/front");
+    assert_eq!(q[0].message.payload, b"payload");
+    assert!(q[0].route.public && q[0].route.private_rules.is_empty());
+    assert_eq!(q[1].message.topic, "secret/x");
+    assert!(!q[1].route.public);
+    assert_eq!(q[1].route.private_rules.iter().collect::<Vec<_>>(), vec![0]);
+}
+
+#[test]
+fn a_full_queue_refuses_only_mqtt5_publishers_with_qos_on_2_1() {
+    // max_queue 1: one message fills the backlog.
+    let mut s = setup(true, 1, AclAnswer::Defer);
+    assert_eq!(
+        s.plugin.message(&message("doors/1", 1, &MQTT5)),
+        MessageAnswer::Accept
+    );
+    assert_eq!(
+        s.plugin.message(&message("doors/2", 1, &MQTT5)),
+        MessageAnswer::RefuseQuotaExceeded
+    );
+    // QoS 0 and MQTT 3.1.1 cannot be told: queued or dropped, never refused.
+    assert_eq!(
+        s.plugin.message(&message("doors/3", 0, &MQTT5)),
+        MessageAnswer::Accept
+    );
+    assert_eq!(
+        s.plugin.message(&message("doors/4", 1, &MQTT311)),
+        MessageAnswer::Accept
+    );
+    assert_eq!(s.plugin.refused, 1);
+}
+
+#[test]
+fn mosquitto_2_0_never_refuses_a_publish() {
+    let mut s = setup(false, 1, AclAnswer::Defer);
+    for i in 0..3 {
+        assert_eq!(
+            s.plugin.message(&message(&format!("doors/{i}"), 1, &MQTT5)),
+            MessageAnswer::Accept
+        );
+    }
+    assert_eq!(s.plugin.refused, 0);
+}
+
+#[test]
+fn a_qos2_retransmission_is_forwarded_once() {
+    let mut s = setup(false, 100, AclAnswer::Defer);
+    let persistent = FakeClient {
+        id: Some("p1"),
+        protocol: 4,
+        clean: false,
+    };
+    s.plugin.message(&message("doors/1", 2, &persistent));
+    // The connection ends; the client comes back with its session and sends it again first.
+    s.plugin.session(&DisconnectEvent {
+        client: "p1",
+        seen: crate::interest::BrokerSessionEvent::Disconnect { reason: -1 },
+        clean_session: false,
+    });
+    s.plugin.message(&message("doors/1", 2, &persistent));
+    s.plugin.message(&message("doors/2", 2, &persistent));
+    let topics: Vec<String> = queued(&s.outbound)
+        .into_iter()
+        .map(|o| o.message.topic)
+        .collect();
+    assert_eq!(topics, ["doors/1", "doors/2"]);
+}
+
+#[test]
+fn acl_reads_and_writes_get_the_configured_answer_and_tell_the_worker_nothing() {
+    for (acl, verdict) in [
+        (AclAnswer::Defer, AclVerdict::Defer),
+        (AclAnswer::Allow, AclVerdict::Allow),
+    ] {
+        let mut s = setup(false, 100, acl);
+        for access in [AclAccess::Read, AclAccess::Write] {
+            let ev = AclCheckEvent {
+                access,
+                topic: None,
+                client: &MQTT5,
+            };
+            assert_eq!(s.plugin.acl_check(&ev), verdict);
+        }
+        assert!(s.inbox.try_recv().is_err());
+    }
+}
+
+#[test]
+fn an_acl_subscribe_check_tells_the_session_and_the_subscription() {
+    let mut s = setup(false, 100, AclAnswer::Allow);
+    let persistent = FakeClient {
+        id: Some("p1"),
+        protocol: 4,
+        clean: false,
+    };
+    let ev = AclCheckEvent {
+        access: AclAccess::Subscribe,
+        topic: Some("doors/#"),
+        client: &persistent,
+    };
+    assert_eq!(s.plugin.acl_check(&ev), AclVerdict::Allow);
+    match s.inbox.try_recv() {
+        Ok(ToWorker::Session {
+            client,
+            event:
+                SessionEvent::Connected {
+                    persistent: true,
+                    new_connection: false,
+                },
+        }) => assert_eq!(client, "p1"),
+        other => panic!("{other:?}"),
+    }
+    match s.inbox.try_recv() {
+        Ok(ToWorker::Subscribe { client, filter }) => {
+            assert_eq!((client.as_str(), filter.as_str()), ("p1", "doors/#"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn subscription_and_session_events_reach_the_worker() {
+    let mut s = setup(true, 100, AclAnswer::Defer);
+    s.plugin.subscription(&SubscribeEvent {
+        client: "c1",
+        filter: "a/+",
+        subscribe: false,
+    });
+    assert!(matches!(
+        s.inbox.try_recv(),
+        Ok(ToWorker::Unsubscribe { client, filter }) if client == "c1" && filter == "a/+"
+    ));
+    s.plugin.session(&DisconnectEvent {
+        client: "c1",
+        seen: crate::interest::BrokerSessionEvent::ClientOffline,
+        clean_session: false,
+    });
+    assert!(matches!(
+        s.inbox.try_recv(),
+        Ok(ToWorker::Session { client, event: SessionEvent::Offline }) if client == "c1"
+    ));
+}
+
+#[test]
+fn tick_injects_and_logs_what_the_worker_sent() {
+    let mut s = setup(false, 100, AclAnswer::Defer);
+    let m = |topic: &str| Message {
+        topic: topic.into(),
+        payload: b"x".to_vec(),
+        qos: 1,
+        retain: true,
+    };
+    s.to_broker.send(ToBroker::Publish(m("doors/1"))).unwrap();
+    s.to_broker
+        .send(ToBroker::Log(Level::Notice, "hello".into()))
+        .unwrap();
+    s.to_broker.send(ToBroker::Publish(m("$SYS/x"))).unwrap();
+    let broker = FakeBroker::default();
+    let mut ev = TickEvent::default();
+    s.plugin.tick(&broker, &mut ev, false);
+    assert_eq!(*broker.published.borrow(), vec![m("doors/1")]);
+    let logs = broker.logs.borrow();
+    assert!(logs.contains(&(Level::Notice, "hello".into())), "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|(l, t)| *l == Level::Warning && t.contains("\"$SYS/x\"")),
+        "{logs:?}"
+    );
+    assert_eq!(ev.next_requested(), None, "only the pacing TICK asks");
+}
+
+#[test]
+fn the_pacing_tick_asks_for_the_next_tick_and_says_so_once() {
+    let mut s = setup(true, 100, AclAnswer::Defer);
+    let broker = FakeBroker::default();
+    for _ in 0..3 {
+        let mut ev = TickEvent::default();
+        s.plugin.tick(&broker, &mut ev, true);
+        assert_eq!(ev.next_requested(), Some(TICK_PACE));
+    }
+    let said = broker
+        .logs
+        .borrow()
+        .iter()
+        .filter(|(_, t)| t.contains("asking the broker for the next TICK"))
+        .count();
+    assert_eq!(said, 1);
+}
