@@ -5,8 +5,10 @@
 use crate::interest::SessionEvent;
 use crate::route::Route;
 use crate::wire::Message;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What the broker thread sends to the worker.
 #[derive(Debug)]
@@ -55,11 +57,105 @@ pub enum ToBroker {
 
 /// Subscription events and DHT answers.
 pub const CONTROL_CAPACITY: usize = 4096;
-/// Messages from the network and log lines waiting for the broker's TICK.
+/// Messages from the network waiting for the broker's TICK.
 pub const TO_BROKER_CAPACITY: usize = 8192;
+/// Log lines waiting for the broker's TICK, on their own channel: a flood of lines never takes the
+/// room of messages, nor messages that of lines.
+pub const LOG_CAPACITY: usize = 1024;
 /// Room for local messages between two drains of the worker (every 2 ms while busy). Every slot is
 /// allocated up front, so this is also memory the plugin holds from the start (about 1 MiB).
 pub const OUTBOUND_CAPACITY: usize = 16_384;
+
+/// The worker side's way to the broker thread (the worker, the DHT thread, the supervisor): messages
+/// to publish and log lines, on two bounded channels.
+#[derive(Clone)]
+pub struct ToBrokerSender {
+    publish: Sender<Message>,
+    logs: Sender<(Level, String)>,
+    logs_dropped: Arc<AtomicU64>,
+}
+
+impl ToBrokerSender {
+    /// Never blocks. A log line the channel has no room for is counted; the broker thread says how
+    /// many were dropped.
+    pub fn try_send(&self, m: ToBroker) -> Result<(), ToBroker> {
+        match m {
+            ToBroker::Publish(msg) => self
+                .publish
+                .try_send(msg)
+                .map_err(|e| ToBroker::Publish(e.into_inner())),
+            ToBroker::Log(level, line) => self.logs.try_send((level, line)).map_err(|e| {
+                if e.is_full() {
+                    self.logs_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                let (level, line) = e.into_inner();
+                ToBroker::Log(level, line)
+            }),
+        }
+    }
+
+    /// A message waits up to `timeout` for room; a log line never waits (as `try_send`).
+    pub fn send_timeout(&self, m: ToBroker, timeout: Duration) -> Result<(), ToBroker> {
+        match m {
+            ToBroker::Publish(msg) => self
+                .publish
+                .send_timeout(msg, timeout)
+                .map_err(|e| ToBroker::Publish(e.into_inner())),
+            log => self.try_send(log),
+        }
+    }
+}
+
+/// The broker thread's end of `ToBrokerSender`.
+pub struct FromWorker {
+    publish: Receiver<Message>,
+    logs: Receiver<(Level, String)>,
+    logs_dropped: Arc<AtomicU64>,
+}
+
+impl FromWorker {
+    /// The next log line, else the next message to publish; never blocks.
+    pub fn try_recv(&self) -> Option<ToBroker> {
+        if let Ok((level, line)) = self.logs.try_recv() {
+            return Some(ToBroker::Log(level, line));
+        }
+        self.publish.try_recv().ok().map(ToBroker::Publish)
+    }
+
+    /// Log lines dropped so far because their channel was full.
+    pub fn logs_dropped(&self) -> u64 {
+        self.logs_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` for the next log line or message (tests).
+    #[cfg(test)]
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<ToBroker> {
+        crossbeam_channel::select! {
+            recv(self.logs) -> l => l.ok().map(|(level, line)| ToBroker::Log(level, line)),
+            recv(self.publish) -> m => m.ok().map(ToBroker::Publish),
+            default(timeout) => None,
+        }
+    }
+}
+
+/// The two channels from the worker side to the broker thread.
+pub fn to_broker(publish_capacity: usize, log_capacity: usize) -> (ToBrokerSender, FromWorker) {
+    let (publish, publish_rx) = bounded(publish_capacity);
+    let (logs, logs_rx) = bounded(log_capacity);
+    let logs_dropped = Arc::new(AtomicU64::new(0));
+    (
+        ToBrokerSender {
+            publish,
+            logs,
+            logs_dropped: logs_dropped.clone(),
+        },
+        FromWorker {
+            publish: publish_rx,
+            logs: logs_rx,
+            logs_dropped,
+        },
+    )
+}
 
 /// A local message leaving this broker, with where it goes (decided once, in the MESSAGE callback).
 #[derive(Debug, Clone, PartialEq)]
@@ -143,5 +239,49 @@ impl Outbound {
     /// Worker side: how many messages it holds waiting for a post.
     pub fn set_backlog(&self, queued: usize) {
         self.backlog.store(queued, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: b"x".to_vec(),
+            qos: 0,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn a_full_log_channel_counts_what_it_drops_and_messages_still_pass() {
+        let (tx, rx) = to_broker(4, 2);
+        for i in 0..5 {
+            let _ = tx.try_send(ToBroker::Log(Level::Info, format!("line {i}")));
+        }
+        assert_eq!(rx.logs_dropped(), 3);
+        assert!(tx.try_send(ToBroker::Publish(msg("a"))).is_ok());
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv())
+            .map(|m| match m {
+                ToBroker::Log(_, line) => line,
+                ToBroker::Publish(m) => m.topic,
+            })
+            .collect();
+        assert_eq!(got, ["line 0", "line 1", "a"]);
+    }
+
+    #[test]
+    fn a_full_message_channel_refuses_without_counting_log_drops() {
+        let (tx, rx) = to_broker(1, 4);
+        assert!(tx.try_send(ToBroker::Publish(msg("a"))).is_ok());
+        assert!(tx
+            .send_timeout(ToBroker::Publish(msg("b")), Duration::ZERO)
+            .is_err());
+        assert!(tx
+            .try_send(ToBroker::Log(Level::Info, "still".into()))
+            .is_ok());
+        assert_eq!(rx.logs_dropped(), 0);
     }
 }

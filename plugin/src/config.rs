@@ -367,7 +367,7 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         Some(v) => millis(key, v, min, max),
     };
     Ok(Config {
-        router: Router::new(&publish, &private),
+        router: Router::new(&publish, private.iter().map(|r| &r.filter)),
         rpc_url,
         rpc_user,
         rpc_password,

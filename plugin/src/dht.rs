@@ -2,7 +2,7 @@
 //! kept) and the followed users' published interest. `dhtget` may wait for the network for seconds, so
 //! it never runs on the worker's post and poll path.
 
-use crate::bus::{Level, ToBroker, ToWorker};
+use crate::bus::{Level, ToBroker, ToBrokerSender, ToWorker};
 use crate::config::Config;
 use crate::health::{panic_text, Health};
 use crate::twister::{Client, Twister};
@@ -78,7 +78,7 @@ pub fn write_profile(rpc: &Client, user: &str, filters: &[String]) -> Result<(),
 /// Runs one job; a panic in it is caught, counted and logged through the broker, and becomes an error:
 /// the thread goes on with the next job.
 fn contained<T>(
-    broker: &Sender<ToBroker>,
+    broker: &ToBrokerSender,
     health: &Health,
     what: &str,
     job: impl FnOnce() -> Result<T, String>,
@@ -103,7 +103,7 @@ struct Context {
     cfg: Arc<Config>,
     rpc: Client,
     worker: Sender<ToWorker>,
-    broker: Sender<ToBroker>,
+    broker: ToBrokerSender,
     health: Arc<Health>,
 }
 
@@ -168,7 +168,7 @@ impl DhtThread {
         cfg: Arc<Config>,
         rpc: Box<dyn Twister>,
         worker: Sender<ToWorker>,
-        broker: Sender<ToBroker>,
+        broker: ToBrokerSender,
         health: Arc<Health>,
     ) -> Self {
         let (tx, rx) = unbounded();
@@ -246,7 +246,7 @@ mod tests {
                 .collect();
         let cfg = Arc::new(crate::config::parse(&opts).unwrap());
         let (to_worker, from_dht) = crossbeam_channel::unbounded();
-        let (to_broker, logs) = crossbeam_channel::unbounded();
+        let (to_broker, logs) = crate::bus::to_broker(16, 16);
         let health = Arc::new(Health::default());
         let mut dht = DhtThread::spawn(
             cfg,
@@ -264,7 +264,7 @@ mod tests {
         dht.send(DhtJob::ReadInterest(vec!["bob".into()]));
         let lines: Vec<String> = (0..3)
             .map(|_| match logs.recv_timeout(wait) {
-                Ok(ToBroker::Log(_, line)) => line,
+                Some(ToBroker::Log(_, line)) => line,
                 other => panic!("{other:?}"),
             })
             .collect();

@@ -64,6 +64,9 @@ pub struct Plugin {
     pace_said: bool,
     dropped_reported: u64,
     last_drop_report: Instant,
+    /// Log lines dropped (their channel full) as last said, and when.
+    logs_dropped_reported: u64,
+    logs_dropped_at: Option<Instant>,
     pub pinned: bool,
     watch: Watch,
     /// The broker keeps sessions on disk (`persistence true`).
@@ -153,6 +156,8 @@ impl Plugin {
             pace_said: false,
             dropped_reported: 0,
             last_drop_report: Instant::now(),
+            logs_dropped_reported: 0,
+            logs_dropped_at: None,
             pinned,
             persistence: false,
             spool: None,
@@ -339,11 +344,12 @@ impl Plugin {
         // Nothing pending costs one try_recv.
         for _ in 0..INJECT_PER_TICK {
             match self.worker.from_worker.try_recv() {
-                Ok(ToBroker::Publish(m)) => self.inject(broker, m),
-                Ok(ToBroker::Log(level, text)) => broker.log(level, &text),
-                Err(_) => break,
+                Some(ToBroker::Publish(m)) => self.inject(broker, m),
+                Some(ToBroker::Log(level, text)) => broker.log(level, &text),
+                None => break,
             }
         }
+        self.report_lost_log_lines(broker);
         let trouble = self.dropped + self.refused;
         if trouble > self.dropped_reported && self.last_drop_report.elapsed() >= DROP_REPORT_EVERY {
             broker.log(
@@ -366,6 +372,28 @@ impl Plugin {
         {
             broker.log(level, &line);
         }
+    }
+
+    /// Says how many log lines were dropped for want of room in their channel (at most every
+    /// DROP_REPORT_EVERY; one atomic load otherwise).
+    fn report_lost_log_lines(&mut self, broker: &impl Broker) {
+        let lost = self.worker.from_worker.logs_dropped();
+        if lost == self.logs_dropped_reported
+            || self
+                .logs_dropped_at
+                .is_some_and(|t| t.elapsed() < DROP_REPORT_EVERY)
+        {
+            return;
+        }
+        broker.log(
+            Level::Warning,
+            &format!(
+                "mqtt-twister: {} log lines dropped (their queue to the broker was full; {lost} so far)",
+                lost - self.logs_dropped_reported
+            ),
+        );
+        self.logs_dropped_reported = lost;
+        self.logs_dropped_at = Some(Instant::now());
     }
 
     /// Publishes a message from the network into the broker; counts and logs (rate-limited) a topic
@@ -403,11 +431,13 @@ impl Plugin {
         if let Some(keeper) = self.keeper.as_mut() {
             keeper.stop();
         }
-        while let Ok(m) = self.worker.from_worker.try_recv() {
+        while let Some(m) = self.worker.from_worker.try_recv() {
             if let ToBroker::Log(level, text) = m {
                 broker.log(level, &text);
             }
         }
+        self.logs_dropped_at = None;
+        self.report_lost_log_lines(broker);
         if !stopped {
             broker.log(Level::Warning, &format!("mqtt-twister: the worker did not stop within {} s (waiting on twisterd?): left behind; what it had not posted is lost, and the state file may be a second old", STOP_WAIT.as_secs()));
         }

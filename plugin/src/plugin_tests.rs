@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::bus::Outbound;
-use crossbeam_channel::{Receiver, Sender};
+use crate::bus::ToBrokerSender;
+use crossbeam_channel::Receiver;
 use std::cell::RefCell;
 
 struct FakeClient {
@@ -57,7 +58,7 @@ impl Broker for FakeBroker {
 struct Setup {
     plugin: Plugin,
     inbox: Receiver<ToWorker>,
-    to_broker: Sender<ToBroker>,
+    to_broker: ToBrokerSender,
     outbound: Arc<Outbound>,
 }
 
@@ -273,11 +274,15 @@ fn tick_injects_and_logs_what_the_worker_sent() {
         qos: 1,
         retain: true,
     };
-    s.to_broker.send(ToBroker::Publish(m("doors/1"))).unwrap();
-    s.to_broker
-        .send(ToBroker::Log(Level::Notice, "hello".into()))
-        .unwrap();
-    s.to_broker.send(ToBroker::Publish(m("$SYS/x"))).unwrap();
+    assert!(s
+        .to_broker
+        .try_send(ToBroker::Publish(m("doors/1")))
+        .is_ok());
+    assert!(s
+        .to_broker
+        .try_send(ToBroker::Log(Level::Notice, "hello".into()))
+        .is_ok());
+    assert!(s.to_broker.try_send(ToBroker::Publish(m("$SYS/x"))).is_ok());
     let broker = FakeBroker::default();
     let mut ev = TickEvent::default();
     s.plugin.tick(&broker, &mut ev, false);
@@ -308,4 +313,30 @@ fn the_pacing_tick_asks_for_the_next_tick_and_says_so_once() {
         .filter(|(_, t)| t.contains("asking the broker for the next TICK"))
         .count();
     assert_eq!(said, 1);
+}
+
+#[test]
+fn log_lines_dropped_for_want_of_room_are_counted_in_one_line() {
+    let mut s = setup(false, 100, AclAnswer::Defer);
+    for i in 0..crate::bus::LOG_CAPACITY + 7 {
+        let _ = s
+            .to_broker
+            .try_send(ToBroker::Log(Level::Info, format!("line {i}")));
+    }
+    let broker = FakeBroker::default();
+    s.plugin.tick(&broker, &mut TickEvent::default(), false);
+    s.plugin.tick(&broker, &mut TickEvent::default(), false);
+    let logs = broker.logs.borrow();
+    let lines = logs.iter().filter(|(_, t)| t.starts_with("line ")).count();
+    assert_eq!(lines, crate::bus::LOG_CAPACITY);
+    let reports: Vec<&String> = logs
+        .iter()
+        .map(|(_, t)| t)
+        .filter(|t| t.contains("log lines dropped"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{logs:?}");
+    assert!(
+        reports[0].contains("mqtt-twister: 7 log lines dropped"),
+        "{reports:?}"
+    );
 }

@@ -3,7 +3,6 @@
 //! `Route` travels with the message to the worker, which never matches the topic against the
 //! configuration again.
 
-use crate::config::PrivateRule;
 use crate::topic;
 
 /// Which `plugin_opt_private` rules (by their index in `Config::private`) a topic matches. The first
@@ -89,7 +88,11 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(publish: &[String], private: &[PrivateRule]) -> Self {
+    /// `private`: the filter of each `plugin_opt_private` rule, in the configuration's order.
+    pub fn new<'a>(
+        publish: impl IntoIterator<Item = &'a String>,
+        private: impl IntoIterator<Item = &'a String>,
+    ) -> Self {
         let compile = |filter: &String, target| {
             let literal = match filter.find(['+', '#']) {
                 // `a/#` also matches `a`: the slash before a final `#` is not required.
@@ -104,13 +107,13 @@ impl Router {
             }
         };
         let filters = publish
-            .iter()
+            .into_iter()
             .map(|f| compile(f, Target::Public))
             .chain(
                 private
-                    .iter()
+                    .into_iter()
                     .enumerate()
-                    .map(|(i, r)| compile(&r.filter, Target::Private(i))),
+                    .map(|(i, f)| compile(f, Target::Private(i))),
             )
             .collect();
         Router { filters }
@@ -144,21 +147,14 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn rule(filter: &str) -> PrivateRule {
-        PrivateRule {
-            filter: filter.into(),
-            users: vec!["bob".into()],
-        }
-    }
-
     /// The route computed the slow, obvious way with `topic::matches`.
-    fn reference(publish: &[String], private: &[PrivateRule], topic: &str) -> Route {
+    fn reference(publish: &[String], private: &[String], topic: &str) -> Route {
         let mut r = Route {
             public: publish.iter().any(|f| topic::matches(f, topic)),
             private_rules: RuleSet::default(),
         };
         for (i, p) in private.iter().enumerate() {
-            if topic::matches(&p.filter, topic) {
+            if topic::matches(p, topic) {
                 r.private_rules.insert(i);
             }
         }
@@ -221,8 +217,7 @@ mod tests {
             let publish: Vec<String> = (0..rng.below(4)).map(|_| random_filter(&mut rng)).collect();
             // Up to 70 rules: some configurations go past the first word of the rule set.
             let rules = if rng.below(10) == 0 { 70 } else { rng.below(5) };
-            let private: Vec<PrivateRule> =
-                (0..rules).map(|_| rule(&random_filter(&mut rng))).collect();
+            let private: Vec<String> = (0..rules).map(|_| random_filter(&mut rng)).collect();
             let router = Router::new(&publish, &private);
             for _ in 0..50 {
                 let t = random_topic(&mut rng);
@@ -230,8 +225,7 @@ mod tests {
                 assert_eq!(
                     got,
                     reference(&publish, &private, &t),
-                    "topic {t:?} publish {publish:?} private {:?}",
-                    private.iter().map(|r| &r.filter).collect::<Vec<_>>()
+                    "topic {t:?} publish {publish:?} private {private:?}"
                 );
                 routed[usize::from(got.is_empty())] += 1;
             }
@@ -243,7 +237,7 @@ mod tests {
     #[test]
     fn a_topic_can_go_public_and_to_several_rules() {
         let publish = vec!["doors/#".to_string()];
-        let private = vec![rule("doors/+"), rule("windows/#"), rule("#")];
+        let private = vec!["doors/+".to_string(), "windows/#".into(), "#".into()];
         let router = Router::new(&publish, &private);
         let r = router.route("doors/1");
         assert!(r.public);
@@ -252,7 +246,8 @@ mod tests {
         assert!(!r.public);
         assert_eq!(r.private_rules.iter().collect::<Vec<_>>(), vec![1, 2]);
         assert!(router.route("$SYS/uptime").is_empty());
-        assert!(Router::new(&[], &[]).route("doors/1").is_empty());
+        let none: Vec<String> = Vec::new();
+        assert!(Router::new(&none, &none).route("doors/1").is_empty());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! leaves it behind (the library stays loaded, see `host::entry::keep_library_loaded`).
 
 use crate::bus::{
-    Level, Outbound, Outgoing, ToBroker, ToWorker, CONTROL_CAPACITY, TO_BROKER_CAPACITY,
+    self, FromWorker, Level, Outbound, Outgoing, ToBroker, ToBrokerSender, ToWorker,
+    CONTROL_CAPACITY, LOG_CAPACITY, TO_BROKER_CAPACITY,
 };
 use crate::config::Config;
 use crate::dht::DhtThread;
@@ -37,12 +38,12 @@ type MakeRpc = Box<dyn Fn(Duration) -> Box<dyn Twister> + Send>;
 /// The broker side's end: the sender the callbacks `try_send` on, the receiver TICK drains, the thread.
 pub struct WorkerHandle {
     pub to_worker: Option<Sender<ToWorker>>,
-    pub from_worker: Receiver<ToBroker>,
+    pub from_worker: FromWorker,
     outbound: Arc<Outbound>,
     health: Arc<Health>,
     thread: Option<JoinHandle<()>>,
     /// For the helpers beside the worker (the spool's keeper) to log through the broker.
-    log: Sender<ToBroker>,
+    log: ToBrokerSender,
 }
 
 impl WorkerHandle {
@@ -54,7 +55,7 @@ impl WorkerHandle {
         restored: RestoredSessions,
     ) -> std::io::Result<Self> {
         let (to_worker, inbox) = bounded(CONTROL_CAPACITY);
-        let (to_broker, from_worker) = bounded(TO_BROKER_CAPACITY);
+        let (to_broker, from_worker) = bus::to_broker(TO_BROKER_CAPACITY, LOG_CAPACITY);
         let outbound = Arc::new(Outbound::new(cfg.max_queue));
         let health = Arc::new(Health::default());
         let log = to_broker.clone();
@@ -96,11 +97,9 @@ impl WorkerHandle {
     /// A handle with no worker thread behind it, for the broker side's unit tests: the other ends of
     /// its channels and queue.
     #[cfg(test)]
-    pub fn detached(
-        max_queue: usize,
-    ) -> (Self, Receiver<ToWorker>, Sender<ToBroker>, Arc<Outbound>) {
+    pub fn detached(max_queue: usize) -> (Self, Receiver<ToWorker>, ToBrokerSender, Arc<Outbound>) {
         let (to_worker, inbox) = bounded(CONTROL_CAPACITY);
-        let (to_broker, from_worker) = bounded(TO_BROKER_CAPACITY);
+        let (to_broker, from_worker) = bus::to_broker(TO_BROKER_CAPACITY, LOG_CAPACITY);
         let outbound = Arc::new(Outbound::new(max_queue));
         let handle = WorkerHandle {
             to_worker: Some(to_worker),
@@ -177,7 +176,7 @@ struct Supervisor {
     make_rpc: MakeRpc,
     inbox: Receiver<ToWorker>,
     dht_inbox: Sender<ToWorker>,
-    to_broker: Sender<ToBroker>,
+    to_broker: ToBrokerSender,
     outbound: Arc<Outbound>,
     health: Arc<Health>,
 }
@@ -355,9 +354,9 @@ mod tests {
     fn next_log(h: &WorkerHandle, containing: &str) -> String {
         loop {
             match h.from_worker.recv_timeout(Duration::from_secs(20)) {
-                Ok(ToBroker::Log(_, line)) if line.contains(containing) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no log line with {containing:?}: {e}"),
+                Some(ToBroker::Log(_, line)) if line.contains(containing) => return line,
+                Some(_) => {}
+                None => panic!("no log line with {containing:?}"),
             }
         }
     }

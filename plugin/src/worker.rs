@@ -11,7 +11,7 @@ mod routing;
 mod sessions;
 mod start;
 
-use crate::bus::{Level, Outbound, Outgoing, ToBroker, ToWorker};
+use crate::bus::{Level, Outbound, Outgoing, ToBroker, ToBrokerSender, ToWorker};
 use crate::config::Config;
 use crate::dht::{DhtJob, DhtThread};
 use crate::drops::{Drops, Reason};
@@ -27,7 +27,7 @@ use crate::state::{Destination, Saved, Unsent};
 use crate::twister::{Client, Twister, TwisterError};
 use crate::wake::Doorbell;
 use crate::wire::{self, Message};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +56,7 @@ pub struct Worker {
     cfg: Arc<Config>,
     rpc: Client,
     inbox: Receiver<ToWorker>,
-    to_broker: Sender<ToBroker>,
+    to_broker: ToBrokerSender,
     dht: DhtThread,
     interest: Interest,
     remote: BTreeMap<String, Vec<String>>,
@@ -125,7 +125,7 @@ impl Worker {
         cfg: Arc<Config>,
         rpc: Box<dyn Twister>,
         inbox: Receiver<ToWorker>,
-        to_broker: Sender<ToBroker>,
+        to_broker: ToBrokerSender,
         start: Start,
     ) -> Self {
         let now = Instant::now();

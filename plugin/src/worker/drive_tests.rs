@@ -58,7 +58,7 @@ impl Twister for Fake {
     }
 }
 
-fn worker(script: &Arc<Mutex<Script>>) -> (Worker, Receiver<ToBroker>) {
+fn worker(script: &Arc<Mutex<Script>>) -> (Worker, crate::bus::FromWorker) {
     let opts: Vec<(String, String)> = [
         ("rpc_user", "u"),
         ("rpc_password", "p"),
@@ -70,7 +70,7 @@ fn worker(script: &Arc<Mutex<Script>>) -> (Worker, Receiver<ToBroker>) {
     .collect();
     let cfg = Arc::new(crate::config::parse(&opts).unwrap());
     let (_to_worker, inbox) = crossbeam_channel::bounded(16);
-    let (to_broker, from_worker) = crossbeam_channel::bounded(1024);
+    let (to_broker, from_worker) = crate::bus::to_broker(1024, 1024);
     let (dht_tx, _) = crossbeam_channel::bounded(16);
     let health = Arc::new(Health::default());
     let dht = DhtThread::spawn(
