@@ -263,6 +263,13 @@ fn subscription_and_session_events_reach_the_worker() {
         s.inbox.try_recv(),
         Ok(ToWorker::Session { client, event: SessionEvent::Offline }) if client == "c1"
     ));
+    // 2.1's PERSIST_CLIENT_DELETE: the session is gone (asked for only without persistence).
+    assert!(s.plugin.wants_session_deletions());
+    s.plugin.session_deleted("c1");
+    assert!(matches!(
+        s.inbox.try_recv(),
+        Ok(ToWorker::Session { client, event: SessionEvent::Ended }) if client == "c1"
+    ));
 }
 
 #[test]
@@ -339,4 +346,62 @@ fn log_lines_dropped_for_want_of_room_are_counted_in_one_line() {
         reports[0].contains("mqtt-twister: 7 log lines dropped"),
         "{reports:?}"
     );
+}
+
+/// The spool's segments in memory (the host maps the files).
+struct InMemory;
+
+struct Buffer(Vec<u8>);
+
+impl crate::spool::Mapped for Buffer {
+    fn bytes(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl crate::spool::Storage for InMemory {
+    fn map(
+        &self,
+        _file: &std::fs::File,
+        len: usize,
+    ) -> std::io::Result<Box<dyn crate::spool::Mapped>> {
+        Ok(Box::new(Buffer(vec![0; len])))
+    }
+}
+
+#[test]
+fn with_the_spool_a_publish_without_room_is_refused_unacknowledged() {
+    for v21 in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        // max_queue 1: one message fills the worker's backlog.
+        let mut s = setup(v21, 1, AclAnswer::Defer);
+        let geometry = crate::spool::Geometry::new(1 << 20, 4096).unwrap();
+        let (_spool, appender, _) =
+            crate::spool::Spool::open(dir.path(), geometry, Box::new(InMemory)).unwrap();
+        let progress = s.plugin.worker.spool_progress();
+        s.plugin.spool = Some(Intake::new(appender, progress));
+        let answer =
+            |s: &mut Setup, qos, client| s.plugin.message(&message("doors/1", qos, client));
+        assert_eq!(answer(&mut s, 1, &MQTT311), MessageAnswer::Accept);
+        assert_eq!(queued(&s.outbound).len(), 1, "spooled and handed over");
+        // The worker has not taken it yet (its backlog is read from `set_backlog`).
+        s.outbound.set_backlog(1);
+        assert_eq!(
+            answer(&mut s, 0, &MQTT311),
+            MessageAnswer::Accept,
+            "QoS 0 shed"
+        );
+        assert_eq!(
+            answer(&mut s, 1, &MQTT311),
+            MessageAnswer::RefuseClosingConnection
+        );
+        let mqtt5 = if v21 {
+            MessageAnswer::RefuseQuotaExceeded
+        } else {
+            MessageAnswer::RefuseClosingConnection
+        };
+        // 2.1 refuses an MQTT 5 publisher before the spool, as without it.
+        assert_eq!(answer(&mut s, 2, &MQTT5), mqtt5);
+        assert!(queued(&s.outbound).is_empty());
+    }
 }
