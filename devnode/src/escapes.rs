@@ -1,4 +1,4 @@
-//! `\uXXXX` escapes as twisterd reads them. Its JSON reader (json_spirit 4.03 on `std::string`) keeps
+//! `\uhhhh` escapes as twisterd reads them. Its JSON reader (json_spirit 4.03 on `std::string`) keeps
 //! only the low byte of an escape: `\u00e9` becomes the single byte 0xE9 (not UTF-8, so `newpostmsg`
 //! refuses the text: "error signing post with private key of user"), `\u4e2d` becomes `-`. Clients
 //! that escape non-ASCII (Python's `json.dumps` does by default) break on twisterd; the dev node reads
@@ -11,7 +11,7 @@ fn hex(b: u8) -> Option<u16> {
     (b as char).to_digit(16).map(|d| d as u16)
 }
 
-/// The request body with every `\uXXXX` escape of 0x80 or more replaced by the byte twisterd makes
+/// The request body with every `\uhhhh` escape of 0x80 or more replaced by the byte twisterd makes
 /// of it (escaped again where JSON needs it). Borrowed when there is none.
 pub fn as_twisterd_reads(body: &[u8]) -> Cow<'_, [u8]> {
     let mut out: Option<Vec<u8>> = None;

@@ -6,7 +6,7 @@
 //! `worker`, the driver of the relay core `relay` (decisions without I/O: `relay::outbox` posts,
 //! `relay::inbox` reads), which it carries out through `twister` (the typed twisterd client); `dht`
 //! (profile interest). `route` decides where a local message goes. Pure logic: `config`, `topic`,
-//! `wire` (v1, poc; `wire_v2` for the dense v2), `interest`, `state`, `access`, `startup`, `held`,
+//! `wire` (v1, poc, and `wire::dense` for v2), `interest`, `state`, `access`, `startup`, `held`,
 //! `qos2`. The exported symbols below are one-line shims into `host::entry`.
 
 pub mod access;
@@ -36,7 +36,6 @@ pub mod twister;
 pub mod wake;
 pub mod watch;
 pub mod wire;
-pub mod wire_v2;
 pub mod worker;
 
 pub mod host;

@@ -18,7 +18,7 @@
 //!   another. NUL is still left out here (C-string handling in other clients).
 //! - `@` and `#` at the start of a word make twisterd put a mention or hashtag into the DHT
 //!   (`dispatchHM`): left out.
-//! - Non-ASCII must be sent as raw UTF-8, never as `\uXXXX` escapes: twisterd's JSON reader keeps only
+//! - Non-ASCII must be sent as raw UTF-8, never as `\uhhhh` escapes: twisterd's JSON reader keeps only
 //!   the low byte of an escape (`\u00e9` becomes the invalid byte 0xE9, `\u4e2d` becomes `-`).
 //!   serde_json writes non-ASCII raw.
 //! So the densest safe text is every one-byte character but NUL, `@` and `#` (125) plus the two-byte

@@ -118,7 +118,7 @@ fn parse_reply(body: &str) -> Result<Value, TwisterError> {
     }
 }
 
-/// A request as sent. Non-ASCII characters go raw (UTF-8), never as `\uXXXX`: twisterd's JSON reader
+/// A request as sent. Non-ASCII characters go raw (UTF-8), never as `\uhhhh`: twisterd's JSON reader
 /// keeps only the low byte of an escape, which would break the dense wire format's two-byte
 /// characters. Control characters are escaped (`\u0001`), which twisterd reads back exactly.
 fn request_body(method: &str, params: Value) -> String {

@@ -412,9 +412,9 @@ impl Outbox {
         };
         let format = self.settings.wire_format;
         let packed = match format {
-            // v2 is packed by `wire_v2::pack`, which makes and measures its text itself.
+            // v2 is packed by `wire::dense::pack`, which makes and measures its text itself.
             WireFormat::V2 => {
-                crate::wire_v2::pack(items.iter().map(|i| i.encoded.as_str()), self.seq, budget)
+                crate::wire::dense::pack(items.iter().map(|i| i.encoded.as_str()), self.seq, budget)
             }
             _ => Some(packing::fit(format, self.seq, items, budget))
                 .filter(|n| *n > 0)

@@ -1,4 +1,4 @@
-//! What a post or DM carries. Two formats are read: the 2014 proof-of-concept's one message per post,
+//! The JSON formats a post or DM carries, and the types every format decodes into. Two are read here: the 2014 proof-of-concept's one message per post,
 //! `{"topic": .., "payload": <base64>, "qos": n}`, and the project's envelope, version 1:
 //!
 //! `{"v":1,"s":<sequence>,"m":[{"t":<topic>,"p":<base64>,"q":<qos>[,"r":1]}, ...]}`
@@ -260,33 +260,8 @@ fn fragment_of(f: &Value) -> Option<Fragment> {
     })
 }
 
-/// Reads a post's or DM's whole text (`msg` + `msg2`): whole messages only.
-pub fn decode(text: &str) -> Result<Vec<Message>, WireError> {
-    decode_items(text)?
-        .into_iter()
-        .map(|it| {
-            if it.fragment.is_some() {
-                Err(WireError::NotMqtt)
-            } else {
-                Ok(it.message)
-            }
-        })
-        .collect()
-}
-
-/// Reads a post's or DM's whole text from the network: messages and fragments of messages. Never
-/// panics, and bounded: a text longer than any post is refused unread.
-pub fn decode_items(text: &str) -> Result<Vec<Item>, WireError> {
-    if text.len() > MAX_TEXT_BYTES {
-        return Err(WireError::TooLong(text.len()));
-    }
-    if crate::wire_v2::is_dense(text) {
-        return crate::wire_v2::decode_items(text);
-    }
-    parse_items(text)
-}
-
-fn parse_items(text: &str) -> Result<Vec<Item>, WireError> {
+/// Reads a JSON text: an envelope of version 1 or a proof-of-concept message.
+pub(super) fn parse_items(text: &str) -> Result<Vec<Item>, WireError> {
     // serde_json refuses nesting deeper than 128 levels: no recursion without bound.
     let v: Value = serde_json::from_str(text).map_err(|_| WireError::NotJson)?;
     if !v.is_object() {
@@ -323,6 +298,7 @@ fn parse_items(text: &str) -> Result<Vec<Item>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{decode, decode_items};
 
     fn msg(topic: &str, payload: &[u8], qos: u8, retain: bool) -> Message {
         Message {

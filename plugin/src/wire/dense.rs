@@ -2,7 +2,7 @@
 //! into `wire::Item`s, and packing the worker's queued items (v1 item texts, the queue's neutral form)
 //! into one v2 post or DM.
 
-use crate::wire::{self, Fragment, Item, Message, WireError};
+use super::json::{self as wire, Fragment, Item, Message, WireError};
 use mqtt_twister_wire as v2;
 
 /// True for a text `decode_items` must read as v2 (or a later dense version): `{"v":N}` then data.
@@ -114,7 +114,7 @@ mod tests {
         );
         assert!(!text.contains(['@', '#', '\0']));
         assert!(is_dense(&text));
-        assert_eq!(wire::decode(&text).unwrap(), batch);
+        assert_eq!(crate::wire::decode(&text).unwrap(), batch);
     }
 
     #[test]
@@ -128,7 +128,7 @@ mod tests {
             parts.len(),
             "repetitive fragments compress into one post"
         );
-        let items = wire::decode_items(&text).unwrap();
+        let items = crate::wire::decode_items(&text).unwrap();
         assert_eq!(items.len(), parts.len());
         assert_eq!(items[1].fragment.map(|f| (f.id, f.index)), Some((77, 1)));
     }
@@ -136,10 +136,10 @@ mod tests {
     #[test]
     fn other_dense_versions_are_named_and_garbage_is_an_error() {
         assert_eq!(
-            wire::decode_items("{\"v\":3}xyz"),
+            crate::wire::decode_items("{\"v\":3}xyz"),
             Err(WireError::Version(3))
         );
-        assert!(wire::decode_items("{\"v\":2}@@").is_err());
+        assert!(crate::wire::decode_items("{\"v\":2}@@").is_err());
         assert!(!is_dense(r#"{"v":1,"m":[]}"#) && !is_dense(r#"{"topic":"a"}"#));
     }
 }
