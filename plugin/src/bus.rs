@@ -116,8 +116,11 @@ pub struct FromWorker {
 impl FromWorker {
     /// The next log line, else the next message to publish; never blocks.
     pub fn try_recv(&self) -> Option<ToBroker> {
-        if let Ok((level, line)) = self.logs.try_recv() {
-            return Some(ToBroker::Log(level, line));
+        // Two loads when there is no line: TICK runs on every turn of the broker's loop.
+        if !self.logs.is_empty() {
+            if let Ok((level, line)) = self.logs.try_recv() {
+                return Some(ToBroker::Log(level, line));
+            }
         }
         self.publish.try_recv().ok().map(ToBroker::Publish)
     }

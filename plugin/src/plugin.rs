@@ -203,6 +203,7 @@ impl Plugin {
     /// else's messages still pass. With the spool, a QoS 1/2 publish the spool cannot take is refused
     /// unacknowledged: "quota exceeded" where the client understands it, else its connection closed
     /// (it resends after reconnecting).
+    #[inline(always)]
     pub fn message(&mut self, ev: &MessageEvent<impl Client>) -> MessageAnswer {
         let route = self.cfg.router.route(ev.topic);
         if route.is_empty() {
@@ -258,6 +259,7 @@ impl Plugin {
     }
 
     /// ACL_CHECK (2.0): answers every check as configured, and tells the worker about subscriptions.
+    #[inline(always)]
     pub fn acl_check(&mut self, ev: &AclCheckEvent<impl Client>) -> AclVerdict {
         let verdict = match self.acl {
             AclAnswer::Defer => AclVerdict::Defer,
@@ -376,6 +378,7 @@ impl Plugin {
 
     /// Says how many log lines were dropped for want of room in their channel (at most every
     /// DROP_REPORT_EVERY; one atomic load otherwise).
+    #[inline]
     fn report_lost_log_lines(&mut self, broker: &impl Broker) {
         let lost = self.worker.from_worker.logs_dropped();
         if lost == self.logs_dropped_reported

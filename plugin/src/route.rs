@@ -10,7 +10,8 @@ use crate::topic;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleSet {
     first: u64,
-    rest: Vec<u64>,
+    /// Rules 64 and up; None in the usual configuration, so a route is two words and drops for free.
+    rest: Option<Box<[u64]>>,
 }
 
 impl RuleSet {
@@ -19,10 +20,12 @@ impl RuleSet {
         match rule / 64 {
             0 => self.first |= bit,
             word => {
-                if self.rest.len() < word {
-                    self.rest.resize(word, 0);
+                let mut rest = self.rest.take().map(Vec::from).unwrap_or_default();
+                if rest.len() < word {
+                    rest.resize(word, 0);
                 }
-                self.rest[word - 1] |= bit;
+                rest[word - 1] |= bit;
+                self.rest = Some(rest.into_boxed_slice());
             }
         }
     }
@@ -30,19 +33,28 @@ impl RuleSet {
     pub fn contains(&self, rule: usize) -> bool {
         let word = match rule / 64 {
             0 => self.first,
-            w => self.rest.get(w - 1).copied().unwrap_or(0),
+            w => self
+                .rest
+                .as_deref()
+                .and_then(|r| r.get(w - 1))
+                .copied()
+                .unwrap_or(0),
         };
         word & (1u64 << (rule % 64)) != 0
     }
 
     pub fn is_empty(&self) -> bool {
-        self.first == 0 && self.rest.iter().all(|w| *w == 0)
+        self.first == 0
+            && self
+                .rest
+                .as_deref()
+                .is_none_or(|r| r.iter().all(|w| *w == 0))
     }
 
     /// The rules in the set, in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         std::iter::once(self.first)
-            .chain(self.rest.iter().copied())
+            .chain(self.rest.iter().flat_map(|r| r.iter().copied()))
             .enumerate()
             .flat_map(|(w, word)| {
                 (0..64)
@@ -121,25 +133,22 @@ impl Router {
 
     /// Where a local message on `topic` goes (empty: it stays on this broker). Runs in the MESSAGE
     /// callback: no allocation with up to 64 private rules.
+    #[inline(always)]
     pub fn route(&self, topic: &str) -> Route {
-        let mut route = Route::default();
+        let (t, mut public, mut private_rules) = (topic.as_bytes(), false, RuleSet::default());
         for f in &self.filters {
-            if f.target == Target::Public && route.public {
-                continue;
-            }
-            if !topic
-                .as_bytes()
-                .starts_with(&f.filter.as_bytes()[..f.literal])
-                || !topic::matches(&f.filter, topic)
+            if t.starts_with(&f.filter.as_bytes()[..f.literal]) && topic::matches(&f.filter, topic)
             {
-                continue;
-            }
-            match f.target {
-                Target::Public => route.public = true,
-                Target::Private(i) => route.private_rules.insert(i),
+                match f.target {
+                    Target::Public => public = true,
+                    Target::Private(i) => private_rules.insert(i),
+                }
             }
         }
-        route
+        Route {
+            public,
+            private_rules,
+        }
     }
 }
 

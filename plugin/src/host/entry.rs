@@ -21,9 +21,11 @@ pub type PluginId = mosquitto_plugin_id_t;
 pub type Opt = mosquitto_opt;
 
 impl Callbacks for Plugin {
+    #[inline(always)]
     fn message(&mut self, ev: &MessageEvent<ClientRef>) -> MessageAnswer {
         Plugin::message(self, ev)
     }
+    #[inline(always)]
     fn acl_check(&mut self, ev: &AclCheckEvent<ClientRef>) -> AclVerdict {
         Plugin::acl_check(self, ev)
     }

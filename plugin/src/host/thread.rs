@@ -54,6 +54,7 @@ fn _assert_not_send_nor_sync() {
 /// A borrowed C string as UTF-8, or None.
 ///
 /// SAFETY (for callers): `p` is null or points to a NUL-terminated string alive for `'a`.
+#[inline(always)]
 pub(super) unsafe fn str_of<'a>(p: *const c_char) -> Option<&'a str> {
     if p.is_null() {
         return None;
