@@ -16,6 +16,7 @@
 
 pub mod inbox;
 pub mod outbox;
+pub mod retained;
 pub mod session;
 pub mod timers;
 
