@@ -6,8 +6,8 @@
 //! `worker`, the driver of the relay core `relay` (decisions without I/O: `relay::outbox` posts,
 //! `relay::inbox` reads), which it carries out through `twister` (the typed twisterd client); `dht`
 //! (profile interest). `route` decides where a local message goes. Pure logic: `config`, `topic`,
-//! `wire` (v1, poc, and `wire::dense` for v2), `interest`, `state`, `access`, `startup`, `held`,
-//! `qos2`. The exported symbols below are one-line shims into `host::entry`.
+//! `wire` (v1, poc, and `wire::dense` for v2), `interest`, `state`, `access`, `startup`, `qos2`.
+//! The exported symbols below are one-line shims into `host::entry`.
 
 pub mod access;
 pub mod bus;
@@ -18,10 +18,8 @@ pub mod drops;
 #[cfg(test)]
 mod fuzz;
 pub mod health;
-pub mod held;
 pub mod interest;
 pub mod plugin;
-pub mod private_hold;
 pub mod qos2;
 pub mod ratelimit;
 pub mod reassembly;

@@ -4,9 +4,11 @@
 //!
 //! `WorkerHandle` is what the broker side holds; `Worker` is the actor behind it.
 
+mod calls;
 mod drive;
 #[cfg(test)]
 mod drive_tests;
+mod persist;
 mod routing;
 mod sessions;
 mod start;
@@ -16,17 +18,17 @@ use crate::config::Config;
 use crate::dht::{DhtJob, DhtThread};
 use crate::drops::{Drops, Reason};
 use crate::health::Health;
-use crate::held::Held;
 use crate::interest::{Interest, RestoredSessions};
-use crate::private_hold::{interested_recipients, PrivateHold};
 use crate::relay::inbox::Inbox;
-use crate::relay::outbox::{Outbox, Queued, Settings};
+use crate::relay::interest::local::Subscriptions;
+use crate::relay::interest::private::PrivateForwards;
+use crate::relay::outbox::{Outbox, Settings};
 use crate::relay::session::Session;
 use crate::relay::timers::{Timer, Timers};
-use crate::state::{Destination, Saved, Unsent};
+use crate::state::Saved;
 use crate::twister::{Client, Twister, TwisterError};
 use crate::wake::Doorbell;
-use crate::wire::{self, Message};
+use crate::wire::Message;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,12 +36,8 @@ use std::time::{Duration, Instant};
 
 /// How often changed state (post number, read positions) is written to the state file.
 const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the worker keeps trying to send what is queued when the broker stops.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
-/// After a restart, how long messages only a previous run's subscriptions wanted wait for their clients
-/// to subscribe again.
-pub const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Counters {
@@ -58,12 +56,10 @@ pub struct Worker {
     inbox: Receiver<ToWorker>,
     to_broker: ToBrokerSender,
     dht: DhtThread,
-    interest: Interest,
-    remote: BTreeMap<String, Vec<String>>,
-    remote_known: bool,
-    interest_answered: std::collections::BTreeSet<String>,
-    /// Private forwards waiting for a recipient's interest (`crate::hold`).
-    held_private: PrivateHold,
+    /// Our subscriptions, profile writes, the wait for the last run's (`crate::relay::interest`).
+    local: Subscriptions,
+    /// The private recipients' interest and the private forwards held for it.
+    private: PrivateForwards,
     saved: Saved,
     state_dirty: bool,
     ready: bool,
@@ -74,7 +70,6 @@ pub struct Worker {
     /// Posting: queues, numbers, budget, fragments (`crate::relay::outbox`), driven by `drive_outbox`.
     outbox: Outbox,
     drops: Drops,
-    profile_backoff: Duration,
     trouble: Option<String>,
     said_once: Vec<String>,
     pub counters: Counters,
@@ -87,8 +82,6 @@ pub struct Worker {
     incoming: Inbox,
     /// Messages were handed to the broker since the doorbell last rang.
     ring_pending: bool,
-    /// Messages from the network waiting for a previous run's subscriptions to come back.
-    held: Held,
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -162,36 +155,34 @@ impl Worker {
             counters.outbox,
         );
         let restarted = interest.is_some();
+        let local = Subscriptions::new(
+            interest.unwrap_or_else(|| Interest::new(&cfg.subscribe)),
+            cfg.profile_debounce,
+            // The profile write the last worker waited for may never be answered to this one.
+            restarted,
+            now,
+        );
         let mut w = Worker {
-            interest: interest.unwrap_or_else(|| Interest::new(&cfg.subscribe)),
+            local,
+            private: PrivateForwards::new(&cfg.private, cfg.interest_refresh),
             cfg,
             rpc: Client::new(rpc),
             inbox,
             to_broker,
             dht,
-            remote: BTreeMap::new(),
-            remote_known: false,
-            interest_answered: Default::default(),
-            held_private: PrivateHold::default(),
             saved: saved.unwrap_or_default(),
             state_dirty: false,
             ready: false,
             session,
             timers: {
                 let mut t = Timers::default();
-                for timer in [
-                    Timer::Startup,
-                    Timer::Refollow,
-                    Timer::Poll,
-                    Timer::InterestRefresh,
-                ] {
+                for timer in [Timer::Startup, Timer::Refollow, Timer::Poll] {
                     t.set(timer, now);
                 }
                 t
             },
             outbox,
             drops,
-            profile_backoff: Duration::from_millis(500),
             trouble: None,
             said_once: Vec::new(),
             counters,
@@ -201,7 +192,6 @@ impl Worker {
             last_save: now,
             incoming,
             ring_pending: false,
-            held: Held::default(),
         };
         if w.cfg.state_file.is_some() && !state_found {
             w.log(
@@ -210,10 +200,6 @@ impl Worker {
             );
         }
         w.restore_unsent();
-        if restarted {
-            // The profile write the last worker waited for may never be answered to this one.
-            w.interest_changed();
-        }
         if let Some(restored) = restored {
             w.restore_interest(&restored);
         }
@@ -231,114 +217,13 @@ impl Worker {
         Start {
             saved: Some(saved),
             restored: None,
-            interest: Some(std::mem::take(&mut self.interest)),
+            interest: Some(self.local.take_interest()),
             counters: self.counters(),
             drops: std::mem::take(&mut self.drops),
             dht: self.dht.take(),
             doorbell: std::mem::replace(&mut self.doorbell, Doorbell::new(None, String::new())),
             health: self.health.clone(),
         }
-    }
-
-    /// Queues again what a previous run accepted but could not post before it stopped.
-    fn restore_unsent(&mut self) {
-        let unsent = std::mem::take(&mut self.saved.unsent);
-        if unsent.is_empty() {
-            return;
-        }
-        let n = unsent.len();
-        let now = Instant::now();
-        for u in unsent {
-            let to = match u.to {
-                Destination::Public => None,
-                Destination::Direct(user) => Some(user),
-                Destination::Undecided => {
-                    if let Some(it) = wire::item_message(&u.item) {
-                        // Kept across a restart without its route: routed by the configuration now.
-                        let route = self.cfg.router.route(&it.message.topic);
-                        let out = Outgoing {
-                            message: it.message,
-                            route,
-                        };
-                        self.held_private.push(now, out);
-                    }
-                    continue;
-                }
-            };
-            if let Some(item) = Queued::restored(&u.item, self.cfg.wire_format) {
-                self.outbox.push(item, to, now);
-            }
-        }
-        self.state_dirty = true;
-        self.log(
-            Level::Notice,
-            format!("{n} messages not posted before the last stop are queued again"),
-        );
-    }
-
-    /// Everything still queued, as it is kept in the state file.
-    fn unsent(&self) -> Vec<Unsent> {
-        let mut out = self.outbox.unsent();
-        out.extend(self.held_private.messages().map(|m| Unsent {
-            to: Destination::Undecided,
-            item: wire::encode_item(m),
-        }));
-        out
-    }
-
-    fn log(&self, level: Level, msg: impl Into<String>) {
-        let _ = self.to_broker.try_send(ToBroker::Log(
-            level,
-            format!("mqtt-twister: {}", msg.into()),
-        ));
-    }
-
-    /// Logs `msg` only the first time `key` is seen.
-    fn log_once(&mut self, key: &str, level: Level, msg: impl Into<String>) {
-        if !self.said_once.iter().any(|k| k == key) {
-            self.said_once.push(key.to_string());
-            self.log(level, msg);
-        }
-    }
-
-    /// Logs an RPC failure once per change of state (the error's kind), naming the method that met it.
-    fn rpc_failed(&mut self, method: &str, e: &TwisterError) {
-        let kind = e.kind();
-        if self.trouble.as_deref() != Some(kind.as_str()) {
-            self.log(
-                Level::Error,
-                format!("twisterd call {method} failed: {e}; retrying with backoff"),
-            );
-            self.trouble = Some(kind);
-        }
-    }
-
-    fn rpc_ok(&mut self) {
-        if self.trouble.take().is_some() {
-            self.log(Level::Notice, "twisterd answers again");
-        }
-    }
-
-    /// One typed call (`method` names it in the log), with the heartbeat and the log of trouble.
-    fn call<T>(
-        &mut self,
-        method: &str,
-        call: impl FnOnce(&Client) -> Result<T, TwisterError>,
-    ) -> Result<T, TwisterError> {
-        // Once the broker stops, nothing but the shutdown's last posts waits on twisterd.
-        if self.health.stopping() && !self.stopping {
-            return Err(TwisterError::Transport("the broker is stopping".into()));
-        }
-        self.health.beat(Instant::now());
-        let r = call(&self.rpc);
-        self.health.beat(Instant::now());
-        match &r {
-            Ok(_) => self.rpc_ok(),
-            // An RPC error is an answer: twisterd is up.
-            Err(TwisterError::Refused { .. }) => self.rpc_ok(),
-            Err(e) => self.rpc_failed(method, e),
-        }
-        r
     }
 
     /// Serves until the broker stops it (after a shutdown: flushed and saved).
@@ -408,23 +293,17 @@ impl Worker {
             at(Timer::Startup);
             return d.max(now);
         }
-        for timer in [
-            Timer::Poll,
-            Timer::InterestRefresh,
-            Timer::ResubscribeGrace,
-            Timer::Profile,
-        ] {
-            at(timer);
-        }
+        at(Timer::Poll);
         if !self.session.unfollowed().is_empty() {
             at(Timer::Refollow);
         }
-        if let Some(f) = self.outbox.poll_timeout(now) {
-            d = d.min(f);
-        }
-        if self.remote_known {
-            if let Some(h) = self.held_private.next_deadline() {
-                d = d.min(h);
+        for relay in [
+            self.outbox.poll_timeout(now),
+            self.local.poll_timeout(),
+            self.private.poll_timeout(),
+        ] {
+            if let Some(t) = relay {
+                d = d.min(t);
             }
         }
         d.max(now)
@@ -444,100 +323,34 @@ impl Worker {
         }
         self.outbox.handle_timeout(Instant::now());
         self.drive_outbox();
-        if self.timers.due(Timer::Profile, now) {
-            self.timers.clear(Timer::Profile);
-            self.dht.send(DhtJob::WriteProfile(self.interest.filters()));
-        }
-        if self.timers.due(Timer::InterestRefresh, now) {
-            // Always moved on: a deadline left in the past would make the worker spin.
-            self.timers
-                .set(Timer::InterestRefresh, now + self.cfg.interest_refresh);
-            let recipients = self.private_recipients();
-            if !recipients.is_empty() {
-                self.dht.send(DhtJob::ReadInterest(recipients));
-            }
-        }
+        self.local.handle_timeout(now);
+        self.drive_local();
+        self.private.handle_timeout(now);
+        self.drive_private();
         if !self.session.unfollowed().is_empty() && self.timers.due(Timer::Refollow, now) {
             self.refollow();
         }
-        self.end_resubscribe_grace(now);
-        self.expire_held(now);
         self.save_state();
     }
 
-    fn private_recipients(&self) -> Vec<String> {
-        let mut users: Vec<String> = self
-            .cfg
-            .private
-            .iter()
-            .flat_map(|r| r.users.iter().cloned())
-            .collect();
-        users.sort();
-        users.dedup();
-        users
-    }
-
-    // ----- events from the broker -----
+    // ----- events from the broker and the DHT thread -----
 
     fn handle(&mut self, m: ToWorker) {
+        let now = Instant::now();
         match m {
-            ToWorker::Subscribe { client, filter } => {
-                let changed = self.interest.subscribe(&client, &filter);
-                self.sessions_changed(changed);
-            }
+            ToWorker::Subscribe { client, filter } => self.local.subscribe(&client, &filter, now),
             ToWorker::Unsubscribe { client, filter } => {
-                let changed = self.interest.unsubscribe(&client, &filter);
-                self.sessions_changed(changed);
+                self.local.unsubscribe(&client, &filter, now)
             }
-            ToWorker::Session { client, event } => {
-                let changed = self.interest.session(&client, event);
-                self.sessions_changed(changed);
-            }
+            ToWorker::Session { client, event } => self.local.session(&client, event, now),
             ToWorker::RemoteInterest { user, filters } => {
-                let first = self.interest_answered.insert(user.clone());
-                if first || self.remote.get(&user) != filters.as_ref() {
-                    let what = match &filters {
-                        Some(f) => format!("{f:?}"),
-                        None => "none published".into(),
-                    };
-                    self.log(Level::Info, format!("interest of recipient {user}: {what}"));
-                }
-                match filters {
-                    Some(f) => self.remote.insert(user, f),
-                    None => self.remote.remove(&user),
-                };
-                let now_known = !self.remote_known
-                    && self
-                        .private_recipients()
-                        .iter()
-                        .all(|u| self.interest_answered.contains(u));
-                if now_known {
-                    self.remote_known = true;
-                }
-                if self.remote_known {
-                    self.route_held(now_known);
-                }
+                self.private.interest_read(user, filters, now);
+                return self.drive_private();
             }
-            ToWorker::Shutdown | ToWorker::Wake => {}
-            ToWorker::ProfileWritten(Ok(())) => self.profile_backoff = Duration::from_millis(500),
-            ToWorker::ProfileWritten(Err(e)) => {
-                self.log(
-                    Level::Warning,
-                    format!("writing our interest to the Twister profile failed: {e}; retrying"),
-                );
-                self.timers
-                    .set(Timer::Profile, Instant::now() + self.profile_backoff);
-                self.profile_backoff = (self.profile_backoff * 2).min(MAX_BACKOFF);
-            }
+            ToWorker::ProfileWritten(result) => self.local.profile_written(result, now),
+            ToWorker::Shutdown | ToWorker::Wake => return,
         }
-    }
-
-    fn interest_changed(&mut self) {
-        // Debounced: a burst of SUBSCRIBEs makes one profile write.
-        let due = Instant::now() + self.cfg.profile_debounce;
-        if self.timers.get(Timer::Profile).is_none() {
-            self.timers.set(Timer::Profile, due);
-        }
+        self.drive_local();
     }
 
     // ----- inbound -----
@@ -570,97 +383,8 @@ impl Worker {
             );
             return;
         }
-        // Retained messages are kept even with no subscriber now, for those who come later.
-        let wanted = m.retain || self.interest.wants(&m.topic);
-        let may_come_back =
-            self.timers.get(Timer::ResubscribeGrace).is_some() && self.interest.may_want(&m.topic);
-        if may_come_back {
-            // Injected too when wanted: a copy for a session the broker may have lost.
-            self.held.hold(m.clone(), wanted);
-        }
-        if wanted {
+        if self.local.deliver(&m) {
             self.inject(m);
         }
-    }
-
-    /// Writes the state file when something changed, at most every STATE_SAVE_EVERY.
-    fn save_state(&mut self) {
-        if self.state_dirty && self.last_save.elapsed() >= STATE_SAVE_EVERY {
-            self.save_state_now();
-        }
-    }
-
-    fn save_state_now(&mut self) {
-        if !self.state_dirty {
-            return;
-        }
-        self.last_save = Instant::now();
-        self.saved.interest = self.interest.saved();
-        self.saved.next_k = self.outbox.next_k();
-        self.saved.seq = self.outbox.seq();
-        self.saved.cursors = self.incoming.cursors().clone();
-        let Some(path) = self.cfg.state_file.clone() else {
-            self.state_dirty = false;
-            return;
-        };
-        match self.saved.save(&path) {
-            Ok(()) => self.state_dirty = false,
-            Err(e) => self.log_once(
-                "state-write",
-                Level::Error,
-                format!("{e}: a restart may replay or reuse post numbers"),
-            ),
-        }
-    }
-
-    fn shutdown(&mut self, outbound: &Outbound) {
-        self.stopping = true;
-        let handed = outbound.spool_progress().handed_so_far();
-        while let Some(m) = outbound.take() {
-            self.outbound(m);
-        }
-        // Counted from the broker's request: the broker waits only so long (supervise::STOP_WAIT).
-        let asked = self.health.stop_asked_at().unwrap_or_else(Instant::now);
-        let until = asked + SHUTDOWN_FLUSH;
-        if self.ready {
-            while self.queued() > 0 && Instant::now() < until {
-                let before = self.queued();
-                self.outbox.flush_now(1, Instant::now());
-                self.drive_outbox();
-                if self.queued() == before {
-                    break;
-                }
-            }
-        }
-        self.outbox.stop();
-        self.drive_outbox();
-        if self.queued() > 0 {
-            let kept = if self.cfg.state_file.is_some() {
-                "kept in the state file for the next start"
-            } else {
-                "lost: no plugin_opt_state_file"
-            };
-            self.log(
-                Level::Warning,
-                format!(
-                    "stopping with {} messages not yet posted ({kept})",
-                    self.queued()
-                ),
-            );
-        }
-        self.saved.unsent = self.unsent();
-        self.saved.clean_stop = true;
-        self.state_dirty = true;
-        self.save_state_now();
-        if self.queued() == 0 || (self.cfg.state_file.is_some() && !self.state_dirty) {
-            // Posted, or kept in the state file: not replayed from the spool.
-            outbound.spool_progress().taken(handed);
-        }
-        let c = self.counters();
-        self.log(Level::Notice, format!(
-            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}, internal errors {}",
-            c.forwarded, c.outbox.posts, c.outbox.dms, c.received, c.injected, c.inbox.malformed, self.drops.dropped(), self.drops.summary(), c.outbox.unknown_outcomes, c.outbox.budget_waits, self.health.internal_errors()
-        ));
-        self.dht.stop();
     }
 }

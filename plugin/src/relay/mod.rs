@@ -10,11 +10,17 @@
 //! - `session`: start-up: wallet, registration, follows, then twisterd's numbers.
 //! - `outbox`: typed outgoing messages in, posts and DMs out: batching at the exact post size, `k`
 //!   numbering, the post budget, fragments, posts of unknown outcome.
+//! - `interest`: our subscriptions and profile writes (`interest::local`), the private recipients'
+//!   interest and where private forwards go (`interest::private`).
+//! - `hold`: messages waiting for interest that may come (a previous run's subscriptions, a private
+//!   recipient's), bounded, with their deadlines.
 //!
-//! The driver (today `crate::worker`) carries the effects out with the typed client
-//! (`crate::twister::Client`) and feeds each reply back with the id of its request.
+//! The driver (`crate::worker`) carries the effects out with the typed client
+//! (`crate::twister::Client`) and the DHT thread (`crate::dht`), and feeds each reply back.
 
+pub mod hold;
 pub mod inbox;
+pub mod interest;
 pub mod outbox;
 pub mod retained;
 pub mod session;

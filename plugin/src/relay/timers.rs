@@ -15,15 +15,9 @@ pub enum Timer {
     Poll,
     /// Following users who were not registered yet, again.
     Refollow,
-    /// Writing our interest to the profile (debounced, or retried).
-    Profile,
-    /// Reading the private recipients' interest again.
-    InterestRefresh,
-    /// The end of the wait for the last run's subscriptions to come back.
-    ResubscribeGrace,
 }
 
-const TIMERS: usize = 7;
+const TIMERS: usize = 4;
 
 #[derive(Debug, Default, Clone)]
 pub struct Timers {

@@ -1,9 +1,12 @@
 //! The worker as the driver of the relay core (`crate::relay`): it carries out each effect of the
-//! outbox and the inbox with the typed twisterd client and feeds the reply back, until neither has
-//! anything left to ask. Calls are made one at a time, so at most one request is outstanding.
+//! outbox, the inbox and the interest with the typed twisterd client (or the DHT thread) and feeds the
+//! reply back, until none has anything left to ask. Calls are made one at a time, so at most one
+//! request is outstanding.
 
 use super::*;
 use crate::relay::inbox::{InboxEffect, InboxReply};
+use crate::relay::interest::local::LocalEffect;
+use crate::relay::interest::private::PrivateEffect;
 use crate::relay::{Effect, Reply};
 
 impl Worker {
@@ -100,6 +103,33 @@ impl Worker {
         }
     }
 
+    /// Carries out what our interest asks for: profile writes, held messages to publish.
+    pub(super) fn drive_local(&mut self) {
+        while let Some(effect) = self.local.poll_effect() {
+            match effect {
+                LocalEffect::WriteProfile(filters) => self.dht.send(DhtJob::WriteProfile(filters)),
+                LocalEffect::Inject(m) => self.inject(m),
+                LocalEffect::StateChanged => self.state_dirty = true,
+                LocalEffect::Log(level, line) => self.log(level, line),
+            }
+        }
+        if std::mem::take(&mut self.ring_pending) {
+            self.doorbell.ring();
+        }
+    }
+
+    /// Carries out what the private forwards ask for: reads of the recipients' interest, DMs.
+    pub(super) fn drive_private(&mut self) {
+        while let Some(effect) = self.private.poll_effect() {
+            match effect {
+                PrivateEffect::ReadInterest(users) => self.dht.send(DhtJob::ReadInterest(users)),
+                PrivateEffect::Send { message, to } => self.enqueue_to(&message, to),
+                PrivateEffect::Dropped(reason, detail) => self.drop_message(reason, detail),
+                PrivateEffect::Log(level, line) => self.log(level, line),
+            }
+        }
+    }
+
     /// The worker's counters with the outbox's and the inbox's.
     pub(super) fn counters(&self) -> Counters {
         Counters {
@@ -111,7 +141,7 @@ impl Worker {
 
     /// Messages waiting for a post, held private forwards included (`plugin_opt_max_queue`).
     pub(super) fn queued(&self) -> usize {
-        self.outbox.len() + self.held_private.len()
+        self.outbox.len() + self.private.held_len()
     }
 
     /// While out of budget: one `getinfo` per poll interval; posts as soon as a block allows.

@@ -85,15 +85,9 @@ impl Worker {
         }
         self.state_dirty = true;
         self.ready = true;
-        if self.interest.has_returning() {
-            self.timers
-                .set(Timer::ResubscribeGrace, Instant::now() + RESUBSCRIBE_GRACE);
-        }
-        self.timers.set(Timer::Profile, Instant::now());
-        self.timers.set(Timer::InterestRefresh, Instant::now());
-        if self.private_recipients().is_empty() {
-            self.remote_known = true;
-        }
+        let now = Instant::now();
+        self.local.start(now);
+        self.private.start(now);
         self.log(
             Level::Notice,
             format!(

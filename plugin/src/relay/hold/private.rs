@@ -3,40 +3,18 @@
 //! after the last read would lose every message until the next one. So such a message is held for a
 //! bounded grace period while the recipients' interest is read again at once (and every REREAD_EVERY
 //! while messages are held); it is routed as soon as an interest matches, or dropped and counted when
-//! the grace period ends.
+//! the grace period ends. This is the container and its clock; what to route is decided in
+//! `crate::relay::interest::private`.
 
 use crate::bus::Outgoing;
-use crate::config::PrivateRule;
-use crate::interest::any_matches;
-use crate::route::RuleSet;
 use crate::wire::Message;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How long a private message waits for a recipient's interest.
 pub const GRACE: Duration = Duration::from_secs(10);
 /// How often the recipients' interest is read again while messages wait.
 pub const REREAD_EVERY: Duration = Duration::from_secs(1);
-
-/// The recipients of `topic` listed by the rules it matched (`matched`, decided by the router) whose
-/// published interest matches it.
-pub fn interested_recipients(
-    rules: &[PrivateRule],
-    matched: &RuleSet,
-    remote: &BTreeMap<String, Vec<String>>,
-    topic_name: &str,
-) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for rule in matched.iter().filter_map(|i| rules.get(i)) {
-        for u in &rule.users {
-            let interested = remote.get(u).is_some_and(|f| any_matches(f, topic_name));
-            if interested && !out.contains(u) {
-                out.push(u.clone());
-            }
-        }
-    }
-    out
-}
 
 #[derive(Default)]
 pub struct PrivateHold {
@@ -108,6 +86,7 @@ impl PrivateHold {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::RuleSet;
 
     fn msg(topic: &str) -> Outgoing {
         let mut private_rules = RuleSet::default();
@@ -124,36 +103,6 @@ mod tests {
                 private_rules,
             },
         }
-    }
-
-    fn first_rule() -> RuleSet {
-        let mut s = RuleSet::default();
-        s.insert(0);
-        s
-    }
-
-    fn rules() -> Vec<PrivateRule> {
-        vec![PrivateRule {
-            filter: "doors/#".into(),
-            users: vec!["bob".into(), "carol".into()],
-        }]
-    }
-
-    #[test]
-    fn only_listed_recipients_whose_interest_matches_are_chosen() {
-        let mut remote = BTreeMap::new();
-        remote.insert("bob".to_string(), vec!["doors/+".to_string()]);
-        remote.insert("carol".to_string(), vec!["windows/#".to_string()]);
-        remote.insert("dave".to_string(), vec!["#".to_string()]);
-        assert_eq!(
-            interested_recipients(&rules(), &first_rule(), &remote, "doors/front"),
-            vec!["bob"]
-        );
-        assert!(interested_recipients(&rules(), &first_rule(), &remote, "doors/a/b").is_empty());
-        assert!(
-            interested_recipients(&rules(), &RuleSet::default(), &remote, "lights/1").is_empty(),
-            "no rule"
-        );
     }
 
     #[test]

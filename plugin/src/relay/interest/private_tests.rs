@@ -1,0 +1,199 @@
+//! Private forwards' decisions with a fake clock: who gets a message, the hold while nobody wants it
+//! (reads of the interest, expiry), the interest becoming known, the refresh.
+
+use super::{interested_recipients, PrivateEffect, PrivateForwards, Routed};
+use crate::bus::Outgoing;
+use crate::config::PrivateRule;
+use crate::drops::Reason;
+use crate::relay::hold::private::{GRACE, REREAD_EVERY};
+use crate::route::{Route, RuleSet};
+use crate::wire::Message;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const REFRESH: Duration = Duration::from_secs(30);
+
+fn first_rule() -> RuleSet {
+    let mut s = RuleSet::default();
+    s.insert(0);
+    s
+}
+
+fn rules() -> Vec<PrivateRule> {
+    vec![PrivateRule {
+        filter: "doors/#".into(),
+        users: vec!["bob".into(), "carol".into()],
+    }]
+}
+
+fn out(topic: &str) -> Outgoing {
+    Outgoing {
+        message: Message {
+            topic: topic.into(),
+            payload: b"x".to_vec(),
+            qos: 1,
+            retain: false,
+        },
+        route: Route {
+            public: false,
+            private_rules: first_rule(),
+        },
+    }
+}
+
+fn effects(p: &mut PrivateForwards) -> Vec<PrivateEffect> {
+    std::iter::from_fn(|| p.poll_effect()).collect()
+}
+
+fn reads(e: &[PrivateEffect]) -> usize {
+    e.iter()
+        .filter(|e| **e == PrivateEffect::ReadInterest(vec!["bob".into(), "carol".into()]))
+        .count()
+}
+
+/// Started at `t0`, both recipients answered: bob wants `doors/+`, carol nothing.
+fn known(t0: Instant) -> PrivateForwards {
+    let mut p = PrivateForwards::new(&rules(), REFRESH);
+    p.start(t0);
+    p.handle_timeout(t0);
+    p.interest_read("bob".into(), Some(vec!["doors/+".into()]), t0);
+    p.interest_read("carol".into(), None, t0);
+    effects(&mut p);
+    p
+}
+
+#[test]
+fn only_listed_recipients_whose_interest_matches_are_chosen() {
+    let mut remote = BTreeMap::new();
+    remote.insert("bob".to_string(), vec!["doors/+".to_string()]);
+    remote.insert("carol".to_string(), vec!["windows/#".to_string()]);
+    remote.insert("dave".to_string(), vec!["#".to_string()]);
+    assert_eq!(
+        interested_recipients(&rules(), &first_rule(), &remote, "doors/front"),
+        vec!["bob"]
+    );
+    assert!(interested_recipients(&rules(), &first_rule(), &remote, "doors/a/b").is_empty());
+    assert!(
+        interested_recipients(&rules(), &RuleSet::default(), &remote, "lights/1").is_empty(),
+        "no rule"
+    );
+}
+
+#[test]
+fn the_interest_is_read_at_the_start_then_every_refresh_never_in_the_past() {
+    let t0 = Instant::now();
+    let mut p = PrivateForwards::new(&rules(), REFRESH);
+    assert_eq!(p.poll_timeout(), None, "not started");
+    p.start(t0);
+    assert_eq!(p.poll_timeout(), Some(t0));
+    p.handle_timeout(t0);
+    assert_eq!(reads(&effects(&mut p)), 1);
+    assert_eq!(p.poll_timeout(), Some(t0 + REFRESH));
+    // Called late: the next read is a refresh after that, not a deadline in the past.
+    let late = t0 + REFRESH * 3;
+    p.handle_timeout(late);
+    assert_eq!(reads(&effects(&mut p)), 1);
+    assert_eq!(p.poll_timeout(), Some(late + REFRESH));
+    let mut none = PrivateForwards::new(&[], REFRESH);
+    none.start(t0);
+    none.handle_timeout(t0);
+    assert!(
+        effects(&mut none).is_empty(),
+        "no recipients: nothing to read"
+    );
+    assert_eq!(
+        none.route(&out("doors/1")),
+        Routed::Hold,
+        "no rule of the message lists a user"
+    );
+}
+
+#[test]
+fn until_every_recipient_answered_messages_are_held_then_sent_to_who_wants_them() {
+    let t0 = Instant::now();
+    let mut p = PrivateForwards::new(&rules(), REFRESH);
+    p.start(t0);
+    p.handle_timeout(t0);
+    effects(&mut p);
+    p.interest_read("bob".into(), Some(vec!["doors/+".into()]), t0);
+    assert_eq!(
+        p.route(&out("doors/1")),
+        Routed::Hold,
+        "carol not heard yet"
+    );
+    p.hold(out("doors/1"), t0);
+    p.hold(out("doors/a/b"), t0);
+    let e = effects(&mut p);
+    assert_eq!(reads(&e), 1, "read again at once, once: {e:?}");
+    assert_eq!(p.held_len(), 2);
+    let t1 = t0 + Duration::from_secs(2);
+    p.interest_read("carol".into(), None, t1);
+    let e = effects(&mut p);
+    assert!(e.contains(&PrivateEffect::Log(
+        crate::relay::Level::Info,
+        "interest of recipient carol: none published".into()
+    )));
+    assert!(e.contains(&PrivateEffect::Send {
+        message: out("doors/1").message,
+        to: vec!["bob".into()]
+    }));
+    assert_eq!(p.held_len(), 1, "nobody wants doors/a/b");
+    // Its wait starts when the interest became known, not when it was held.
+    p.handle_timeout(t0 + GRACE);
+    assert!(!effects(&mut p)
+        .iter()
+        .any(|e| matches!(e, PrivateEffect::Dropped(..))));
+    p.handle_timeout(t1 + GRACE);
+    let e = effects(&mut p);
+    assert!(
+        matches!(&e[..], [PrivateEffect::Dropped(Reason::NoRecipientInterested, d)] if d.starts_with("a private message on doors/a/b")),
+        "{e:?}"
+    );
+    assert_eq!(p.held_len(), 0);
+}
+
+#[test]
+fn a_held_message_goes_as_soon_as_a_recipient_subscribes_and_rereads_are_bounded() {
+    let t0 = Instant::now();
+    let mut p = known(t0);
+    assert_eq!(p.route(&out("doors/1")), Routed::Send(vec!["bob".into()]));
+    assert_eq!(p.route(&out("doors/a/b")), Routed::Hold);
+    p.hold(out("doors/a/b"), t0);
+    assert_eq!(reads(&effects(&mut p)), 1);
+    p.hold(out("doors/x/y"), t0 + REREAD_EVERY / 2);
+    assert_eq!(reads(&effects(&mut p)), 0, "at most one read per second");
+    assert_eq!(p.poll_timeout(), Some(t0 + REREAD_EVERY));
+    p.handle_timeout(t0 + REREAD_EVERY);
+    assert_eq!(reads(&effects(&mut p)), 1);
+    // An answer that does not change the interest is not logged again.
+    p.interest_read(
+        "bob".into(),
+        Some(vec!["doors/+".into()]),
+        t0 + REREAD_EVERY,
+    );
+    assert!(effects(&mut p).is_empty());
+    p.interest_read(
+        "carol".into(),
+        Some(vec!["doors/#".into()]),
+        t0 + REREAD_EVERY,
+    );
+    let e = effects(&mut p);
+    let sent: Vec<&PrivateEffect> = e
+        .iter()
+        .filter(|e| matches!(e, PrivateEffect::Send { .. }))
+        .collect();
+    assert_eq!(sent.len(), 2, "{e:?}");
+    assert_eq!(
+        sent[0],
+        &PrivateEffect::Send {
+            message: out("doors/a/b").message,
+            to: vec!["carol".into()]
+        }
+    );
+    assert_eq!(p.held_len(), 0);
+    assert_eq!(
+        p.poll_timeout(),
+        Some(t0 + REFRESH),
+        "only the refresh is left"
+    );
+}

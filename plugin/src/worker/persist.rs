@@ -1,0 +1,136 @@
+//! The worker's state file and stop: what survives a restart (post numbers, read positions, the
+//! sessions, what is still unsent), written at most every STATE_SAVE_EVERY, and the last flush.
+
+use super::*;
+use crate::relay::outbox::Queued;
+use crate::state::{Destination, Unsent};
+use crate::wire;
+
+impl Worker {
+    /// Queues again what a previous run accepted but could not post before it stopped.
+    pub(super) fn restore_unsent(&mut self) {
+        let unsent = std::mem::take(&mut self.saved.unsent);
+        if unsent.is_empty() {
+            return;
+        }
+        let n = unsent.len();
+        let now = Instant::now();
+        for u in unsent {
+            let to = match u.to {
+                Destination::Public => None,
+                Destination::Direct(user) => Some(user),
+                Destination::Undecided => {
+                    if let Some(it) = wire::item_message(&u.item) {
+                        // Kept across a restart without its route: routed by the configuration now.
+                        let route = self.cfg.router.route(&it.message.topic);
+                        let out = Outgoing {
+                            message: it.message,
+                            route,
+                        };
+                        self.private.restore(out, now);
+                    }
+                    continue;
+                }
+            };
+            if let Some(item) = Queued::restored(&u.item, self.cfg.wire_format) {
+                self.outbox.push(item, to, now);
+            }
+        }
+        self.state_dirty = true;
+        self.log(
+            Level::Notice,
+            format!("{n} messages not posted before the last stop are queued again"),
+        );
+    }
+
+    /// Everything still queued, as it is kept in the state file.
+    pub(super) fn unsent(&self) -> Vec<Unsent> {
+        let mut out = self.outbox.unsent();
+        out.extend(self.private.held_messages().map(|m| Unsent {
+            to: Destination::Undecided,
+            item: wire::encode_item(m),
+        }));
+        out
+    }
+
+    /// Writes the state file when something changed, at most every STATE_SAVE_EVERY.
+    pub(super) fn save_state(&mut self) {
+        if self.state_dirty && self.last_save.elapsed() >= STATE_SAVE_EVERY {
+            self.save_state_now();
+        }
+    }
+
+    pub(super) fn save_state_now(&mut self) {
+        if !self.state_dirty {
+            return;
+        }
+        self.last_save = Instant::now();
+        self.saved.interest = self.local.saved();
+        self.saved.next_k = self.outbox.next_k();
+        self.saved.seq = self.outbox.seq();
+        self.saved.cursors = self.incoming.cursors().clone();
+        let Some(path) = self.cfg.state_file.clone() else {
+            self.state_dirty = false;
+            return;
+        };
+        match self.saved.save(&path) {
+            Ok(()) => self.state_dirty = false,
+            Err(e) => self.log_once(
+                "state-write",
+                Level::Error,
+                format!("{e}: a restart may replay or reuse post numbers"),
+            ),
+        }
+    }
+
+    pub(super) fn shutdown(&mut self, outbound: &Outbound) {
+        self.stopping = true;
+        let handed = outbound.spool_progress().handed_so_far();
+        while let Some(m) = outbound.take() {
+            self.outbound(m);
+        }
+        // Counted from the broker's request: the broker waits only so long (supervise::STOP_WAIT).
+        let asked = self.health.stop_asked_at().unwrap_or_else(Instant::now);
+        let until = asked + SHUTDOWN_FLUSH;
+        if self.ready {
+            while self.queued() > 0 && Instant::now() < until {
+                let before = self.queued();
+                self.outbox.flush_now(1, Instant::now());
+                self.drive_outbox();
+                if self.queued() == before {
+                    break;
+                }
+            }
+        }
+        self.outbox.stop();
+        self.drive_outbox();
+        if self.queued() > 0 {
+            let kept = if self.cfg.state_file.is_some() {
+                "kept in the state file for the next start"
+            } else {
+                "lost: no plugin_opt_state_file"
+            };
+            self.log(
+                Level::Warning,
+                format!(
+                    "stopping with {} messages not yet posted ({kept})",
+                    self.queued()
+                ),
+            );
+        }
+        self.saved.unsent = self.unsent();
+        self.saved.clean_stop = true;
+        self.state_dirty = true;
+        self.save_state_now();
+        if self.queued() == 0 || (self.cfg.state_file.is_some() && !self.state_dirty) {
+            // Posted, or kept in the state file: not replayed from the spool.
+            outbound.spool_progress().taken(handed);
+        }
+        let c = self.counters();
+        self.log(Level::Notice, format!(
+            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}, internal errors {}",
+            c.forwarded, c.outbox.posts, c.outbox.dms, c.received, c.injected, c.inbox.malformed, self.drops.dropped(), self.drops.summary(), c.outbox.unknown_outcomes, c.outbox.budget_waits, self.health.internal_errors()
+        ));
+        self.dht.stop();
+    }
+}
