@@ -113,14 +113,20 @@ fn pure_packing(corpus: &[(String, Vec<u8>)], options: Options) -> (f64, f64) {
         reply: None,
     };
     let budget = max_post_ascii(&header);
+    // Every forwarded message carries its id (consecutive within a post, one byte each).
     let records: Vec<Record> = corpus
         .iter()
-        .map(|(t, p)| Record {
+        .enumerate()
+        .map(|(i, (t, p))| Record {
             topic: t.clone(),
             payload: p.clone(),
             qos: 0,
             retain: false,
             fragment: None,
+            id: Some(mqtt_twister_wire::MessageId {
+                epoch: 1_790_000_000_000,
+                seq: i as u64 + 1,
+            }),
         })
         .collect();
     let (mut at, mut posts, mut bytes, mut msgs) = (0, 0usize, 0usize, 0usize);

@@ -165,6 +165,8 @@ pub fn to_broker(publish_capacity: usize, log_capacity: usize) -> (ToBrokerSende
 pub struct Outgoing {
     pub message: Message,
     pub route: Route,
+    /// Its id when the spool gave it one; otherwise the worker gives it when it takes the message.
+    pub id: Option<crate::wire::MessageId>,
 }
 
 /// Messages from the MESSAGE callback to the worker. A lock-free queue, not the channel: while messages

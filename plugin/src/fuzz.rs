@@ -231,7 +231,8 @@ fn honest_round(rng: &mut Rng, r: &mut Reassembler, id: u64, now: Instant) -> bo
         qos: rng.below(3) as u8,
         retain: rng.chance(50),
     };
-    let Some(mut items) = wire::encode_fragments(&m, id, 400 + rng.below(1400) as usize) else {
+    let Some(mut items) = wire::encode_fragments(&m, id, 400 + rng.below(1400) as usize, None)
+    else {
         return true;
     };
     let repeats: Vec<String> = items.iter().filter(|_| rng.chance(20)).cloned().collect();
@@ -413,6 +414,7 @@ fn run_dense(inputs: u64, seed: u64) -> (u64, u64, u64) {
                         index: f.index,
                         count: f.count,
                     }),
+                    id: it.id,
                 })
                 .collect();
             let seq = rng.next();

@@ -18,9 +18,11 @@ pub mod drops;
 #[cfg(test)]
 mod fuzz;
 pub mod health;
+pub mod ids;
 pub mod interest;
 pub mod plugin;
 pub mod qos2;
+pub mod ranges;
 pub mod ratelimit;
 pub mod reassembly;
 pub mod relay;

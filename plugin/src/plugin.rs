@@ -232,7 +232,13 @@ impl Plugin {
         };
         if let Some(spool) = self.spool.as_mut() {
             let worker = &self.worker;
-            let hand = |message| worker.publish(Outgoing { message, route });
+            let hand = |message, id| {
+                worker.publish(Outgoing {
+                    message,
+                    route,
+                    id: Some(id),
+                })
+            };
             return match spool.take(message, !worker.backlog_full(), hand) {
                 Verdict::Accepted(_) | Verdict::Dropped => MessageAnswer::Accept,
                 Verdict::Refused => {
@@ -247,7 +253,11 @@ impl Plugin {
                 }
             };
         }
-        let queued = self.worker.publish(Outgoing { message, route });
+        let queued = self.worker.publish(Outgoing {
+            message,
+            route,
+            id: None,
+        });
         if !queued {
             if may_refuse && ev.client.protocol_version() == 5 {
                 self.refused += 1;

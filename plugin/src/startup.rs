@@ -63,12 +63,19 @@ pub fn restored_sessions(saved: Option<&Saved>, holds: impl Fn(&str) -> bool) ->
 /// Queues what the spool kept from the last run, not taken, for the worker: routed again as a new
 /// message would be (public, and private with recipients decided later), after what the state file
 /// kept from a clean stop.
-pub fn replay_from_spool(cfg: &Config, saved: &mut Option<Saved>, records: Vec<Record>) {
+pub fn replay_from_spool(
+    cfg: &Config,
+    saved: &mut Option<Saved>,
+    records: Vec<Record>,
+    epoch: u64,
+) {
     if records.is_empty() {
         return;
     }
     let unsent = &mut saved.get_or_insert_with(Saved::default).unsent;
     for r in records {
+        // The id it had when first taken: receivers drop it if the first copy got through.
+        let id = crate::wire::MessageId { epoch, seq: r.seq };
         let m = r.message;
         let public = cfg
             .publish
@@ -85,7 +92,7 @@ pub fn replay_from_spool(cfg: &Config, saved: &mut Option<Saved>, records: Vec<R
             if wanted {
                 unsent.push(Unsent {
                     to,
-                    item: crate::wire::encode_item(&m),
+                    item: crate::wire::encode_item_with_id(&m, Some(id)),
                 });
             }
         }
@@ -125,7 +132,7 @@ pub fn open_spool(
             if recovery.mark_missing { "; the taken mark was unreadable: everything found is replayed (some may arrive twice)" } else { "" }
         )
     });
-    replay_from_spool(cfg, saved, recovery.records);
+    replay_from_spool(cfg, saved, recovery.records, spool.epoch());
     Ok(Some((spool, appender, line)))
 }
 

@@ -82,6 +82,8 @@ pub struct Worker {
     incoming: Inbox,
     /// Messages were handed to the broker since the doorbell last rang.
     ring_pending: bool,
+    /// Ids of messages the spool did not number (`crate::ids`).
+    run_ids: crate::ids::RunIds,
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -192,6 +194,7 @@ impl Worker {
             last_save: now,
             incoming,
             ring_pending: false,
+            run_ids: crate::ids::RunIds::starting_now(),
         };
         if w.cfg.state_file.is_some() && !state_found {
             w.log(

@@ -3,10 +3,19 @@
 //! `varint seq, varint count`, then per message `flags, varint topic length, topic,
 //! [varint id, varint index, varint count when a fragment], varint payload length, payload`.
 //! `flags`: bits 0-1 QoS, bit 2 retain, bit 3 fragment; the other bits are 0. Bytes after the last
-//! message are ignored: later writers may append what older readers need not know. Every length is
+//! message are ignored by readers older than message ids: later writers append sections there,
+//! `varint tag, varint length, body`, and a reader skips the tags it does not know. Every length is
 //! checked against what is left, so a hostile batch is an error, never a panic or a large allocation.
+//!
+//! Section `IDS_TAG`: the messages' ids (`MessageId`), one code per message in order: 0 no id, 1 an
+//! id in full (`varint epoch, varint seq`), `n >= 2` the previous id's epoch and the seq after the
+//! previous one moved by `unzigzag(n - 2)`: consecutive ids take one byte each (2), the fragments of
+//! one message repeat their id (3).
 
-use crate::{Fragment, Record, WireError, MAX_FRAGMENTS, MAX_RECORDS};
+use crate::{Fragment, MessageId, Record, WireError, MAX_FRAGMENTS, MAX_RECORDS};
+
+/// The tag of the ids section.
+pub const IDS_TAG: u64 = 1;
 
 const QOS_MASK: u8 = 0b11;
 const RETAIN: u8 = 0b100;
@@ -61,14 +70,100 @@ pub fn put_record(out: &mut Vec<u8>, r: &Record) {
     out.extend_from_slice(&r.payload);
 }
 
-pub fn encode<'a>(seq: u64, records: impl ExactSizeIterator<Item = &'a Record>) -> Vec<u8> {
+/// Most bytes the ids section may add for `r` (its code), and for the section's own header.
+pub fn id_len_bound(r: &Record) -> usize {
+    match r.id {
+        None => 1,
+        Some(id) => 1 + varint_len(id.epoch) + varint_len(id.seq),
+    }
+}
+pub const IDS_HEADER_BOUND: usize = 1 + 3;
+
+fn zigzag(d: i64) -> u64 {
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+/// The code of `id` after `prev` of the same epoch, when its step fits one.
+fn step_code(prev: MessageId, id: MessageId) -> Option<u64> {
+    let step = i64::try_from(i128::from(id.seq) - i128::from(prev.seq) - 1).ok()?;
+    zigzag(step).checked_add(2)
+}
+
+/// The ids section's body for these records; None when none has an id.
+fn ids_body<'a>(records: impl Iterator<Item = &'a Record>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut last: Option<MessageId> = None;
+    let mut any = false;
+    for r in records {
+        match (r.id, last) {
+            (None, _) => body.push(0),
+            (Some(id), Some(prev)) if prev.epoch == id.epoch && step_code(prev, id).is_some() => {
+                put_varint(&mut body, step_code(prev, id).unwrap_or(1));
+                any = true;
+                last = Some(id);
+            }
+            (Some(id), _) => {
+                body.push(1);
+                put_varint(&mut body, id.epoch);
+                put_varint(&mut body, id.seq);
+                any = true;
+                last = Some(id);
+            }
+        }
+    }
+    any.then_some(body)
+}
+
+pub fn encode<'a>(seq: u64, records: impl ExactSizeIterator<Item = &'a Record> + Clone) -> Vec<u8> {
     let mut out = Vec::new();
     put_varint(&mut out, seq);
     put_varint(&mut out, records.len() as u64);
-    for r in records {
+    for r in records.clone() {
         put_record(&mut out, r);
     }
+    if let Some(body) = ids_body(records) {
+        put_varint(&mut out, IDS_TAG);
+        put_varint(&mut out, body.len() as u64);
+        out.extend_from_slice(&body);
+    }
     out
+}
+
+/// Reads the ids section into `records`.
+fn read_ids(body: &[u8], records: &mut [Record]) -> Result<(), WireError> {
+    let mut r = Reader { data: body };
+    let mut last: Option<MessageId> = None;
+    for rec in records.iter_mut() {
+        let code = r.varint()?;
+        rec.id = match (code, last) {
+            (0, _) => None,
+            (1, _) => Some(MessageId {
+                epoch: r.varint()?,
+                seq: r.varint()?,
+            }),
+            (n, Some(prev)) => {
+                let seq = i128::from(prev.seq) + 1 + i128::from(unzigzag(n - 2));
+                let seq = u64::try_from(seq)
+                    .map_err(|_| WireError::Malformed("message id out of range"))?;
+                Some(MessageId {
+                    epoch: prev.epoch,
+                    seq,
+                })
+            }
+            (_, None) => return Err(WireError::Malformed("message id relative to none")),
+        };
+        if rec.id.is_some() {
+            last = rec.id;
+        }
+    }
+    if !r.data.is_empty() {
+        return Err(WireError::Malformed("more message ids than messages"));
+    }
+    Ok(())
 }
 
 struct Reader<'a> {
@@ -147,7 +242,22 @@ pub fn decode(data: &[u8]) -> Result<(u64, Vec<Record>), WireError> {
             qos: flags & QOS_MASK,
             retain: flags & RETAIN != 0,
             fragment,
+            id: None,
         });
+    }
+    // Sections after the messages; what does not read as one is a later writer's and is ignored.
+    while !r.data.is_empty() {
+        let mut section = Reader { data: r.data };
+        let Ok(tag) = section.varint() else { break };
+        let body = match section.bytes() {
+            Ok(body) => body,
+            Err(e) if tag == IDS_TAG => return Err(e),
+            Err(_) => break,
+        };
+        r.data = section.data;
+        if tag == IDS_TAG {
+            read_ids(body, &mut records)?;
+        }
     }
     Ok((seq, records))
 }
@@ -177,29 +287,133 @@ mod tests {
             let n = rng.below(20) as usize;
             let records: Vec<Record> = (0..n).map(|_| random_record(&mut rng, 300)).collect();
             let seq = rng.next() >> rng.below(64);
-            let data = encode(seq, records.iter());
+            let plain: Vec<Record> = records
+                .iter()
+                .map(|r| Record {
+                    id: None,
+                    ..r.clone()
+                })
+                .collect();
             let expected: usize =
                 header_len(seq, n) + records.iter().map(record_len).sum::<usize>();
-            assert_eq!(data.len(), expected);
+            assert_eq!(encode(seq, plain.iter()).len(), expected);
+            let data = encode(seq, records.iter());
+            let ids_bound = IDS_HEADER_BOUND + records.iter().map(id_len_bound).sum::<usize>();
+            assert!(data.len() <= expected + ids_bound);
             assert_eq!(decode(&data).unwrap(), (seq, records));
         }
     }
 
     #[test]
     fn later_additions_after_the_messages_are_ignored() {
-        let r = random_record(&mut Rng(5), 10);
+        let r = Record {
+            id: None,
+            ..random_record(&mut Rng(5), 10)
+        };
         let mut data = encode(9, [&r].into_iter());
         data.extend_from_slice(b"receipts of a later version");
-        assert_eq!(decode(&data).unwrap(), (9, vec![r]));
+        assert_eq!(decode(&data).unwrap(), (9, vec![r.clone()]));
+        // A section of a tag this reader does not know, then the ids: the ids are read.
+        let with_id = Record {
+            id: Some(MessageId { epoch: 4, seq: 9 }),
+            ..r.clone()
+        };
+        let mut data = encode(9, [&with_id].into_iter());
+        let ids_at = encode(9, [&r].into_iter()).len();
+        let mut unknown = Vec::new();
+        put_varint(&mut unknown, 77);
+        put_varint(&mut unknown, 3);
+        unknown.extend_from_slice(b"xyz");
+        data.splice(ids_at..ids_at, unknown);
+        assert_eq!(decode(&data).unwrap(), (9, vec![with_id]));
+    }
+
+    #[test]
+    fn ids_take_a_byte_per_consecutive_message_and_round_trip_in_any_mix() {
+        let mut rng = Rng(17);
+        let base = random_record(&mut rng, 5);
+        let with = |id: Option<(u64, u64)>| Record {
+            id: id.map(|(epoch, seq)| MessageId { epoch, seq }),
+            ..base.clone()
+        };
+        let plain: Vec<Record> = (0..50).map(|_| with(None)).collect();
+        let consecutive: Vec<Record> = (0..50)
+            .map(|i| with(Some((1_790_000_000_123, 1000 + i))))
+            .collect();
+        let no_ids = encode(3, plain.iter()).len();
+        let ids = encode(3, consecutive.iter()).len();
+        assert!(
+            ids - no_ids <= 2 + 1 + 6 + 2 + 49,
+            "{} bytes of ids",
+            ids - no_ids
+        );
+        for _ in 0..300 {
+            let records: Vec<Record> = (0..rng.below(30))
+                .map(|_| {
+                    let epoch = [0, 7, u64::MAX][rng.below(3) as usize];
+                    let seq = match rng.below(4) {
+                        0 => rng.next(),
+                        1 => u64::MAX - rng.below(3),
+                        _ => rng.below(5),
+                    };
+                    Record {
+                        id: (rng.below(4) > 0).then_some(MessageId { epoch, seq }),
+                        ..random_record(&mut rng, 20)
+                    }
+                })
+                .collect();
+            let data = encode(1, records.iter());
+            assert_eq!(decode(&data).unwrap(), (1, records));
+        }
+    }
+
+    #[test]
+    fn a_bad_ids_section_is_an_error() {
+        let r = Record {
+            id: None,
+            ..random_record(&mut Rng(8), 5)
+        };
+        let mut two = encode(1, [&r, &r].into_iter());
+        for body in [
+            &[1u8, 5, 5][..],
+            &[2, 0],
+            &[0, 0, 0],
+            &[
+                1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 2,
+            ],
+        ] {
+            let mut data = two.clone();
+            put_varint(&mut data, IDS_TAG);
+            put_varint(&mut data, body.len() as u64);
+            data.extend_from_slice(body);
+            assert!(decode(&data).is_err(), "{body:?}");
+        }
+        put_varint(&mut two, IDS_TAG);
+        put_varint(&mut two, 2);
+        two.extend_from_slice(&[0, 0]);
+        assert_eq!(decode(&two).unwrap().1, vec![r.clone(), r]);
     }
 
     #[test]
     fn every_truncation_and_bad_field_is_an_error() {
         let mut rng = Rng(11);
         let records: Vec<Record> = (0..5).map(|_| random_record(&mut rng, 40)).collect();
-        let data = encode(1, records.iter());
+        let plain: Vec<Record> = records
+            .iter()
+            .map(|r| Record {
+                id: None,
+                ..r.clone()
+            })
+            .collect();
+        let data = encode(1, plain.iter());
         for cut in 0..data.len() {
             assert!(decode(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        // With ids: a cut inside the ids section is an error too.
+        let with_ids = encode(1, records.iter());
+        assert!(with_ids.len() > data.len() + 2);
+        for cut in data.len() + 1..with_ids.len() {
+            assert!(decode(&with_ids[..cut]).is_err(), "cut at {cut}");
         }
         let one = |flags: u8, rest: &[u8]| {
             let mut d = vec![0, 1, flags];

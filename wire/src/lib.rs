@@ -56,6 +56,14 @@ pub struct Fragment {
     pub count: u32,
 }
 
+/// A forwarded message's identity at its sender: `seq` counts the sender's messages within one
+/// `epoch` (a spool's lifetime, or one run without a spool). Receivers drop a second copy of an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
 /// One message (or fragment of one) in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -64,6 +72,8 @@ pub struct Record {
     pub qos: u8,
     pub retain: bool,
     pub fragment: Option<Fragment>,
+    /// Absent in batches of writers older than ids (and in the fragments' own numbering).
+    pub id: Option<MessageId>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -215,6 +225,10 @@ mod tests {
                 qos: 0,
                 retain: false,
                 fragment: None,
+                id: Some(MessageId {
+                    epoch: 1_790_000_000_000,
+                    seq: 500 + i,
+                }),
             })
             .collect();
         let raw = batch::encode(1, records.iter());

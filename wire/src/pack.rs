@@ -13,10 +13,10 @@ pub fn pack(
     options: Options,
 ) -> Option<(usize, String)> {
     // At most MAX_RECORDS messages and MAX_BATCH_BYTES of batch: what every reader accepts.
-    let mut raw_len = batch::header_len(seq, 0);
+    let mut raw_len = batch::header_len(seq, 0) + batch::IDS_HEADER_BOUND;
     let mut most = 0;
     for r in records.iter().take(MAX_RECORDS) {
-        let next = raw_len + batch::record_len(r) + 1;
+        let next = raw_len + batch::record_len(r) + batch::id_len_bound(r) + 1;
         if next > MAX_BATCH_BYTES {
             break;
         }
@@ -131,6 +131,7 @@ mod tests {
             qos: 0,
             retain: false,
             fragment: None,
+            id: None,
         };
         let many = vec![tiny; 3000];
         let (n, text) = pack(1, &many, 1873, Options::default()).unwrap();
@@ -142,6 +143,7 @@ mod tests {
             qos: 0,
             retain: false,
             fragment: None,
+            id: None,
         };
         let (n, _) = pack(1, &vec![zeros; 10], 1873, Options::default()).unwrap();
         assert!(

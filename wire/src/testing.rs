@@ -53,11 +53,16 @@ pub fn random_record(rng: &mut Rng, max_payload: u64) -> Record {
             count,
         }
     });
+    let id = (rng.below(3) > 0).then(|| crate::MessageId {
+        epoch: 1_790_000_000_000 + rng.below(3),
+        seq: rng.below(1 << 40),
+    });
     Record {
         topic,
         payload,
         qos: rng.below(3) as u8,
         retain: rng.below(2) == 0,
         fragment,
+        id,
     }
 }

@@ -193,11 +193,12 @@ pub fn scan(b: &[u8]) -> Scan {
 }
 
 /// One slot of the mark file: "every record up to `taken` is taken", written as the `count`-th mark.
-pub fn mark_slot(count: u64, taken: u64) -> [u8; MARK_SLOT] {
+pub fn mark_slot(count: u64, taken: u64, epoch: u64) -> [u8; MARK_SLOT] {
     let mut m = [0u8; MARK_SLOT];
     m[0..4].copy_from_slice(&MARK_MAGIC.to_le_bytes());
     m[8..16].copy_from_slice(&count.to_le_bytes());
     m[16..24].copy_from_slice(&taken.to_le_bytes());
+    m[24..32].copy_from_slice(&epoch.to_le_bytes());
     let crc = crc32fast::hash(&m[8..]);
     m[4..8].copy_from_slice(&crc.to_le_bytes());
     m
@@ -205,9 +206,15 @@ pub fn mark_slot(count: u64, taken: u64) -> [u8; MARK_SLOT] {
 
 /// The newest valid mark of the file's two slots: (count, taken).
 pub fn read_mark(b: &[u8]) -> Option<(u64, u64)> {
+    read_mark_and_epoch(b).map(|(count, taken, _)| (count, taken))
+}
+
+/// The newest valid mark with the spool's epoch: (count, taken, epoch); epoch 0 in marks written
+/// before epochs existed.
+pub fn read_mark_and_epoch(b: &[u8]) -> Option<(u64, u64, u64)> {
     b.chunks_exact(MARK_SLOT)
         .take(2)
         .filter(|m| u32_at(m, 0) == MARK_MAGIC && u32_at(m, 4) == crc32fast::hash(&m[8..]))
-        .map(|m| (u64_at(m, 8), u64_at(m, 16)))
+        .map(|m| (u64_at(m, 8), u64_at(m, 16), u64_at(m, 24)))
         .max()
 }

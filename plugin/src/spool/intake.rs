@@ -3,7 +3,7 @@
 //! nothing is acknowledged and then lost. No syscall, no lock.
 
 use super::{Appender, Progress, Refused, SpoolId};
-use crate::wire::Message;
+use crate::wire::{Message, MessageId};
 use std::sync::Arc;
 
 /// What the callback does with a message.
@@ -29,13 +29,15 @@ impl Intake {
         Intake { appender, progress }
     }
 
-    /// Spools `m` and hands it to the worker through `hand` (false: no room there). `worker_has_room`
-    /// is checked first, so a spooled message never waits for a worker that would drop it.
+    /// Spools `m` and hands it to the worker through `hand`, with its id (the spool's epoch and the
+    /// record's `SpoolId`, as a replay after a crash gives it again); false: no room there.
+    /// `worker_has_room` is checked first, so a spooled message never waits for a worker that would
+    /// drop it.
     pub fn take(
         &mut self,
         m: Message,
         worker_has_room: bool,
-        hand: impl FnOnce(Message) -> bool,
+        hand: impl FnOnce(Message, MessageId) -> bool,
     ) -> Verdict {
         let spooled = if worker_has_room {
             self.appender.append(&m, &[])
@@ -50,7 +52,11 @@ impl Intake {
             Ok(id) => {
                 // Cannot fail: the broker's thread is the only one to fill the queue, and it had room.
                 // Were it to, the record stays spooled and is replayed at the next start.
-                if hand(m) {
+                let message_id = MessageId {
+                    epoch: self.appender.epoch,
+                    seq: id.0,
+                };
+                if hand(m, message_id) {
                     self.progress.handed(id);
                 }
                 Verdict::Accepted(id)

@@ -189,8 +189,18 @@ struct Shared {
     refused: AtomicU64,
 }
 
+/// A new spool's epoch: the time in milliseconds.
+fn new_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+        .max(1)
+}
+
 /// The broker thread's half: appends records.
 pub struct Appender {
+    /// The spool's epoch (see `Spool`).
+    pub epoch: u64,
     shared: Arc<Shared>,
     current: Option<(Segment, usize, u64)>,
     next: u64,
@@ -301,6 +311,10 @@ pub struct Spool {
     files: Vec<Option<File>>,
     mark: File,
     mark_count: u64,
+    /// Identifies this spool's lifetime: with a record's `SpoolId` it makes the message's id
+    /// (`wire::MessageId`), the same when the record is replayed after a crash. Kept in the mark; a
+    /// spool whose mark is gone gets a new one, so its ids, counting again, are never reused.
+    epoch: u64,
     taken: u64,
     mark_written: u64,
     spares: usize,
@@ -338,7 +352,8 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let (mark_count, taken) = format::read_mark(&mark_bytes).unwrap_or((0, 0));
+        let (mark_count, taken, epoch) =
+            format::read_mark_and_epoch(&mark_bytes).unwrap_or((0, 0, 0));
         let mark = OpenOptions::new()
             .read(true)
             .write(true)
@@ -400,11 +415,18 @@ impl Spool {
             files,
             mark,
             mark_count,
+            epoch: if epoch == 0 { new_epoch() } else { epoch },
             taken,
             mark_written: taken,
             spares: (SPARE_BYTES / geometry.segment_bytes).clamp(2, geometry.slots),
         };
+        if spool.epoch != epoch {
+            // Before any record is appended: an id is never used under an epoch a crash could lose.
+            spool.write_mark()?;
+            spool.mark.sync_data()?;
+        }
         let appender = Appender {
+            epoch: spool.epoch,
             shared,
             current: None,
             next: newest + 1,
@@ -455,7 +477,7 @@ impl Spool {
 
     fn write_mark(&mut self) -> io::Result<()> {
         self.mark_count += 1;
-        let slot = format::mark_slot(self.mark_count, self.taken);
+        let slot = format::mark_slot(self.mark_count, self.taken, self.epoch);
         let at = (self.mark_count % 2) * format::MARK_SLOT as u64;
         self.mark.write_all_at(&slot, at)?;
         self.mark_written = self.taken;
@@ -534,6 +556,11 @@ impl Spool {
         }
         self.mark.sync_data()?;
         Ok(SpoolId(appended))
+    }
+
+    /// This spool's epoch (see the field).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The last id marked taken.

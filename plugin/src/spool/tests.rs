@@ -361,7 +361,8 @@ fn a_torn_mark_falls_back_to_the_one_before() {
     // Tear the newest of the two slots: the older mark holds, so more is replayed, never less.
     let path = dir.path().join(MARK_FILE);
     let mut mark = fs::read(&path).unwrap();
-    let newest = 0; // the second mark went to slot 2 % 2
+    // Mark 1 (the epoch, at creation) went to slot 1, mark 2 to slot 0, mark 3 (7) to slot 1.
+    let newest = format::MARK_SLOT;
     mark[newest + 17] ^= 0x40;
     fs::write(&path, &mark).unwrap();
     let (_, _, r) = open(dir.path());
@@ -435,8 +436,14 @@ fn the_intake_spools_before_handing_over_and_refuses_what_the_worker_has_no_room
     let progress = Arc::new(Progress::default());
     let mut intake = Intake::new(a, progress.clone());
     let mut handed = Vec::new();
+    let epoch = s.epoch();
     assert_eq!(
-        intake.take(msg(1, 1), true, |m| {
+        intake.take(msg(1, 1), true, |m, id| {
+            assert_eq!(
+                (id.epoch, id.seq),
+                (epoch, 1),
+                "the spool's epoch and the record's id"
+            );
             handed.push(m);
             true
         }),
@@ -444,8 +451,8 @@ fn the_intake_spools_before_handing_over_and_refuses_what_the_worker_has_no_room
     );
     assert_eq!(progress.handed_so_far(), SpoolId(1));
     // The worker's queue is full: QoS 0 dropped, QoS 1/2 refused, nothing spooled or handed.
-    assert_eq!(intake.take(msg(2, 0), false, |_| true), Verdict::Dropped);
-    assert_eq!(intake.take(msg(3, 2), false, |_| true), Verdict::Refused);
+    assert_eq!(intake.take(msg(2, 0), false, |_, _| true), Verdict::Dropped);
+    assert_eq!(intake.take(msg(3, 2), false, |_, _| true), Verdict::Refused);
     assert_eq!(progress.handed_so_far(), SpoolId(1));
     assert_eq!(handed, vec![msg(1, 1)]);
     let stats = s.stats();
@@ -475,4 +482,37 @@ fn a_burst_uses_the_whole_spool_without_waiting_for_the_worker() {
         G.slots
     );
     assert_eq!(s.stats().bytes_on_disk, (G.slots * G.segment_bytes) as u64);
+}
+
+#[test]
+fn the_epoch_survives_restarts_and_a_spool_without_its_mark_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut a, _) = open(dir.path());
+    let epoch = s.epoch();
+    assert!(epoch > 0);
+    assert_eq!(a.epoch, epoch);
+    a.append(&msg(1, 1), &[]).unwrap();
+    // A crash before anything was taken: the epoch was written at creation, not at the first mark.
+    drop(a);
+    drop(s);
+    let (s, a, rec) = open(dir.path());
+    assert_eq!((s.epoch(), a.epoch), (epoch, epoch), "same ids on replay");
+    assert_eq!(rec.records.len(), 1);
+    drop(a);
+    drop(s);
+    std::fs::remove_file(dir.path().join("taken.mark")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let (s, _a, _) = open(dir.path());
+    assert_ne!(s.epoch(), epoch, "ids counted again under a new epoch");
+    // A mark of the version before epochs (bytes 24..32 zero) gets an epoch, kept from then on.
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = format::mark_slot(1, 0, 0).to_vec();
+    old.extend_from_slice(&[0u8; format::MARK_SLOT]);
+    std::fs::write(dir.path().join("taken.mark"), old).unwrap();
+    let (s, _a, _) = open(dir.path());
+    let given = s.epoch();
+    assert!(given > 0);
+    drop(_a);
+    drop(s);
+    assert_eq!(open(dir.path()).0.epoch(), given);
 }

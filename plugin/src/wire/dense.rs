@@ -30,6 +30,7 @@ pub fn decode_items(text: &str) -> Result<Vec<Item>, WireError> {
                 index: f.index,
                 count: f.count,
             }),
+            id: r.id,
         })
         .collect())
 }
@@ -46,6 +47,7 @@ fn record(item: &str) -> Option<v2::Record> {
             index: f.index,
             count: f.count,
         }),
+        id: it.id,
     })
 }
 
@@ -103,7 +105,17 @@ mod tests {
             })
             .chain([msg("bin/€", &[0, 255, 0x40, 0x23, 10], 1, false)])
             .collect();
-        let queue: VecDeque<String> = batch.iter().map(wire::encode_item).collect();
+        let queue: VecDeque<String> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let id = wire::MessageId {
+                    epoch: 1_790_000_000_000,
+                    seq: 100 + i as u64,
+                };
+                wire::encode_item_with_id(m, Some(id))
+            })
+            .collect();
         let (n, text) = pack(queue.iter().map(String::as_str), 3, 1873).unwrap();
         assert_eq!(n, batch.len(), "all in one post");
         let v1_len: usize = queue.iter().map(String::len).sum();
@@ -115,12 +127,19 @@ mod tests {
         assert!(!text.contains(['@', '#', '\0']));
         assert!(is_dense(&text));
         assert_eq!(crate::wire::decode(&text).unwrap(), batch);
+        let ids: Vec<Option<u64>> = crate::wire::decode_items(&text)
+            .unwrap()
+            .iter()
+            .map(|it| it.id.map(|id| id.seq))
+            .collect();
+        assert_eq!(ids, (100..161).map(Some).collect::<Vec<_>>());
     }
 
     #[test]
     fn fragments_keep_their_place_in_a_dense_post() {
         let m = msg("big", &[7u8; 5000], 2, true);
-        let parts = wire::encode_fragments(&m, 77, 1800).unwrap();
+        let id = wire::MessageId { epoch: 3, seq: 4 };
+        let parts = wire::encode_fragments(&m, 77, 1800, Some(id)).unwrap();
         let queue: VecDeque<String> = parts.iter().cloned().collect();
         let (n, text) = pack(queue.iter().map(String::as_str), 1, 1873).unwrap();
         assert_eq!(
@@ -131,6 +150,7 @@ mod tests {
         let items = crate::wire::decode_items(&text).unwrap();
         assert_eq!(items.len(), parts.len());
         assert_eq!(items[1].fragment.map(|f| (f.id, f.index)), Some((77, 1)));
+        assert!(items.iter().all(|it| it.id == Some(id)));
     }
 
     #[test]

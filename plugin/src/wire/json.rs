@@ -5,9 +5,12 @@
 //!
 //! `s` numbers the posts of one sender (it also keeps two DMs from ever having the same text, which
 //! twisterd would store once); `m` is a batch. Readers ignore members they do not know, so message ids
-//! and acknowledgements can be added later without breaking them. The text is pure ASCII (every
+//! and acknowledgements can be added later without breaking them: an item's optional `"i":[epoch,seq]`
+//! is its message id (`MessageId`; readers older than ids skip it, posts older than ids lack it). The text is pure ASCII (every
 //! non-ASCII character, `@` and `#` escaped), so its byte length is its size in a post and it never
 //! triggers Twister's mentions or hashtags.
+
+pub use mqtt_twister_wire::MessageId;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -76,8 +79,19 @@ fn escaped_len(s: &str) -> usize {
         .sum()
 }
 
-/// One batch item, encoded once when the message is queued.
+/// One batch item without an id.
 pub fn encode_item(m: &Message) -> String {
+    encode_item_with_id(m, None)
+}
+
+fn push_id(s: &mut String, id: Option<MessageId>) {
+    if let Some(id) = id {
+        s.push_str(&format!(",\"i\":[{},{}]", id.epoch, id.seq));
+    }
+}
+
+/// One batch item, encoded once when the message is queued.
+pub fn encode_item_with_id(m: &Message, id: Option<MessageId>) -> String {
     let mut s = String::with_capacity(m.topic.len() + m.payload.len() * 4 / 3 + 32);
     s.push_str("{\"t\":");
     push_json_string(&mut s, &m.topic);
@@ -99,6 +113,7 @@ pub fn encode_item(m: &Message) -> String {
     if m.retain {
         s.push_str(",\"r\":1");
     }
+    push_id(&mut s, id);
     s.push('}');
     s
 }
@@ -146,14 +161,22 @@ pub struct Fragment {
 pub struct Item {
     pub message: Message,
     pub fragment: Option<Fragment>,
+    /// The message's id at its sender (a fragment carries its whole message's); None from writers
+    /// older than ids and in the poc format.
+    pub id: Option<MessageId>,
 }
 
 /// Most fragments one message may be cut into.
 pub const MAX_FRAGMENTS: u32 = 100_000;
 
-/// Cuts `m` into v1 items of at most `max_item` bytes each, numbered `id`; None when even an empty
-/// fragment would not fit.
-pub fn encode_fragments(m: &Message, id: u64, max_item: usize) -> Option<Vec<String>> {
+/// Cuts `m` (of id `message_id`) into v1 items of at most `max_item` bytes each, numbered `id`; None
+/// when even an empty fragment would not fit.
+pub fn encode_fragments(
+    m: &Message,
+    id: u64,
+    max_item: usize,
+    message_id: Option<MessageId>,
+) -> Option<Vec<String>> {
     let item_with = |part: &[u8], index: u32, count: u32| {
         let mut s = String::from("{\"t\":");
         push_json_string(&mut s, &m.topic);
@@ -163,7 +186,9 @@ pub fn encode_fragments(m: &Message, id: u64, max_item: usize) -> Option<Vec<Str
         if m.retain {
             s.push_str(",\"r\":1");
         }
-        s.push_str(&format!(",\"f\":[{id},{index},{count}]}}"));
+        s.push_str(&format!(",\"f\":[{id},{index},{count}]"));
+        push_id(&mut s, message_id);
+        s.push('}');
         s
     };
     let overhead = item_with(&[], MAX_FRAGMENTS - 1, MAX_FRAGMENTS).len();
@@ -235,6 +260,11 @@ fn item(
         None => None,
         Some(f) => Some(fragment_of(f).ok_or(WireError::Item(i, "bad fragment"))?),
     };
+    // Only in v1 items: the poc format has none (its `topic` key tells it apart).
+    let id = match v.get("i").filter(|_| topic_key == "t") {
+        None => None,
+        Some(id) => Some(id_of(id).ok_or(WireError::Item(i, "bad message id"))?),
+    };
     Ok(Item {
         message: Message {
             topic: topic.to_string(),
@@ -243,6 +273,18 @@ fn item(
             retain,
         },
         fragment,
+        id,
+    })
+}
+
+/// `[epoch, seq]`, two unsigned integers; nothing else.
+fn id_of(v: &Value) -> Option<MessageId> {
+    let [epoch, seq] = v.as_array()?.as_slice() else {
+        return None;
+    };
+    Some(MessageId {
+        epoch: epoch.as_u64()?,
+        seq: seq.as_u64()?,
     })
 }
 
@@ -373,7 +415,7 @@ mod tests {
     fn large_messages_are_cut_into_fragments_that_fit_and_join_back() {
         let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
         let m = msg("big/ü", &payload, 2, true);
-        let items = encode_fragments(&m, 42, 1800).unwrap();
+        let items = encode_fragments(&m, 42, 1800, None).unwrap();
         assert!(items.len() > 10);
         assert!(items.iter().all(|i| i.len() <= 1800), "each fragment fits");
         let mut joined = Vec::new();
@@ -406,7 +448,7 @@ mod tests {
         }
         assert_eq!(joined, payload);
         assert!(
-            encode_fragments(&m, 1, 40).is_none(),
+            encode_fragments(&m, 1, 40, None).is_none(),
             "no room for any payload"
         );
         for bad in [r#"[1,2]"#, r#"[1,3,3]"#, r#""x""#, r#"[1,0,1000001]"#] {
@@ -454,6 +496,38 @@ mod tests {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
         assert_eq!(decode(r#"{"v":2,"m":[]}"#), Err(WireError::Version(2)));
+    }
+
+    #[test]
+    fn message_ids_travel_in_items_and_fragments_and_are_checked() {
+        let id = MessageId {
+            epoch: 1_790_000_000_000,
+            seq: u64::MAX,
+        };
+        let m = msg("a/b", b"hello", 1, false);
+        let item = encode_item_with_id(&m, Some(id));
+        let got = decode_items(&envelope(3, [item.as_str()])).unwrap();
+        assert_eq!((got[0].message.clone(), got[0].id), (m.clone(), Some(id)));
+        assert_eq!(item_message(&item).and_then(|i| i.id), Some(id));
+        let plain = decode_items(&envelope(3, [encode_item(&m).as_str()])).unwrap();
+        assert_eq!(plain[0].id, None, "posts older than ids");
+        let big = msg("big", &[9u8; 5000], 2, false);
+        let parts = encode_fragments(&big, 5, 1000, Some(id)).unwrap();
+        assert!(parts.iter().all(|p| p.len() <= 1000));
+        for p in &parts {
+            assert_eq!(
+                decode_items(&envelope(1, [p.as_str()])).unwrap()[0].id,
+                Some(id)
+            );
+        }
+        for bad in [
+            r#""1""#, "[1]", "[1,2,3]", "[-1,2]", "[1,2.5]", "{}", "null",
+        ] {
+            let text = format!(r#"{{"v":1,"m":[{{"t":"a","x":"","i":{bad}}}]}}"#);
+            assert!(decode_items(&text).is_err(), "{bad}");
+        }
+        let poc = r#"{"topic":"a","payload":"","i":"whatever"}"#;
+        assert_eq!(decode_items(poc).unwrap()[0].id, None, "poc has no ids");
     }
 
     #[test]

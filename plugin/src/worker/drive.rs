@@ -123,7 +123,7 @@ impl Worker {
         while let Some(effect) = self.private.poll_effect() {
             match effect {
                 PrivateEffect::ReadInterest(users) => self.dht.send(DhtJob::ReadInterest(users)),
-                PrivateEffect::Send { message, to } => self.enqueue_to(&message, to),
+                PrivateEffect::Send { message, id, to } => self.enqueue_to(&message, id, to),
                 PrivateEffect::Dropped(reason, detail) => self.drop_message(reason, detail),
                 PrivateEffect::Log(level, line) => self.log(level, line),
             }

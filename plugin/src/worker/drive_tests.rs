@@ -107,6 +107,7 @@ fn publish(w: &mut Worker, from: usize, n: usize) {
                 retain: false,
             },
             route,
+            id: None,
         });
     }
 }

@@ -26,6 +26,7 @@ impl Worker {
                         let out = Outgoing {
                             message: it.message,
                             route,
+                            id: it.id,
                         };
                         self.private.restore(out, now);
                     }
@@ -48,7 +49,7 @@ impl Worker {
         let mut out = self.outbox.unsent();
         out.extend(self.private.held_messages().map(|m| Unsent {
             to: Destination::Undecided,
-            item: wire::encode_item(m),
+            item: wire::encode_item_with_id(&m.message, m.id),
         }));
         out
     }

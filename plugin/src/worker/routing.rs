@@ -33,7 +33,9 @@ impl Worker {
 
     /// A local message, routed by the MESSAGE callback (`route`): never matched against the
     /// configuration again here.
-    pub(super) fn outbound(&mut self, out: Outgoing) {
+    pub(super) fn outbound(&mut self, mut out: Outgoing) {
+        // Its id from here on (`crate::ids`): the spool's, or the next of this run.
+        out.id = out.id.or_else(|| Some(self.run_ids.next()));
         let msg = &out.message;
         // Checked here, not only when a message must be cut: v2 may fit a large one in one post.
         if msg.payload.len() > self.cfg.max_message_bytes {
@@ -46,14 +48,14 @@ impl Worker {
             );
         }
         if out.route.public && self.make_room(&msg.topic) {
-            let item = self.outbox.prepare(msg.clone());
+            let item = self.outbox.prepare(msg.clone(), out.id);
             self.outbox.push(item, None, Instant::now());
             self.counters.forwarded += 1;
             self.drive_outbox();
         }
         if !out.route.private_rules.is_empty() {
             match self.private.route(&out) {
-                Routed::Send(to) => self.enqueue_to(&out.message, to),
+                Routed::Send(to) => self.enqueue_to(&out.message, out.id, to),
                 Routed::Hold => {
                     // Room is made for it: it counts as queued while held.
                     if self.make_room(&out.message.topic) {
@@ -65,8 +67,13 @@ impl Worker {
         }
     }
 
-    pub(super) fn enqueue_to(&mut self, msg: &Message, recipients: Vec<String>) {
-        let item = self.outbox.prepare(msg.clone());
+    pub(super) fn enqueue_to(
+        &mut self,
+        msg: &Message,
+        id: Option<crate::wire::MessageId>,
+        recipients: Vec<String>,
+    ) {
+        let item = self.outbox.prepare(msg.clone(), id);
         self.drive_outbox();
         for u in recipients {
             if !self.make_room(&msg.topic) {

@@ -237,6 +237,7 @@ fn corpus(seed: u64, batches: usize) -> Vec<Vec<u8>> {
                         qos: rng.below(2) as u8,
                         retain: rng.below(20) == 0,
                         fragment: None,
+                        id: None,
                     }
                 })
                 .collect();

@@ -7,7 +7,6 @@
 //! `crate::relay::interest::private`.
 
 use crate::bus::Outgoing;
-use crate::wire::Message;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -70,8 +69,8 @@ impl PrivateHold {
         Some(self.next_reread.map_or(expiry, |r| r.min(expiry)))
     }
 
-    pub fn messages(&self) -> impl Iterator<Item = &Message> {
-        self.items.iter().map(|(_, m)| &m.message)
+    pub fn messages(&self) -> impl Iterator<Item = &Outgoing> {
+        self.items.iter().map(|(_, m)| m)
     }
 
     pub fn len(&self) -> usize {
@@ -87,6 +86,7 @@ impl PrivateHold {
 mod tests {
     use super::*;
     use crate::route::RuleSet;
+    use crate::wire::Message;
 
     fn msg(topic: &str) -> Outgoing {
         let mut private_rules = RuleSet::default();
@@ -98,6 +98,7 @@ mod tests {
                 qos: 1,
                 retain: false,
             },
+            id: None,
             route: crate::route::Route {
                 public: false,
                 private_rules,

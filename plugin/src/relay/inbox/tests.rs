@@ -303,7 +303,7 @@ fn fragments_in_separate_posts_are_joined_into_one_message() {
         qos: 1,
         retain: true,
     };
-    let parts = wire::encode_fragments(&big, 77, 1500).unwrap();
+    let parts = wire::encode_fragments(&big, 77, 1500, None).unwrap();
     assert!(parts.len() >= 3);
     for (k, part) in parts.iter().enumerate() {
         run.node

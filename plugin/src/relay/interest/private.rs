@@ -23,6 +23,7 @@ pub enum PrivateEffect {
     /// Queue `message` as a DM to each of `to`.
     Send {
         message: Message,
+        id: Option<crate::wire::MessageId>,
         to: Vec<String>,
     },
     Dropped(Reason, String),
@@ -191,7 +192,7 @@ impl PrivateForwards {
         self.held.len()
     }
 
-    pub fn held_messages(&self) -> impl Iterator<Item = &Message> {
+    pub fn held_messages(&self) -> impl Iterator<Item = &Outgoing> {
         self.held.messages()
     }
 
@@ -223,6 +224,7 @@ impl PrivateForwards {
             }
             self.effects.push_back(PrivateEffect::Send {
                 message: msg.message,
+                id: msg.id,
                 to,
             });
         }

@@ -34,6 +34,7 @@ fn out(topic: &str) -> Outgoing {
             qos: 1,
             retain: false,
         },
+        id: None,
         route: Route {
             public: false,
             private_rules: first_rule(),
@@ -135,6 +136,7 @@ fn until_every_recipient_answered_messages_are_held_then_sent_to_who_wants_them(
     )));
     assert!(e.contains(&PrivateEffect::Send {
         message: out("doors/1").message,
+        id: None,
         to: vec!["bob".into()]
     }));
     assert_eq!(p.held_len(), 1, "nobody wants doors/a/b");
@@ -187,6 +189,7 @@ fn a_held_message_goes_as_soon_as_a_recipient_subscribes_and_rereads_are_bounded
         sent[0],
         &PrivateEffect::Send {
             message: out("doors/a/b").message,
+            id: None,
             to: vec!["carol".into()]
         }
     );

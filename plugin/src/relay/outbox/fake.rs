@@ -151,7 +151,7 @@ impl Run {
     }
 
     pub(super) fn push(&mut self, m: Message, to: Option<&str>) {
-        let item = self.outbox.prepare(m);
+        let item = self.outbox.prepare(m, None);
         self.outbox.push(item, to.map(String::from), self.now);
         self.drive();
     }

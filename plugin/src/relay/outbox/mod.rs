@@ -159,8 +159,8 @@ impl Outbox {
     }
 
     /// Encodes a message about to be queued; in the poc format, says when the 2014 bridge will lose it.
-    pub fn prepare(&mut self, message: Message) -> Queued {
-        let out = Queued::new(message, self.settings.wire_format);
+    pub fn prepare(&mut self, message: Message, id: Option<crate::wire::MessageId>) -> Queued {
+        let out = Queued::new(message, self.settings.wire_format, id);
         let chars = out.encoded.chars().count();
         if self.settings.wire_format == WireFormat::Poc && chars > POC_BRIDGE_CHARS {
             if let Payload::Whole(m) = &out.payload {
@@ -433,7 +433,7 @@ impl Outbox {
                 if self.settings.wire_format != WireFormat::Poc
                     && m.payload.len() <= self.settings.max_message_bytes =>
             {
-                wire::encode_fragments(m, id, room)
+                wire::encode_fragments(m, id, room, head.id)
             }
             _ => None,
         };
@@ -447,6 +447,7 @@ impl Outbox {
                     q.items.push_front(Queued {
                         payload: Payload::Fragment,
                         encoded: part,
+                        id: head.id,
                     });
                 }
                 q.since.get_or_insert(now);

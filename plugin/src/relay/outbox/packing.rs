@@ -26,18 +26,21 @@ pub enum Payload {
 pub struct Queued {
     pub payload: Payload,
     pub encoded: String,
+    /// The message's id (`crate::wire::MessageId`): in v1 and v2 posts, not in the poc format.
+    pub id: Option<wire::MessageId>,
 }
 
 impl Queued {
-    pub fn new(message: Message, format: WireFormat) -> Self {
+    pub fn new(message: Message, format: WireFormat, id: Option<wire::MessageId>) -> Self {
         let encoded = match format {
             // v2 queues v1 items too and compresses a post's batch of them when it is made.
-            WireFormat::V1 | WireFormat::V2 => wire::encode_item(&message),
+            WireFormat::V1 | WireFormat::V2 => wire::encode_item_with_id(&message, id),
             WireFormat::Poc => wire::encode_poc(&message),
         };
         Queued {
             payload: Payload::Whole(message),
             encoded,
+            id,
         }
     }
 
@@ -49,15 +52,16 @@ impl Queued {
             Some(_) => Queued {
                 payload: Payload::Fragment,
                 encoded: item.to_string(),
+                id: it.id,
             },
-            None => Queued::new(it.message, format),
+            None => Queued::new(it.message, format, it.id),
         })
     }
 
     /// As the state file keeps it (whole messages in the format-neutral v1 item).
     pub(super) fn saved(&self) -> String {
         match &self.payload {
-            Payload::Whole(m) => wire::encode_item(m),
+            Payload::Whole(m) => wire::encode_item_with_id(m, self.id),
             Payload::Fragment => self.encoded.clone(),
         }
     }

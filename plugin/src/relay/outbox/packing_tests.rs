@@ -42,7 +42,7 @@ fn posts_never_exceed_the_limit_and_are_full_at_the_exact_boundary() {
             let first = wire::decode_items(next).unwrap().remove(0);
             let item = match first.fragment {
                 Some(_) => continue, // a fragment is cut to fit a post of its own
-                None => Queued::new(first.message, WireFormat::V1).encoded,
+                None => Queued::new(first.message, WireFormat::V1, None).encoded,
             };
             let grown = text.len() + 1 + item.len();
             let limit = match to {

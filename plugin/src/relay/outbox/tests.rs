@@ -240,3 +240,48 @@ fn a_reply_to_another_request_is_ignored() {
     run.outbox.handle_reply(id, Reply::Posted(Ok(())), run.now);
     assert!(run.outbox.is_empty());
 }
+
+#[test]
+fn message_ids_reach_the_posts_of_v1_and_v2_fragments_included_and_poc_carries_none() {
+    use crate::wire::MessageId;
+    for format in [WireFormat::V1, WireFormat::V2, WireFormat::Poc] {
+        let mut run = Run::new(format);
+        for seq in 1..=30u64 {
+            let mut m = msg("sensors/a", format!("{seq}").as_bytes());
+            if seq == 7 && format != WireFormat::Poc {
+                // Cut into fragments: each carries the whole message's id.
+                let mut x = 0x2545_f491_u64;
+                m.payload = (0..6000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+            }
+            let item = run.outbox.prepare(m, Some(MessageId { epoch: 9, seq }));
+            run.outbox.push(item, None, run.now);
+            run.drive();
+        }
+        run.settle();
+        let ids: Vec<Option<u64>> = run
+            .node
+            .messages()
+            .iter()
+            .map(|it| it.id.map(|id| id.seq))
+            .collect();
+        if format == WireFormat::Poc {
+            assert!(ids.iter().all(Option::is_none), "poc format unchanged");
+            continue;
+        }
+        let mut expected: Vec<Option<u64>> = Vec::new();
+        let fragments = ids.iter().filter(|i| **i == Some(7)).count();
+        assert!(fragments > 1, "{format:?}: message 7 was cut");
+        for seq in 1..=30u64 {
+            let n = if seq == 7 { fragments } else { 1 };
+            expected.extend(std::iter::repeat(Some(seq)).take(n));
+        }
+        assert_eq!(ids, expected, "{format:?}");
+    }
+}
