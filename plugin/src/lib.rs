@@ -13,7 +13,6 @@ pub mod access;
 pub mod bus;
 pub mod config;
 pub mod dht;
-pub mod directs;
 pub mod drops;
 #[cfg(test)]
 mod fuzz;

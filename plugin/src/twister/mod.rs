@@ -69,6 +69,81 @@ impl Post {
     }
 }
 
+/// The part of our conversation with `peer` one `getdirectmsgs` call reads: positions in
+/// `(since, max]` (`max: None`: up to the newest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DmWindow {
+    pub peer: String,
+    pub since: i64,
+    pub max: Option<i64>,
+}
+
+/// One entry of a conversation as `getdirectmsgs` lists it: its position and time (twisterd's),
+/// and, for a DM the peer sent us, its post number and text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectMsg {
+    pub id: i64,
+    pub time: i64,
+    /// `Some` only for a DM from the peer (`fromMe` false, `from` the peer) with a post number.
+    pub from_peer: Option<PeerDm>,
+}
+
+/// A DM the peer sent us.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerDm {
+    pub k: i64,
+    pub text: String,
+}
+
+/// One `getdirectmsgs` page, in twisterd's order (oldest first).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DmPage {
+    /// Entries listed, readable or not (a full page means more may be below).
+    pub listed: usize,
+    /// The entries with a position and a time; the others are skipped.
+    pub entries: Vec<DirectMsg>,
+}
+
+impl DmPage {
+    /// Reads `answer` (`{"<peer>": [entries]}`) defensively: what does not parse is absent.
+    fn of(answer: &Value, peer: &str) -> DmPage {
+        let listed: &[Value] = answer
+            .get(peer)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let entries = listed
+            .iter()
+            .filter_map(|e| {
+                let id = e.get("id").and_then(Value::as_i64)?;
+                let time = e.get("time").and_then(Value::as_i64)?;
+                let sent_by_peer = e.get("fromMe").and_then(Value::as_bool) == Some(false)
+                    && e.get("from").and_then(Value::as_str) == Some(peer);
+                let from_peer = match e.get("k").and_then(Value::as_i64) {
+                    Some(k) if sent_by_peer => Some(PeerDm {
+                        k,
+                        text: e
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                    }),
+                    _ => None,
+                };
+                Some(DirectMsg {
+                    id,
+                    time,
+                    from_peer,
+                })
+            })
+            .collect();
+        DmPage {
+            listed: listed.len(),
+            entries,
+        }
+    }
+}
+
 /// A DHT value with its sequence number (seq 0: nothing stored yet).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DhtEntry {
@@ -184,16 +259,19 @@ impl Client {
             .unwrap_or_default())
     }
 
-    /// One `getdirectmsgs` page: the answer as twisterd gives it, read by `crate::directs::Reader`
-    /// (which checks every field of this untrusted input).
+    /// One `getdirectmsgs` page of at most `page` entries of `window`.
     pub fn get_direct_msgs(
         &self,
         user: &str,
         page: i64,
-        window: Value,
-    ) -> Result<Value, TwisterError> {
-        self.raw
-            .call("getdirectmsgs", json!([user, page, [window]]))
+        window: &DmWindow,
+    ) -> Result<DmPage, TwisterError> {
+        let mut w = json!({"username": window.peer, "since_id": window.since});
+        if let Some(max) = window.max {
+            w["max_id"] = json!(max);
+        }
+        let answer = self.raw.call("getdirectmsgs", json!([user, page, [w]]))?;
+        Ok(DmPage::of(&answer, &window.peer))
     }
 
     /// A single-writer ("s") DHT value of `user`.
@@ -289,6 +367,78 @@ mod tests {
             .get_posts("bob", 0, 1, 2)
             .unwrap()
             .is_empty());
+    }
+
+    /// Records the parameters of the last call, answers with one canned reply.
+    struct Recording(std::sync::Mutex<Value>, Value);
+
+    impl Twister for Recording {
+        fn call(&self, _method: &str, params: Value) -> Result<Value, TwisterError> {
+            *self.0.lock().unwrap() = params;
+            Ok(self.1.clone())
+        }
+    }
+
+    #[test]
+    fn dms_are_asked_for_by_window_and_read_defensively() {
+        let answer = json!({"alice": [
+            {"id": 4, "time": 100, "k": 7, "fromMe": false, "from": "alice", "text": "hi"},
+            {"id": 5, "time": 101, "k": 8, "fromMe": true, "from": "bob", "text": "mine"},
+            {"id": 6, "time": 101, "k": 9, "fromMe": false, "from": "mallory", "text": "x"},
+            {"id": 7, "time": 102, "fromMe": false, "from": "alice"},
+            {"time": 103, "k": 10, "fromMe": false, "from": "alice"},
+            "junk",
+        ], "carol": [{"id": 1, "time": 1}]});
+        let raw = std::sync::Arc::new(Recording(Default::default(), answer));
+        struct Shared(std::sync::Arc<Recording>);
+        impl Twister for Shared {
+            fn call(&self, method: &str, params: Value) -> Result<Value, TwisterError> {
+                self.0.call(method, params)
+            }
+        }
+        let c = Client::new(Box::new(Shared(raw.clone())));
+        let window = DmWindow {
+            peer: "alice".into(),
+            since: 3,
+            max: Some(9),
+        };
+        let page = c.get_direct_msgs("bob", 1000, &window).unwrap();
+        assert_eq!(
+            *raw.0.lock().unwrap(),
+            json!(["bob", 1000, [{"username": "alice", "since_id": 3, "max_id": 9}]])
+        );
+        assert_eq!(page.listed, 6, "every entry counts for a full page");
+        let seen: Vec<(i64, i64, Option<i64>)> = page
+            .entries
+            .iter()
+            .map(|e| (e.id, e.time, e.from_peer.as_ref().map(|d| d.k)))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (4, 100, Some(7)),
+                (5, 101, None),
+                (6, 101, None),
+                (7, 102, None)
+            ],
+            "ours, another sender's and one without k are positions only"
+        );
+        assert_eq!(page.entries[0].from_peer.as_ref().unwrap().text, "hi");
+        let open = DmWindow {
+            max: None,
+            ..window
+        };
+        c.get_direct_msgs("bob", 10, &open).unwrap();
+        assert_eq!(
+            *raw.0.lock().unwrap(),
+            json!(["bob", 10, [{"username": "alice", "since_id": 3}]])
+        );
+        assert_eq!(
+            client(Ok(json!("odd")))
+                .get_direct_msgs("bob", 1, &open)
+                .unwrap(),
+            DmPage::default()
+        );
     }
 
     #[test]

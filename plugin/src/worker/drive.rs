@@ -57,7 +57,7 @@ impl Worker {
                 InboxEffect::DirectMsgs { id, window } => (
                     id,
                     InboxReply::DirectMsgs(self.call("getdirectmsgs", |c| {
-                        c.get_direct_msgs(&user, crate::directs::PAGE, window)
+                        c.get_direct_msgs(&user, crate::relay::inbox::directs::PAGE, &window)
                     })),
                 ),
                 InboxEffect::Posts {

@@ -1,5 +1,5 @@
 //! What followed users posted, in: read positions (cursors), the plan of calls that reads what is new
-//! (one `getlasthave`, then per grown user its DMs through `crate::directs::Reader` and its posts in
+//! (one `getlasthave`, then per grown user its DMs through `directs::Reader` and its posts in
 //! windows), decoding, skipping promoted posts, other users' pieces and duplicates, and joining
 //! fragments (`crate::reassembly`). Everything read is untrusted: malformed input is counted and
 //! warned about, rate-limited.
@@ -8,18 +8,18 @@
 //! with each event. At most one request is outstanding. A piece is marked read before it is handed on
 //! (`Deliver`), so one that crashes the driver is not read again after the restart.
 
+pub mod directs;
 #[cfg(test)]
 mod tests;
 
 use super::{Level, RequestId};
-use crate::directs::Reader;
 use crate::drops::Reason;
 use crate::ratelimit::{held_back_note, LogLimiter};
 use crate::reassembly::{Limits, Reassembler};
 use crate::state::Cursor;
-use crate::twister::{Post, TwisterError};
+use crate::twister::{DmPage, DmWindow, Post, TwisterError};
 use crate::wire::{self, Message};
-use serde_json::Value;
+use directs::Reader;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,10 @@ pub enum InboxEffect {
     LastHave {
         id: RequestId,
     },
-    /// One `getdirectmsgs` page of the conversation `window` names.
+    /// One `getdirectmsgs` page (`directs::PAGE` entries at most) of the conversation `window` names.
     DirectMsgs {
         id: RequestId,
-        window: Value,
+        window: DmWindow,
     },
     /// `getposts` of `from` numbered in `(since, upto]`, `count` asked for.
     Posts {
@@ -65,7 +65,7 @@ pub enum InboxEffect {
 #[derive(Debug, Clone, PartialEq)]
 pub enum InboxReply {
     LastHave(Result<BTreeMap<String, i64>, TwisterError>),
-    DirectMsgs(Result<Value, TwisterError>),
+    DirectMsgs(Result<DmPage, TwisterError>),
     Posts(Result<Vec<Post>, TwisterError>),
 }
 
@@ -88,6 +88,12 @@ struct Fetch {
 enum Stage {
     Dms(Reader),
     Posts { since: i64 },
+}
+
+/// The next call of a user's read.
+enum Next {
+    Dms(DmWindow),
+    Posts(i64, i64),
 }
 
 #[derive(Debug)]
@@ -236,22 +242,22 @@ impl Inbox {
             let Some(fetch) = &mut self.current else {
                 return;
             };
-            let effect = match &fetch.stage {
-                Stage::Dms(reader) => reader.next_window().map(|window| (window, None)),
+            let next = match &fetch.stage {
+                Stage::Dms(reader) => reader.next_window().map(Next::Dms),
                 Stage::Posts { since } if *since < fetch.last => {
                     let upto = since.saturating_add(FETCH_WINDOW).min(fetch.last);
-                    Some((Value::Null, Some((*since, upto))))
+                    Some(Next::Posts(*since, upto))
                 }
                 Stage::Posts { .. } => None,
             };
-            match effect {
-                Some((window, None)) => {
+            match next {
+                Some(Next::Dms(window)) => {
                     let id = self.request(Awaiting::Fetch);
                     self.effects
                         .push_back(InboxEffect::DirectMsgs { id, window });
                     return;
                 }
-                Some((_, Some((since, upto)))) => {
+                Some(Next::Posts(since, upto)) => {
                     let from = fetch.from.clone();
                     // One slot more than the window can hold: twisterd may put its promoted post first.
                     let count = upto - since + 1;

@@ -6,7 +6,6 @@ use crate::relay::Level;
 use crate::state::Cursor;
 use crate::twister::{Post, TwisterError};
 use crate::wire::{self, Message};
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -77,22 +76,17 @@ impl FakeNode {
                 if self.failing("getdirectmsgs") {
                     return Some((*id, InboxReply::DirectMsgs(Err(down()))));
                 }
-                let from = window["username"].as_str().unwrap().to_string();
-                let since = window["since_id"].as_i64().unwrap();
-                let max = window.get("max_id").and_then(Value::as_i64);
-                let entries: Vec<Value> = self
+                let conv: Vec<(i64, i64, bool, String)> = self
                     .dms
-                    .get(&from)
+                    .get(&window.peer)
                     .map(|c| c.as_slice())
                     .unwrap_or(&[])
                     .iter()
-                    .enumerate()
-                    .filter(|(i, _)| (*i as i64) > since && max.is_none_or(|m| (*i as i64) <= m))
-                    .map(|(i, (time, k, text))| {
-                        json!({"id": i, "time": time, "k": k, "fromMe": false, "from": from, "text": text})
-                    })
+                    .map(|(time, k, text)| (*time, *k, false, text.clone()))
                     .collect();
-                Some((*id, InboxReply::DirectMsgs(Ok(json!({ from: entries })))))
+                let page =
+                    crate::relay::inbox::directs::tests::page_of(&conv, window.since, window.max);
+                Some((*id, InboxReply::DirectMsgs(Ok(page))))
             }
             InboxEffect::Posts {
                 id,

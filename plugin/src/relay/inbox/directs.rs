@@ -7,10 +7,10 @@
 //! oldest DM of that tail is as new as the newest it read before (new DMs of that second may have been
 //! inserted further down), reads the tail again from further down: each tail is one consistent
 //! snapshot, which replaces the one before. It hands the new DMs on sorted by `k`; duplicates are left
-//! to the cursor (`(from, k)` seen once).
+//! to the cursor (`(from, k)` seen once). Pages come typed from the client (`crate::twister::DmPage`).
 
 use crate::state::REORDER_WINDOW;
-use serde_json::{json, Value};
+use crate::twister::{DmPage, DmWindow};
 
 /// DMs asked for per call.
 pub const PAGE: i64 = 1000;
@@ -63,52 +63,36 @@ impl Reader {
         }
     }
 
-    /// The user window of the next call, or `None` when done.
-    pub fn next_window(&self) -> Option<Value> {
+    /// The window of the next call, or `None` when done.
+    pub fn next_window(&self) -> Option<DmWindow> {
         if self.done {
             return None;
         }
-        let mut w = json!({"username": self.from, "since_id": self.since});
-        if let Some(m) = self.max {
-            w["max_id"] = json!(m);
-        }
-        Some(w)
+        Some(DmWindow {
+            peer: self.from.clone(),
+            since: self.since,
+            max: self.max,
+        })
     }
 
-    /// Takes one call's answer (`{"peer": [entries oldest first]}`) and decides what to read next.
-    pub fn take(&mut self, answer: &Value) {
+    /// Takes one call's page (entries oldest first) and decides what to read next.
+    pub fn take(&mut self, page: &DmPage) {
         self.calls += 1;
-        let entries: &[Value] = answer
-            .get(&self.from)
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
         let mut oldest: Option<(i64, i64)> = None;
         let mut received = Vec::new();
-        for e in entries {
-            let (Some(id), Some(time)) = (
-                e.get("id").and_then(Value::as_i64),
-                e.get("time").and_then(Value::as_i64),
-            ) else {
-                continue;
-            };
+        for e in &page.entries {
+            let (id, time) = (e.id, e.time);
             if oldest.is_none_or(|(i, _)| id < i) {
                 oldest = Some((id, time));
             }
             self.max_id = self.max_id.max(id);
             self.max_time = self.max_time.max(time);
-            if e.get("fromMe").and_then(Value::as_bool) != Some(false)
-                || e.get("from").and_then(Value::as_str) != Some(self.from.as_str())
-            {
-                continue;
-            }
-            let Some(k) = e.get("k").and_then(Value::as_i64) else {
+            let Some(dm) = &e.from_peer else {
                 continue;
             };
-            let text = e.get("text").and_then(Value::as_str).unwrap_or("");
             received.push(Dm {
-                k,
-                text: text.to_string(),
+                k: dm.k,
+                text: dm.text.clone(),
             });
         }
         if self.max.is_none() {
@@ -117,7 +101,7 @@ impl Reader {
         } else {
             self.received.extend(received);
         }
-        let full = entries.len() as i64 >= PAGE;
+        let full = page.listed as i64 >= PAGE;
         let next = match oldest {
             // The window held more than one page: read the rest of it below what came.
             Some((id, _)) if full => Some((self.since, Some(id - 1))),
@@ -152,29 +136,49 @@ impl Reader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::twister::{DirectMsg, PeerDm};
 
-    /// A conversation as twisterd lists it: (time, k, from_me).
-    fn listing(conv: &[(i64, i64, bool)], since: i64, max: Option<i64>) -> Value {
-        let entries: Vec<Value> = conv
+    /// A page as the client reads it from twisterd's list: entries `(time, k, from_me)`, each at
+    /// its position, those in `(since, max]`.
+    pub(crate) fn page_of(
+        entries: &[(i64, i64, bool, String)],
+        since: i64,
+        max: Option<i64>,
+    ) -> DmPage {
+        let entries: Vec<DirectMsg> = entries
             .iter()
             .enumerate()
             .filter(|(id, _)| (*id as i64) > since && max.is_none_or(|m| (*id as i64) <= m))
-            .map(|(id, (time, k, me))| {
-                json!({"id": id, "time": time, "k": k, "fromMe": me,
-                       "from": if *me { "bob" } else { "alice" }, "text": format!("m{k}")})
+            .map(|(id, (time, k, me, text))| DirectMsg {
+                id: id as i64,
+                time: *time,
+                from_peer: (!me).then(|| PeerDm {
+                    k: *k,
+                    text: text.clone(),
+                }),
             })
             .collect();
-        json!({ "alice": entries })
+        DmPage {
+            listed: entries.len(),
+            entries,
+        }
+    }
+
+    /// A conversation as twisterd lists it: (time, k, from_me).
+    fn listing(conv: &[(i64, i64, bool)], since: i64, max: Option<i64>) -> DmPage {
+        let texts: Vec<(i64, i64, bool, String)> = conv
+            .iter()
+            .map(|(t, k, me)| (*t, *k, *me, format!("m{k}")))
+            .collect();
+        page_of(&texts, since, max)
     }
 
     fn read(conv: &[(i64, i64, bool)], last_id: i64, last_time: i64) -> (Vec<i64>, Reader) {
         let mut r = Reader::new("alice", last_id, last_time);
         while let Some(w) = r.next_window() {
-            let since = w["since_id"].as_i64().unwrap();
-            let max = w.get("max_id").and_then(Value::as_i64);
-            r.take(&listing(conv, since, max));
+            r.take(&listing(conv, w.since, w.max));
         }
         let (max_id, max_time) = (r.max_id, r.max_time);
         let ks = r.in_post_order().iter().map(|d| d.k).collect();
@@ -217,9 +221,7 @@ mod tests {
         let mut calls = 0;
         while let Some(w) = r.next_window() {
             calls += 1;
-            let since = w["since_id"].as_i64().unwrap();
-            let max = w.get("max_id").and_then(Value::as_i64);
-            r.take(&listing(&conv, since, max));
+            r.take(&listing(&conv, w.since, w.max));
         }
         assert_eq!(calls, 1, "the window reached older seconds: no paging");
         // Every DM in one second: paging back is bounded.
@@ -228,9 +230,7 @@ mod tests {
         let mut calls = 0;
         while let Some(w) = r.next_window() {
             calls += 1;
-            let since = w["since_id"].as_i64().unwrap();
-            let max = w.get("max_id").and_then(Value::as_i64);
-            r.take(&listing(&same, since, max));
+            r.take(&listing(&same, w.since, w.max));
         }
         assert!(calls <= MAX_CALLS + 1, "{calls}");
     }
@@ -240,13 +240,11 @@ mod tests {
         let conv: Vec<(i64, i64, bool)> = (0..2500).map(|k| (k, k, false)).collect();
         let mut r = Reader::new("alice", -1, 0);
         while let Some(w) = r.next_window() {
-            let since = w["since_id"].as_i64().unwrap();
-            let max = w.get("max_id").and_then(Value::as_i64);
             // Like twisterd: the newest PAGE of the window.
-            let mut l = listing(&conv, since, max);
-            let a = l["alice"].as_array_mut().unwrap();
-            let excess = a.len().saturating_sub(PAGE as usize);
-            a.drain(..excess);
+            let mut l = listing(&conv, w.since, w.max);
+            let excess = l.entries.len().saturating_sub(PAGE as usize);
+            l.entries.drain(..excess);
+            l.listed = l.entries.len();
             r.take(&l);
         }
         assert_eq!(r.in_post_order().len(), 2500);
@@ -299,15 +297,11 @@ mod order_tests {
                             insert(&mut conv, time, next_k);
                             next_k += 1;
                         }
-                        let since = w["since_id"].as_i64().unwrap();
-                        let max = w.get("max_id").and_then(Value::as_i64);
-                        let entries: Vec<Value> = conv
+                        let entries: Vec<(i64, i64, bool, String)> = conv
                             .iter()
-                            .enumerate()
-                            .filter(|(id, _)| (*id as i64) > since && max.is_none_or(|m| (*id as i64) <= m))
-                            .map(|(id, (t, k, _))| json!({"id": id, "time": t, "k": k, "fromMe": false, "from": "alice", "text": ""}))
+                            .map(|(t, k, _)| (*t, *k, false, String::new()))
                             .collect();
-                        r.take(&json!({ "alice": entries }));
+                        r.take(&super::tests::page_of(&entries, w.since, w.max));
                     }
                     cursor.dm_id = r.max_id;
                     cursor.dm_time = r.max_time;
