@@ -21,6 +21,8 @@ user root"
 printf '%s\n' "$base" >"$work/plain.conf"
 printf '%s\nplugin %s\nplugin_opt_rpc_url http://127.0.0.1:%s/\nplugin_opt_rpc_user p\nplugin_opt_rpc_password profile\nplugin_opt_user profiler\nplugin_opt_create_user true\nplugin_opt_publish %s\n' \
   "$base" "$T/libmqtt_twister.so" "$node_port" "${FORWARD:-elsewhere/#}" >"$work/plugin.conf"
+# SPOOL=1: MESSAGE also writes every forwarded message into the crash-safe spool.
+if [ "${SPOOL:-0}" = 1 ]; then printf 'plugin_opt_spool_dir %s\n' "$work/spool" >>"$work/plugin.conf"; fi
 seq 1 "$N" | sed 's/^/payload-0123456789-0123456789-0123456789-/' >"$work/lines"
 run() {
   valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$work/$1.out" mosquitto -c "$work/$1.conf" >"$work/$1.log" 2>&1 &
@@ -38,7 +40,7 @@ incl() { callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$work/plu
 plain=$(total "$work/plain.out-01"); plugin=$(total "$work/plugin.out-01")
 echo "broker thread, $N QoS 1 messages through one broker (instructions):"
 echo "  plain mosquitto:  $plain  ($((plain / N)) per message, start-up included)"
-echo "  with the plugin:  $plugin  ($((plugin / N)) per message; forward filter ${FORWARD:-elsewhere/#})"
+echo "  with the plugin:  $plugin  ($((plugin / N)) per message; forward filter ${FORWARD:-elsewhere/#}; spool ${SPOOL:-0})"
 # The host layer's trampolines (host/trampolines.rs), one per callback kind, include the plugin's logic.
 for cb in message tick acl_check; do
   n=$(incl "trampolines::$cb"); echo "  $cb (inclusive): ${n:-0}  ($(( ${n:-0} / N )) per message)"

@@ -73,13 +73,16 @@ pub struct ToBrokerSender {
     publish: Sender<Message>,
     logs: Sender<(Level, String)>,
     logs_dropped: Arc<AtomicU64>,
+    /// Set after each message or line sent (and each line dropped): the broker thread, which looks on
+    /// every TICK, reads this one flag instead of the two channels.
+    pending: Arc<AtomicBool>,
 }
 
 impl ToBrokerSender {
     /// Never blocks. A log line the channel has no room for is counted; the broker thread says how
     /// many were dropped.
     pub fn try_send(&self, m: ToBroker) -> Result<(), ToBroker> {
-        match m {
+        let sent = match m {
             ToBroker::Publish(msg) => self
                 .publish
                 .try_send(msg)
@@ -91,16 +94,25 @@ impl ToBrokerSender {
                 let (level, line) = e.into_inner();
                 ToBroker::Log(level, line)
             }),
-        }
+        };
+        self.flag_pending();
+        sent
+    }
+
+    /// After the item is in its channel (or a drop counted), so that the broker thread, once it sees
+    /// the flag, also sees the item.
+    fn flag_pending(&self) {
+        self.pending.store(true, Ordering::Release);
     }
 
     /// A message waits up to `timeout` for room; a log line never waits (as `try_send`).
     pub fn send_timeout(&self, m: ToBroker, timeout: Duration) -> Result<(), ToBroker> {
         match m {
-            ToBroker::Publish(msg) => self
-                .publish
-                .send_timeout(msg, timeout)
-                .map_err(|e| ToBroker::Publish(e.into_inner())),
+            ToBroker::Publish(msg) => {
+                let sent = self.publish.send_timeout(msg, timeout);
+                self.flag_pending();
+                sent.map_err(|e| ToBroker::Publish(e.into_inner()))
+            }
             log => self.try_send(log),
         }
     }
@@ -111,16 +123,26 @@ pub struct FromWorker {
     publish: Receiver<Message>,
     logs: Receiver<(Level, String)>,
     logs_dropped: Arc<AtomicU64>,
+    pending: Arc<AtomicBool>,
 }
 
 impl FromWorker {
+    /// Whether anything was sent (or a line dropped) since the last call, which clears the flag: one
+    /// load when nothing was. Call `try_recv` until None afterwards, or `look_again`.
+    #[inline(always)]
+    pub fn take_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) && self.pending.swap(false, Ordering::Acquire)
+    }
+
+    /// Not everything was taken: the next `take_pending` says true.
+    pub fn look_again(&self) {
+        self.pending.store(true, Ordering::Relaxed);
+    }
+
     /// The next log line, else the next message to publish; never blocks.
     pub fn try_recv(&self) -> Option<ToBroker> {
-        // Two loads when there is no line: TICK runs on every turn of the broker's loop.
-        if !self.logs.is_empty() {
-            if let Ok((level, line)) = self.logs.try_recv() {
-                return Some(ToBroker::Log(level, line));
-            }
+        if let Ok((level, line)) = self.logs.try_recv() {
+            return Some(ToBroker::Log(level, line));
         }
         self.publish.try_recv().ok().map(ToBroker::Publish)
     }
@@ -146,16 +168,19 @@ pub fn to_broker(publish_capacity: usize, log_capacity: usize) -> (ToBrokerSende
     let (publish, publish_rx) = bounded(publish_capacity);
     let (logs, logs_rx) = bounded(log_capacity);
     let logs_dropped = Arc::new(AtomicU64::new(0));
+    let pending = Arc::new(AtomicBool::new(false));
     (
         ToBrokerSender {
             publish,
             logs,
             logs_dropped: logs_dropped.clone(),
+            pending: pending.clone(),
         },
         FromWorker {
             publish: publish_rx,
             logs: logs_rx,
             logs_dropped,
+            pending,
         },
     )
 }
@@ -275,6 +300,28 @@ mod tests {
             })
             .collect();
         assert_eq!(got, ["line 0", "line 1", "a"]);
+    }
+
+    #[test]
+    fn the_pending_flag_is_set_by_every_send_and_drop_and_cleared_by_taking_it() {
+        let (tx, rx) = to_broker(1, 1);
+        assert!(!rx.take_pending(), "nothing sent yet");
+        tx.try_send(ToBroker::Log(Level::Info, "a".into())).unwrap();
+        assert!(rx.take_pending());
+        assert!(!rx.take_pending(), "taken once");
+        // A dropped line (the channel holds one) must be reported: it flags too.
+        assert!(tx.try_send(ToBroker::Log(Level::Info, "b".into())).is_err());
+        assert!(rx.take_pending());
+        tx.send_timeout(ToBroker::Publish(msg("m")), Duration::ZERO)
+            .unwrap();
+        assert!(rx.take_pending());
+        rx.look_again();
+        assert!(rx.take_pending() && !rx.take_pending());
+        // A clone (the DHT thread's) flags the same receiver.
+        tx.clone()
+            .try_send(ToBroker::Log(Level::Info, "c".into()))
+            .unwrap_err();
+        assert!(rx.take_pending());
     }
 
     #[test]

@@ -457,7 +457,7 @@ mod tests {
                 users: vec!["bob".into(), "carol".into()]
             }]
         );
-        let forwards = |t| !c.router.route(t).is_empty();
+        let forwards = |t: &str| !c.router.route(t).is_empty();
         assert!(forwards("doors/1") && forwards("sensors/x/y") && !forwards("other"));
     }
 

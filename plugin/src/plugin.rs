@@ -16,6 +16,7 @@ use crate::host::views::{
 };
 use crate::interest::{RestoredSessions, SessionEvent};
 use crate::qos2::{self, Qos2Dedup};
+use crate::route::Route;
 use crate::spool::intake::{Intake, Verdict};
 use crate::spool::keeper::Keeper;
 use crate::startup::{
@@ -37,6 +38,10 @@ pub const TICK_PACE: Duration = Duration::from_millis(100);
 const INJECT_PER_TICK: usize = 2048;
 /// How often the drop counts are said in the log at most.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// The worker's health is looked at on every this many TICKs (at least every 1.6 s: both versions
+/// run TICK at least every 100 ms), not on each: it needs the clock, and a worker is called silent
+/// only after a minute.
+const HEALTH_EVERY_TICKS: u32 = 16;
 
 /// What the host knows about the running broker when the plugin starts.
 pub struct HostFacts<F> {
@@ -62,6 +67,8 @@ pub struct Plugin {
     refused: u64,
     /// The pacing TICK (2.1) has said once that it asks for the next TICK.
     pace_said: bool,
+    /// TICKs so far (wrapping): the worker's health is looked at on every HEALTH_EVERY_TICKS.
+    ticks: u32,
     dropped_reported: u64,
     last_drop_report: Instant,
     /// Log lines dropped (their channel full) as last said, and when.
@@ -154,6 +161,7 @@ impl Plugin {
             dropped: 0,
             refused: 0,
             pace_said: false,
+            ticks: 0,
             dropped_reported: 0,
             last_drop_report: Instant::now(),
             logs_dropped_reported: 0,
@@ -197,18 +205,30 @@ impl Plugin {
         }
     }
 
-    /// MESSAGE. 2.0 disconnects the publisher on any answer but Accept. On 2.1, QUOTA_EXCEEDED
-    /// refuses this one publish: used when the queue is full and the publisher learns it (MQTT 5,
-    /// QoS 1 or 2) and can retry; the refused message reaches no local subscriber either, so everyone
-    /// else's messages still pass. With the spool, a QoS 1/2 publish the spool cannot take is refused
-    /// unacknowledged: "quota exceeded" where the client understands it, else its connection closed
-    /// (it resends after reconnecting).
+    /// MESSAGE. Most topics stay local: they cost the routing and nothing else. What leaves is
+    /// handled by `forward`.
     #[inline(always)]
     pub fn message(&mut self, ev: &MessageEvent<impl Client>) -> MessageAnswer {
         let route = self.cfg.router.route(ev.topic);
         if route.is_empty() {
             return MessageAnswer::Accept;
         }
+        self.forward(ev, route)
+    }
+
+    /// A local message that leaves. 2.0 disconnects the publisher on any answer but Accept. On 2.1,
+    /// QUOTA_EXCEEDED refuses this one publish: used when the queue is full and the publisher learns
+    /// it (MQTT 5, QoS 1 or 2) and can retry; the refused message reaches no local subscriber either,
+    /// so everyone else's messages still pass. With the spool, a QoS 1/2 publish the spool cannot take
+    /// is refused unacknowledged: "quota exceeded" where the client understands it, else its
+    /// connection closed (it resends after reconnecting). Not inlined, so that the common path above
+    /// stays small.
+    #[inline(never)]
+    fn forward(&mut self, ev: &MessageEvent<impl Client>, route: Route) -> MessageAnswer {
+        // The broker accepts only UTF-8 topics from clients; anything else is not ours to forward.
+        let Ok(topic) = std::str::from_utf8(ev.topic) else {
+            return MessageAnswer::Accept;
+        };
         let may_refuse = self.v21 && ev.qos > 0;
         if may_refuse && self.worker.backlog_full() && ev.client.protocol_version() == 5 {
             self.refused += 1;
@@ -217,7 +237,7 @@ impl Plugin {
         let mut qos2_seen = None;
         if ev.qos == 2 {
             if let Some(id) = ev.client.id() {
-                let fp = qos2::fingerprint(ev.topic, ev.payload, ev.retain);
+                let fp = qos2::fingerprint(topic, ev.payload, ev.retain);
                 if !self.qos2.first_time(id, ev.client.clean_session(), fp) {
                     return MessageAnswer::Accept; // a retransmission: forwarded already
                 }
@@ -225,7 +245,7 @@ impl Plugin {
             }
         }
         let message = Message {
-            topic: ev.topic.to_owned(),
+            topic: topic.to_owned(),
             payload: ev.payload.to_vec(),
             qos: ev.qos,
             retain: ev.retain,
@@ -275,14 +295,20 @@ impl Plugin {
             AclAnswer::Defer => AclVerdict::Defer,
             AclAnswer::Allow => AclVerdict::Allow,
         };
-        let subscribe = match ev.access {
-            AclAccess::Subscribe => true,
-            AclAccess::Unsubscribe => false,
+        match ev.access {
             // Reads and writes: the hot path, nothing to do.
-            AclAccess::Read | AclAccess::Write => return verdict,
-        };
+            AclAccess::Read | AclAccess::Write => {}
+            AclAccess::Subscribe => self.subscription_checked(ev, true),
+            AclAccess::Unsubscribe => self.subscription_checked(ev, false),
+        }
+        verdict
+    }
+
+    /// A subscribe or unsubscribe check (2.0): the session and the subscription, to the worker.
+    #[inline(never)]
+    fn subscription_checked(&mut self, ev: &AclCheckEvent<impl Client>, subscribe: bool) {
         let (Some(client), Some(filter)) = (ev.client.id(), ev.topic) else {
-            return verdict;
+            return;
         };
         let (client, filter) = (client.to_owned(), filter.to_owned());
         // 2.0 has no CONNECT event: the session kind is read on the live connection.
@@ -299,7 +325,6 @@ impl Plugin {
         } else {
             ToWorker::Unsubscribe { client, filter }
         });
-        verdict
     }
 
     /// SUBSCRIBE and UNSUBSCRIBE (2.1).
@@ -353,30 +378,62 @@ impl Plugin {
                 );
             }
         }
-        // Nothing pending costs one try_recv.
+        if self.worker.from_worker.take_pending() {
+            self.drain(broker);
+        }
+        if self.dropped + self.refused > self.dropped_reported {
+            self.report_drops(broker);
+        }
+        // The worker's health needs the clock; it is looked at every HEALTH_EVERY_TICKS TICKs.
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % HEALTH_EVERY_TICKS == 0 {
+            self.look_at_health(broker);
+        }
+    }
+
+    /// Publishes and logs what the worker sent (at most INJECT_PER_TICK items per TICK).
+    #[inline(never)]
+    fn drain(&mut self, broker: &impl Broker) {
+        let mut emptied = false;
         for _ in 0..INJECT_PER_TICK {
             match self.worker.from_worker.try_recv() {
                 Some(ToBroker::Publish(m)) => self.inject(broker, m),
                 Some(ToBroker::Log(level, text)) => broker.log(level, &text),
-                None => break,
+                None => {
+                    emptied = true;
+                    break;
+                }
             }
         }
-        self.report_lost_log_lines(broker);
-        let trouble = self.dropped + self.refused;
-        if trouble > self.dropped_reported && self.last_drop_report.elapsed() >= DROP_REPORT_EVERY {
-            broker.log(
-                Level::Warning,
-                &format!(
-                    "mqtt-twister: {}, {} events dropped and {} publishes refused (quota exceeded) so far",
-                    Watch::why_dropped(self.worker.thread_ended(), self.worker.health()),
-                    self.dropped,
-                    self.refused
-                ),
-            );
-            self.dropped_reported = trouble;
-            self.last_drop_report = Instant::now();
+        if !emptied {
+            self.worker.from_worker.look_again();
         }
-        // Says when the worker thread is gone or shows no sign of life.
+        self.report_lost_log_lines(broker);
+    }
+
+    /// Says how many events were dropped and publishes refused (at most every DROP_REPORT_EVERY).
+    #[inline(never)]
+    fn report_drops(&mut self, broker: &impl Broker) {
+        if self.last_drop_report.elapsed() < DROP_REPORT_EVERY {
+            return;
+        }
+        broker.log(
+            Level::Warning,
+            &format!(
+                "mqtt-twister: {}, {} events dropped and {} publishes refused (quota exceeded) so far",
+                Watch::why_dropped(self.worker.thread_ended(), self.worker.health()),
+                self.dropped,
+                self.refused
+            ),
+        );
+        self.dropped_reported = self.dropped + self.refused;
+        self.last_drop_report = Instant::now();
+    }
+
+    /// Says when the worker thread is gone or shows no sign of life, and the log lines dropped that
+    /// an earlier report held back.
+    #[inline(never)]
+    fn look_at_health(&mut self, broker: &impl Broker) {
         let ended = self.worker.thread_ended();
         for (level, line) in self
             .watch
@@ -384,11 +441,11 @@ impl Plugin {
         {
             broker.log(level, &line);
         }
+        self.report_lost_log_lines(broker);
     }
 
     /// Says how many log lines were dropped for want of room in their channel (at most every
     /// DROP_REPORT_EVERY; one atomic load otherwise).
-    #[inline]
     fn report_lost_log_lines(&mut self, broker: &impl Broker) {
         let lost = self.worker.from_worker.logs_dropped();
         if lost == self.logs_dropped_reported

@@ -89,7 +89,7 @@ fn message<'a>(
     client: &'a FakeClient,
 ) -> MessageEvent<'a, &'a FakeClient> {
     MessageEvent {
-        topic,
+        topic: topic.as_bytes(),
         payload: b"payload",
         qos,
         retain: false,
@@ -106,6 +106,16 @@ fn a_message_no_rule_routes_is_accepted_and_not_queued() {
     let mut s = setup(false, 100, AclAnswer::Defer);
     let answer = s.plugin.message(&message("lights/1", 1, &MQTT5));
     assert_eq!(answer, MessageAnswer::Accept);
+    assert!(queued(&s.outbound).is_empty());
+}
+
+#[test]
+fn a_routed_topic_that_is_not_utf8_is_accepted_and_not_forwarded() {
+    let mut s = setup(false, 100, AclAnswer::Defer);
+    let mut ev = message("doors/x", 1, &MQTT5);
+    ev.topic = b"doors/\xff";
+    assert!(!s.plugin.cfg.router.route(ev.topic).is_empty(), "routed");
+    assert_eq!(s.plugin.message(&ev), MessageAnswer::Accept);
     assert!(queued(&s.outbound).is_empty());
 }
 

@@ -84,19 +84,47 @@ enum Target {
     Private(usize),
 }
 
+/// How a topic that starts with a filter's literal prefix is matched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    /// No wildcard: the topic is the filter.
+    Exact,
+    /// `<literal>/#`, no other wildcard: the topic is the literal or continues it with `/`.
+    Subtree,
+    /// Anything else: `topic::matches`.
+    Wildcards,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct CompiledFilter {
     filter: String,
     /// Length of the literal text before the first wildcard, which a matching topic starts with: most
     /// topics are rejected by this one comparison.
     literal: usize,
+    shape: Shape,
     target: Target,
+}
+
+impl CompiledFilter {
+    /// Whether `t`, which starts with the literal prefix, matches.
+    #[inline(always)]
+    fn matches_after_prefix(&self, t: &[u8]) -> bool {
+        match self.shape {
+            Shape::Exact => t.len() == self.literal,
+            Shape::Subtree => t.get(self.literal).is_none_or(|&b| b == b'/'),
+            Shape::Wildcards => topic::matches_bytes(self.filter.as_bytes(), t),
+        }
+    }
 }
 
 /// Every `plugin_opt_publish` and `plugin_opt_private` filter, compiled.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Router {
     filters: Vec<CompiledFilter>,
+    /// The first bytes a routed topic may start with (a 256-bit set): the first byte of each filter's
+    /// literal prefix, or every byte when a filter starts with a wildcard. Most local topics are
+    /// turned away by this one test, whatever the number of filters.
+    first_bytes: [u64; 4],
 }
 
 impl Router {
@@ -112,9 +140,17 @@ impl Router {
                 Some(at) => at,
                 None => filter.len(),
             };
+            let shape = if literal == filter.len() {
+                Shape::Exact
+            } else if literal + 2 == filter.len() && filter.ends_with("/#") {
+                Shape::Subtree
+            } else {
+                Shape::Wildcards
+            };
             CompiledFilter {
                 filter: filter.clone(),
                 literal,
+                shape,
                 target,
             }
         };
@@ -127,18 +163,34 @@ impl Router {
                     .enumerate()
                     .map(|(i, f)| compile(f, Target::Private(i))),
             )
-            .collect();
-        Router { filters }
+            .collect::<Vec<_>>();
+        let mut first_bytes = [0u64; 4];
+        for f in &filters {
+            match f.filter.as_bytes()[..f.literal].first() {
+                Some(&b) => first_bytes[usize::from(b / 64)] |= 1 << (b % 64),
+                None => first_bytes = [u64::MAX; 4],
+            }
+        }
+        Router {
+            filters,
+            first_bytes,
+        }
     }
 
     /// Where a local message on `topic` goes (empty: it stays on this broker). Runs in the MESSAGE
-    /// callback: no allocation with up to 64 private rules.
+    /// callback on the topic's bytes, before they are known to be UTF-8: no allocation with up to 64
+    /// private rules, and a topic no filter's literal prefix can start is turned away first.
     #[inline(always)]
-    pub fn route(&self, topic: &str) -> Route {
-        let (t, mut public, mut private_rules) = (topic.as_bytes(), false, RuleSet::default());
+    pub fn route<T: AsRef<[u8]> + ?Sized>(&self, topic: &T) -> Route {
+        let t = topic.as_ref();
+        if let Some(&b) = t.first() {
+            if self.first_bytes[usize::from(b / 64)] & (1 << (b % 64)) == 0 {
+                return Route::default();
+            }
+        }
+        let (mut public, mut private_rules) = (false, RuleSet::default());
         for f in &self.filters {
-            if t.starts_with(&f.filter.as_bytes()[..f.literal]) && topic::matches(&f.filter, topic)
-            {
+            if t.starts_with(&f.filter.as_bytes()[..f.literal]) && f.matches_after_prefix(t) {
                 match f.target {
                     Target::Public => public = true,
                     Target::Private(i) => private_rules.insert(i),
@@ -257,6 +309,34 @@ mod tests {
         assert!(router.route("$SYS/uptime").is_empty());
         let none: Vec<String> = Vec::new();
         assert!(Router::new(&none, &none).route("doors/1").is_empty());
+    }
+
+    #[test]
+    fn each_filter_shape_matches_as_the_specification_says() {
+        let filters = ["a/b", "a/#", "/#", "$SYS/#", "a/+", "#", "+/b"];
+        let shapes: Vec<Shape> = filters
+            .iter()
+            .map(|f| Router::new([&f.to_string()], []).filters[0].shape)
+            .collect();
+        use Shape::*;
+        assert_eq!(
+            shapes,
+            [Exact, Subtree, Subtree, Subtree, Wildcards, Wildcards, Wildcards]
+        );
+        let topics = [
+            "a", "a/", "a/b", "a/bc", "a/b/", "ab", "ab/c", "/", "/a", "", "$SYS", "$SYS/x", "b",
+            "x/b",
+        ];
+        for f in filters {
+            let router = Router::new([&f.to_string()], []);
+            for t in topics {
+                assert_eq!(
+                    router.route(t).public,
+                    topic::matches(f, t),
+                    "filter {f:?} topic {t:?}"
+                );
+            }
+        }
     }
 
     #[test]

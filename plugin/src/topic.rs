@@ -39,7 +39,11 @@ pub fn strip_shared(filter: &str) -> Option<&str> {
 /// Byte by byte, without splitting: this runs in the broker's MESSAGE callback. `filter` must be
 /// valid (`is_valid_filter`).
 pub fn matches(filter: &str, topic: &str) -> bool {
-    let (f, t) = (filter.as_bytes(), topic.as_bytes());
+    matches_bytes(filter.as_bytes(), topic.as_bytes())
+}
+
+/// `matches` on bytes: the MESSAGE callback routes a topic before checking that it is UTF-8.
+pub fn matches_bytes(f: &[u8], t: &[u8]) -> bool {
     if t.first() == Some(&b'$') && matches!(f.first(), Some(b'+' | b'#')) {
         return false;
     }

@@ -63,6 +63,18 @@ pub(super) unsafe fn str_of<'a>(p: *const c_char) -> Option<&'a str> {
     unsafe { CStr::from_ptr(p) }.to_str().ok()
 }
 
+/// A borrowed C string's bytes (without its NUL), or None.
+///
+/// SAFETY (for callers): `p` is null or points to a NUL-terminated string alive for `'a`.
+#[inline(always)]
+pub(super) unsafe fn bytes_of<'a>(p: *const c_char) -> Option<&'a [u8]> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: guaranteed by the caller.
+    Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+}
+
 /// The client of the current event, valid for the length of the callback (`'a`).
 pub struct ClientRef<'a> {
     client: *mut mosquitto,

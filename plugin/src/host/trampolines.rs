@@ -4,7 +4,7 @@
 
 use super::bindings::*;
 use super::raw::*;
-use super::thread::{str_of, BrokerThread, ClientRef};
+use super::thread::{bytes_of, str_of, BrokerThread, ClientRef};
 use super::views::{
     AclAccess, AclCheckEvent, AclVerdict, Broker, DisconnectEvent, MessageAnswer, MessageEvent,
     SubscribeEvent, TickEvent,
@@ -65,8 +65,9 @@ pub unsafe extern "C" fn message<H: Callbacks>(
         }) else {
             return SUCCESS;
         };
-        // SAFETY: the topic is a NUL-terminated string owned by the message for this call.
-        let Some(topic) = (unsafe { str_of(ev.topic) }) else {
+        // SAFETY: the topic is a NUL-terminated string owned by the message for this call. Its bytes:
+        // the plugin checks UTF-8 only for a topic that it forwards.
+        let Some(topic) = (unsafe { bytes_of(ev.topic) }) else {
             return SUCCESS;
         };
         let payload: &[u8] = if ev.payload.is_null() || ev.payloadlen == 0 {
@@ -110,9 +111,12 @@ pub unsafe extern "C" fn acl_check<H: Callbacks>(
             _ => AclAccess::Read,
         };
         let topic = match access {
-            // SAFETY: the filter is a NUL-terminated string owned by the broker for this call.
-            AclAccess::Subscribe | AclAccess::Unsubscribe => unsafe { str_of(ev.topic) },
+            // The hot path (a check per publish and per delivery): no topic read.
             AclAccess::Read | AclAccess::Write => None,
+            AclAccess::Subscribe | AclAccess::Unsubscribe => {
+                // SAFETY: ev is this call's event data.
+                return unsafe { subscription_check(h, ev, access) };
+            }
         };
         let view = AclCheckEvent {
             access,
@@ -120,11 +124,34 @@ pub unsafe extern "C" fn acl_check<H: Callbacks>(
             // SAFETY: the client of this event.
             client: unsafe { ClientRef::new(ev.client) },
         };
-        match h.acl_check(&view) {
-            AclVerdict::Defer => DEFER,
-            AclVerdict::Allow => SUCCESS,
-        }
+        acl_code(h.acl_check(&view))
     })
+}
+
+fn acl_code(verdict: AclVerdict) -> c_int {
+    match verdict {
+        AclVerdict::Defer => DEFER,
+        AclVerdict::Allow => SUCCESS,
+    }
+}
+
+/// A subscribe or unsubscribe check, out of line so that the read and write checks stay small.
+///
+/// SAFETY (for callers): `ev` is the broker's event data for the current ACL_CHECK.
+#[inline(never)]
+unsafe fn subscription_check<H: Callbacks>(
+    h: &mut H,
+    ev: &mosquitto_evt_acl_check,
+    access: AclAccess,
+) -> c_int {
+    let view = AclCheckEvent {
+        access,
+        // SAFETY: the filter is a NUL-terminated string owned by the broker for this call.
+        topic: unsafe { str_of(ev.topic) },
+        // SAFETY: the client of this event.
+        client: unsafe { ClientRef::new(ev.client) },
+    };
+    acl_code(h.acl_check(&view))
 }
 
 /// SUBSCRIBE and UNSUBSCRIBE (2.1).

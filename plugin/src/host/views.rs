@@ -18,7 +18,9 @@ pub trait Client {
 
 /// MESSAGE: a client published (on Mosquitto 2.0, also messages the broker itself publishes).
 pub struct MessageEvent<'a, C> {
-    pub topic: &'a str,
+    /// The topic's bytes, not yet checked as UTF-8: most topics are routed nowhere, and only the topic
+    /// of a message that leaves is checked (the broker has checked it already).
+    pub topic: &'a [u8],
     pub payload: &'a [u8],
     pub qos: u8,
     pub retain: bool,
