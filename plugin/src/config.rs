@@ -82,6 +82,10 @@ pub struct Config {
     pub router: Router,
     /// The crash-safe spool of accepted messages (`None`: messages wait in memory only).
     pub spool: Option<SpoolConfig>,
+    /// Keep retained values of public forwards in our DHT resources and fetch followed users' ones.
+    pub retained_dht: bool,
+    /// Each retained DHT resource is written at most this often (bursts coalesce to the newest).
+    pub retained_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +132,8 @@ const SCALARS: &[&str] = &[
     "max_message_bytes",
     "spool_dir",
     "spool_max_bytes",
+    "retained_dht",
+    "retained_interval_ms",
 ];
 
 fn known_keys() -> Vec<&'static str> {
@@ -395,6 +401,12 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
             .map(|v| boolean("wakeup", v))
             .transpose()?
             .unwrap_or(true),
+        retained_dht: get("retained_dht")
+            .map(|v| boolean("retained_dht", v))
+            .transpose()?
+            .unwrap_or(true),
+        // At least a second: sequence numbers follow the clock in seconds (`relay::retained`).
+        retained_interval: ms("retained_interval_ms", 1000, 1000, 3_600_000)?,
     })
 }
 

@@ -5,6 +5,7 @@
 use crate::bus::{Level, ToBroker, ToBrokerSender, ToWorker};
 use crate::config::Config;
 use crate::health::{panic_text, Health};
+use crate::retained_dht::{self, RetainedJob, RetainedReply};
 use crate::twister::{Client, Twister};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::{json, Map, Value};
@@ -15,6 +16,8 @@ use std::thread::JoinHandle;
 pub enum DhtJob {
     WriteProfile(Vec<String>),
     ReadInterest(Vec<String>),
+    /// Retained values: puts to make in order, followed users to sync (`crate::retained_dht`).
+    Retained(RetainedJob),
 }
 
 pub const PROFILE: &str = "profile";
@@ -115,10 +118,12 @@ fn serve(c: Context, jobs: Receiver<DhtJob>) {
         // Coalesce: only the newest profile matters, and one read of every user asked about.
         let mut write: Option<Vec<String>> = None;
         let mut read: Vec<String> = Vec::new();
+        let mut retained: Vec<RetainedJob> = Vec::new();
         for job in std::iter::once(first).chain(jobs.try_iter()) {
             match job {
                 DhtJob::WriteProfile(f) => write = Some(f),
                 DhtJob::ReadInterest(users) => read.extend(users),
+                DhtJob::Retained(job) => retained.push(job),
             }
         }
         read.sort();
@@ -136,6 +141,11 @@ fn serve(c: Context, jobs: Receiver<DhtJob>) {
             if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
                 c.worker.try_send(ToWorker::ProfileWritten(r))
             {
+                return;
+            }
+        }
+        for job in retained {
+            if !serve_retained(&c, job) {
                 return;
             }
         }
@@ -161,6 +171,48 @@ fn serve(c: Context, jobs: Receiver<DhtJob>) {
             }
         }
     }
+}
+
+/// Carries out one retained job, each answer followed by a wake-up of the worker; false when the
+/// worker is gone.
+fn serve_retained(c: &Context, job: RetainedJob) -> bool {
+    let reply = |r: RetainedReply| {
+        let _ = job.reply.send(r);
+        !matches!(
+            c.worker.try_send(ToWorker::Wake),
+            Err(crossbeam_channel::TrySendError::Disconnected(_))
+        )
+    };
+    if !job.puts.is_empty() {
+        let failed = contained(&c.broker, &c.health, "writing retained values", || {
+            Ok(retained_dht::put_all(&c.rpc, &c.cfg.user, job.puts))
+        });
+        let answer = match failed {
+            Ok(None) => None,
+            Ok(Some((puts, why))) => Some(RetainedReply::Failed(puts, why)),
+            Err(e) => Some(RetainedReply::Failed(Vec::new(), e)),
+        };
+        if let Some(answer) = answer {
+            if !reply(answer) {
+                return false;
+            }
+        }
+    }
+    for plan in job.syncs {
+        let what = format!("reading the retained values of {}", plan.user);
+        let synced = contained(&c.broker, &c.health, &what, || {
+            Ok(retained_dht::sync(&c.rpc, &plan))
+        })
+        .unwrap_or_else(|e| crate::relay::retained::reader::Synced {
+            user: plan.user.clone(),
+            problems: vec![e],
+            ..Default::default()
+        });
+        if !reply(RetainedReply::Synced(synced)) {
+            return false;
+        }
+    }
+    true
 }
 
 impl DhtThread {

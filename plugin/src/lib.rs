@@ -25,6 +25,7 @@ pub mod ranges;
 pub mod ratelimit;
 pub mod reassembly;
 pub mod relay;
+pub mod retained_dht;
 pub mod route;
 pub mod spool;
 pub mod startup;

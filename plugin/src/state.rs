@@ -60,6 +60,8 @@ pub struct Saved {
     /// Written by the plugin's cleanup: the broker stopped cleanly (it saved its own persistence file
     /// just before), not crashed.
     pub clean_stop: bool,
+    /// Retained values in the DHT: what we wrote and what we read (`relay::retained`, its own JSON).
+    pub retained: Value,
 }
 
 /// Where an unsent message was going.
@@ -117,7 +119,7 @@ impl Saved {
             .iter()
             .map(|s| json!({"client": s.client, "persistent": s.persistent, "subs": s.subs}))
             .collect();
-        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest, "clean_stop": self.clean_stop})
+        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest, "clean_stop": self.clean_stop, "retained": self.retained})
     }
 
     pub fn from_json(v: &Value) -> Option<Saved> {
@@ -131,6 +133,7 @@ impl Saved {
                 .get("clean_stop")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            retained: v.get("retained").cloned().unwrap_or(Value::Null),
         };
         // Absent in files of earlier versions.
         for i in v

@@ -9,6 +9,7 @@ mod drive;
 #[cfg(test)]
 mod drive_tests;
 mod persist;
+mod retained;
 mod routing;
 mod sessions;
 mod start;
@@ -84,6 +85,8 @@ pub struct Worker {
     ring_pending: bool,
     /// Ids of messages the spool did not number (`crate::ids`).
     run_ids: crate::ids::RunIds,
+    /// Retained values in the DHT (`worker/retained.rs`); None with `plugin_opt_retained_dht false`.
+    retained: Option<retained::Retained>,
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -164,6 +167,13 @@ impl Worker {
             restarted,
             now,
         );
+        let retained = retained::Retained::new(
+            &cfg,
+            saved
+                .as_ref()
+                .map_or(&serde_json::Value::Null, |s| &s.retained),
+            now,
+        );
         let mut w = Worker {
             local,
             private: PrivateForwards::new(&cfg.private, cfg.interest_refresh),
@@ -195,6 +205,7 @@ impl Worker {
             incoming,
             ring_pending: false,
             run_ids: crate::ids::RunIds::starting_now(),
+            retained,
         };
         if w.cfg.state_file.is_some() && !state_found {
             w.log(
@@ -217,6 +228,7 @@ impl Worker {
         saved.seq = self.outbox.seq();
         saved.cursors = self.incoming.cursors().clone();
         saved.unsent = self.unsent();
+        saved.retained = self.retained_json();
         Start {
             saved: Some(saved),
             restored: None,
@@ -309,6 +321,9 @@ impl Worker {
                 d = d.min(t);
             }
         }
+        if let Some(r) = self.retained_deadline() {
+            d = d.min(r);
+        }
         d.max(now)
     }
 
@@ -330,6 +345,7 @@ impl Worker {
         self.drive_local();
         self.private.handle_timeout(now);
         self.drive_private();
+        self.retained_step(now);
         if !self.session.unfollowed().is_empty() && self.timers.due(Timer::Refollow, now) {
             self.refollow();
         }
@@ -373,9 +389,13 @@ impl Worker {
     }
 
     /// A whole message from the network: published into the broker when wanted here.
-    fn deliver(&mut self, from: &str, k: i64, what: &str, m: Message) {
+    fn deliver(&mut self, from: &str, k: i64, what: &str, mut m: Message) {
         #[cfg(debug_assertions)]
         test_hook(&m);
+        // Older than a value fetched from the DHT: delivered, but the retained value stays.
+        if m.retain && !self.retained_live(from, k, what, &m) {
+            m.retain = false;
+        }
         self.counters.received += 1;
         if !crate::topic::is_injectable(&m.topic) {
             self.incoming.malformed(

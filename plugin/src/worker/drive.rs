@@ -107,7 +107,10 @@ impl Worker {
     pub(super) fn drive_local(&mut self) {
         while let Some(effect) = self.local.poll_effect() {
             match effect {
-                LocalEffect::WriteProfile(filters) => self.dht.send(DhtJob::WriteProfile(filters)),
+                LocalEffect::WriteProfile(filters) => {
+                    self.retained_interest_changed();
+                    self.dht.send(DhtJob::WriteProfile(filters))
+                }
                 LocalEffect::Inject(m) => self.inject(m),
                 LocalEffect::StateChanged => self.state_dirty = true,
                 LocalEffect::Log(level, line) => self.log(level, line),

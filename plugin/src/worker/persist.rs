@@ -70,6 +70,7 @@ impl Worker {
         self.saved.next_k = self.outbox.next_k();
         self.saved.seq = self.outbox.seq();
         self.saved.cursors = self.incoming.cursors().clone();
+        self.saved.retained = self.retained_json();
         let Some(path) = self.cfg.state_file.clone() else {
             self.state_dirty = false;
             return;
@@ -119,6 +120,8 @@ impl Worker {
                 ),
             );
         }
+        // Our newest retained values, whatever the interval: the DHT thread writes them before it stops.
+        self.retained_write(true);
         self.saved.unsent = self.unsent();
         self.saved.clean_stop = true;
         self.state_dirty = true;

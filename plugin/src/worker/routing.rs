@@ -51,6 +51,9 @@ impl Worker {
             let item = self.outbox.prepare(msg.clone(), out.id);
             self.outbox.push(item, None, Instant::now());
             self.counters.forwarded += 1;
+            if out.message.retain {
+                self.retained_publish(&out.message);
+            }
             self.drive_outbox();
         }
         if !out.route.private_rules.is_empty() {

@@ -1,0 +1,154 @@
+//! The DHT thread's part of retained values (`crate::relay::retained` decides everything): it carries
+//! out the writer's puts in order, and syncs followed users: their index root, the shards that
+//! changed, then the values the broker lacks. `dhtget` may wait seconds for the network: this runs on
+//! the DHT thread, never on the worker's post and poll path. What it read goes back to the worker on
+//! the job's own channel, followed by a wake-up.
+
+use crate::relay::retained::reader::{shards_to_read, to_fetch, Plan, Synced, MAX_FETCH_PER_SYNC};
+use crate::relay::retained::writer::Put;
+use crate::relay::retained::{self as r};
+use crate::twister::Client;
+use crossbeam_channel::Sender;
+
+/// How long one dhtget may wait for the network, in milliseconds.
+const GET_TIMEOUT_MS: u64 = 3000;
+
+/// Work for the DHT thread; answers go to `reply`.
+pub struct RetainedJob {
+    pub puts: Vec<Put>,
+    pub syncs: Vec<Plan>,
+    pub reply: Sender<RetainedReply>,
+}
+
+#[derive(Debug)]
+pub enum RetainedReply {
+    /// Puts twisterd did not take, with why.
+    Failed(Vec<Put>, String),
+    Synced(Synced),
+}
+
+/// Carries out `puts` in order. The first failure ends the batch: what is left is returned with it
+/// (twisterd is unreachable or refuses, and order matters: a shard is never written before its values).
+pub fn put_all(rpc: &Client, user: &str, puts: Vec<Put>) -> Option<(Vec<Put>, String)> {
+    let mut rest = puts.into_iter();
+    while let Some(put) = rest.next() {
+        let value = match &put.value {
+            Some(v) => Some(v.clone()),
+            None => match refreshed(rpc, user, &put) {
+                Ok(v) => v,
+                Err(e) => {
+                    let mut failed = vec![put];
+                    failed.extend(rest);
+                    return Some((failed, e));
+                }
+            },
+        };
+        let Some(value) = value else { continue };
+        if let Err(e) = rpc.dht_put(user, &put.resource, &value, put.seq) {
+            let mut failed = vec![put];
+            failed.extend(rest);
+            return Some((failed, format!("dhtput: {e}")));
+        }
+    }
+    None
+}
+
+/// The value a refresh writes again: what the DHT holds now under the new seq (None: nothing there).
+fn refreshed(rpc: &Client, user: &str, put: &Put) -> Result<Option<serde_json::Value>, String> {
+    let got = rpc
+        .dht_get(user, &put.resource, GET_TIMEOUT_MS)
+        .map_err(|e| format!("dhtget: {e}"))?;
+    let Some(topic) = &put.topic else {
+        return Ok(None);
+    };
+    if got.value.is_null() || r::decode_record(&got.value, topic).is_err() {
+        return Ok(None);
+    }
+    let mut v = got.value;
+    v["s"] = serde_json::json!(put.seq);
+    Ok(Some(v))
+}
+
+/// One sync of one followed user. Nothing read is trusted: sizes, counts and shapes are checked, and
+/// what is wrong is said in `problems` and skipped.
+pub fn sync(rpc: &Client, plan: &Plan) -> Synced {
+    let user = plan.user.as_str();
+    let mut out = Synced {
+        user: plan.user.clone(),
+        ..Synced::default()
+    };
+    let root = match rpc.dht_get(user, r::ROOT, GET_TIMEOUT_MS) {
+        Ok(root) => root,
+        Err(e) => {
+            out.problems.push(format!("dhtget {}: {e}", r::ROOT));
+            return out;
+        }
+    };
+    if root.value.is_null() {
+        return out;
+    }
+    let shard_seqs = match r::decode_root(&root.value) {
+        Ok(s) => s,
+        Err(e) => {
+            out.problems.push(format!("index root: {e}"));
+            return out;
+        }
+    };
+    let mut room = MAX_FETCH_PER_SYNC;
+    for i in shards_to_read(&plan.shards, &shard_seqs) {
+        let name = r::shard_name(i);
+        let got = match rpc.dht_get(user, &name, GET_TIMEOUT_MS) {
+            Ok(g) if !g.value.is_null() => g,
+            Ok(_) => {
+                out.problems.push(format!("{name} is listed but not found"));
+                continue;
+            }
+            Err(e) => {
+                out.problems.push(format!("dhtget {name}: {e}"));
+                continue;
+            }
+        };
+        let entries = match r::decode_shard(&got.value) {
+            Ok((entries, 0)) => entries,
+            Ok((entries, bad)) => {
+                out.problems
+                    .push(format!("{name}: {bad} malformed entries skipped"));
+                entries
+            }
+            Err(e) => {
+                out.problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let (fetch, index_only, more) = to_fetch(&entries, &plan.known, &plan.filters, room);
+        out.index_only.extend(index_only);
+        out.more |= more;
+        let mut complete = !more;
+        for e in fetch {
+            room = room.saturating_sub(1);
+            let value = r::value_name(&e.topic);
+            match rpc.dht_get(user, &value, GET_TIMEOUT_MS) {
+                Ok(v) if v.value.is_null() => {
+                    // Not there yet (the DHT is eventually consistent): read again next time.
+                    complete = false;
+                }
+                Ok(v) => match r::decode_record(&v.value, &e.topic) {
+                    Ok(mut rec) => {
+                        // The DHT's seq is the one the owner signed.
+                        rec.seq = v.seq;
+                        out.records.push(rec);
+                    }
+                    Err(why) => out.problems.push(format!("{value} ({}): {why}", e.topic)),
+                },
+                Err(why) => {
+                    complete = false;
+                    out.problems.push(format!("dhtget {value}: {why}"));
+                }
+            }
+        }
+        if complete {
+            out.shards.push((i, got.seq));
+        }
+    }
+    out
+}
