@@ -589,4 +589,20 @@ mod tests {
         let c = with(&[]).unwrap();
         assert!(!format!("{c:?}").contains("secret"));
     }
+
+    #[test]
+    fn retained_values_in_the_dht_are_on_by_default_and_their_interval_is_bounded() {
+        let c = with(&[]).unwrap();
+        assert!(c.retained_dht);
+        assert_eq!(c.retained_interval, Duration::from_secs(1));
+        let c = with(&[("retained_dht", "false"), ("retained_interval_ms", "5000")]).unwrap();
+        assert!(!c.retained_dht);
+        assert_eq!(c.retained_interval, Duration::from_secs(5));
+        for bad in ["999", "x"] {
+            let e = with(&[("retained_interval_ms", bad)]).unwrap_err().to_string();
+            assert!(e.contains("plugin_opt_retained_interval_ms"), "{e}");
+        }
+        let e = with(&[("retained_dht", "maybe")]).unwrap_err().to_string();
+        assert!(e.contains("plugin_opt_retained_dht"), "{e}");
+    }
 }
