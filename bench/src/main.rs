@@ -6,6 +6,7 @@
 //! Usage: mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,...]
 
 mod density;
+mod receipts;
 
 use mqtt_twister_harness::*;
 use rumqttc::QoS;
@@ -45,7 +46,7 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--help" | "-h" => {
-                println!("mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,P3,P4,P5,D1,D2]");
+                println!("mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,P3,P4,P5,P8,P9,D1,D2]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (see --help)"),
@@ -571,6 +572,9 @@ fn run() {
     }
     if want("P5") {
         p5(&mut ctx, &args, &mut report);
+    }
+    if want("P8") || want("P9") {
+        receipts::p8_p9(&mut ctx, &args, &mut report);
     }
     if want("D1") || want("D2") {
         devnode_figures(&args, &mut report);

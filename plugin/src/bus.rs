@@ -10,6 +10,9 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Acknowledged sequence numbers per epoch of one sender (`crate::relay::receipts`).
+pub type Acks = std::collections::BTreeMap<u64, crate::ranges::RangeSet>;
+
 /// What the broker thread sends to the worker.
 #[derive(Debug)]
 pub enum ToWorker {
@@ -33,6 +36,17 @@ pub enum ToWorker {
     },
     /// From the DHT thread: our profile write finished.
     ProfileWritten(Result<(), String>),
+    /// From the DHT thread: our receipts for `sender` were written (the seq used and what the resource
+    /// held before), or not.
+    ReceiptsWritten {
+        sender: String,
+        result: Result<(i64, Acks), String>,
+    },
+    /// From the DHT thread: what `receiver` acknowledged of our messages (`crate::relay::receipts`).
+    Receipts {
+        receiver: String,
+        acks: Result<Acks, String>,
+    },
     /// The broker is unloading the plugin: flush, save, stop.
     Shutdown,
     /// Local messages were queued while the worker slept.
@@ -103,6 +117,11 @@ impl ToBrokerSender {
     /// the flag, also sees the item.
     fn flag_pending(&self) {
         self.pending.store(true, Ordering::Release);
+    }
+
+    /// Messages handed to the broker thread and not taken by it yet.
+    pub fn publish_backlog(&self) -> usize {
+        self.publish.len()
     }
 
     /// A message waits up to `timeout` for room; a log line never waits (as `try_send`).

@@ -86,6 +86,20 @@ pub struct Config {
     pub retained_dht: bool,
     /// Each retained DHT resource is written at most this often (bursts coalesce to the newest).
     pub retained_interval: Duration,
+    /// Receipts and retransmission of QoS 1/2 messages (`crate::relay::receipts`).
+    pub receipts: ReceiptsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiptsConfig {
+    /// Users expected to acknowledge our public QoS 1/2 posts (those whose interest matches).
+    pub receivers: Vec<String>,
+    /// A message not acknowledged this long is sent again (doubling); zero: nothing is kept.
+    pub timeout: Duration,
+    /// Unacknowledged messages are released after this long, counted and logged per receiver.
+    pub give_up: Duration,
+    /// Our receipts are written at most this often per sender; receivers' are read this often.
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +125,7 @@ pub enum ConfigError {
     TwoPasswords,
 }
 
-const LISTS: &[&str] = &["follow", "publish", "private", "subscribe"];
+const LISTS: &[&str] = &["follow", "publish", "private", "subscribe", "receivers"];
 const SCALARS: &[&str] = &[
     "rpc_url",
     "rpc_user",
@@ -134,6 +148,9 @@ const SCALARS: &[&str] = &[
     "spool_max_bytes",
     "retained_dht",
     "retained_interval_ms",
+    "receipt_timeout_ms",
+    "receipt_give_up_ms",
+    "receipt_interval_ms",
 ];
 
 fn known_keys() -> Vec<&'static str> {
@@ -372,7 +389,22 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         None => Ok(Duration::from_millis(default)),
         Some(v) => millis(key, v, min, max),
     };
+    let mut receivers = Vec::new();
+    for v in all("receivers") {
+        for u in user_list("receivers", v)? {
+            if u != user && !receivers.contains(&u) {
+                receivers.push(u);
+            }
+        }
+    }
+    let receipts = ReceiptsConfig {
+        receivers,
+        timeout: ms("receipt_timeout_ms", 10_000, 0, 86_400_000)?,
+        give_up: ms("receipt_give_up_ms", 3_600_000, 1000, 30 * 86_400_000)?,
+        interval: ms("receipt_interval_ms", 1000, 50, 600_000)?,
+    };
     Ok(Config {
+        receipts,
         router: Router::new(&publish, private.iter().map(|r| &r.filter)),
         rpc_url,
         rpc_user,
@@ -599,7 +631,9 @@ mod tests {
         assert!(!c.retained_dht);
         assert_eq!(c.retained_interval, Duration::from_secs(5));
         for bad in ["999", "x"] {
-            let e = with(&[("retained_interval_ms", bad)]).unwrap_err().to_string();
+            let e = with(&[("retained_interval_ms", bad)])
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("plugin_opt_retained_interval_ms"), "{e}");
         }
         let e = with(&[("retained_dht", "maybe")]).unwrap_err().to_string();

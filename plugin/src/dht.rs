@@ -13,11 +13,17 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+mod receipts;
+
 pub enum DhtJob {
     WriteProfile(Vec<String>),
     ReadInterest(Vec<String>),
     /// Retained values: puts to make in order, followed users to sync (`crate::retained_dht`).
     Retained(RetainedJob),
+    /// Our receipts, one write per sender (`crate::relay::receipts::ledger`).
+    WriteReceipts(Vec<crate::relay::receipts::ledger::Write>),
+    /// The receipts these receivers wrote about our messages.
+    ReadReceipts(Vec<String>),
 }
 
 pub const PROFILE: &str = "profile";
@@ -119,15 +125,24 @@ fn serve(c: Context, jobs: Receiver<DhtJob>) {
         let mut write: Option<Vec<String>> = None;
         let mut read: Vec<String> = Vec::new();
         let mut retained: Vec<RetainedJob> = Vec::new();
+        let mut receipt_writes = Vec::new();
+        let mut receipt_reads: Vec<String> = Vec::new();
         for job in std::iter::once(first).chain(jobs.try_iter()) {
             match job {
                 DhtJob::WriteProfile(f) => write = Some(f),
                 DhtJob::ReadInterest(users) => read.extend(users),
                 DhtJob::Retained(job) => retained.push(job),
+                DhtJob::WriteReceipts(w) => receipt_writes.extend(w),
+                DhtJob::ReadReceipts(users) => receipt_reads.extend(users),
             }
         }
         read.sort();
         read.dedup();
+        receipt_reads.sort();
+        receipt_reads.dedup();
+        if !serve_receipts(&c, receipt_writes, receipt_reads) {
+            return;
+        }
         if let Some(filters) = write {
             let r = contained(&c.broker, &c.health, "writing our profile", || {
                 write_profile(&c.rpc, &c.cfg.user, &filters)
@@ -209,6 +224,39 @@ fn serve_retained(c: &Context, job: RetainedJob) -> bool {
             ..Default::default()
         });
         if !reply(RetainedReply::Synced(synced)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Our receipts written, receivers' receipts read; `false` when the worker is gone.
+fn serve_receipts(
+    c: &Context,
+    writes: Vec<crate::relay::receipts::ledger::Write>,
+    reads: Vec<String>,
+) -> bool {
+    for w in writes {
+        let what = format!("writing our receipts for {}", w.sender);
+        let result = contained(&c.broker, &c.health, &what, || {
+            receipts::write(&c.rpc, &c.cfg.user, &w)
+        });
+        let sent = c.worker.try_send(ToWorker::ReceiptsWritten {
+            sender: w.sender,
+            result,
+        });
+        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = sent {
+            return false;
+        }
+    }
+    for receiver in reads {
+        let what = format!("reading the receipts of {receiver}");
+        let acks = contained(&c.broker, &c.health, &what, || {
+            receipts::read(&c.rpc, &c.cfg.user, &receiver)
+        });
+        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
+            c.worker.try_send(ToWorker::Receipts { receiver, acks })
+        {
             return false;
         }
     }

@@ -9,6 +9,7 @@ mod drive;
 #[cfg(test)]
 mod drive_tests;
 mod persist;
+mod receipts;
 mod retained;
 mod routing;
 mod sessions;
@@ -87,6 +88,8 @@ pub struct Worker {
     run_ids: crate::ids::RunIds,
     /// Retained values in the DHT (`worker/retained.rs`); None with `plugin_opt_retained_dht false`.
     retained: Option<retained::Retained>,
+    /// Receipts written and read, QoS 1/2 messages kept for them (`worker/receipts.rs`).
+    receipts: receipts::ReceiptsDriver,
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -174,6 +177,7 @@ impl Worker {
                 .map_or(&serde_json::Value::Null, |s| &s.retained),
             now,
         );
+        let receipts = receipts::ReceiptsDriver::new(&cfg);
         let mut w = Worker {
             local,
             private: PrivateForwards::new(&cfg.private, cfg.interest_refresh),
@@ -206,6 +210,7 @@ impl Worker {
             ring_pending: false,
             run_ids: crate::ids::RunIds::starting_now(),
             retained,
+            receipts,
         };
         if w.cfg.state_file.is_some() && !state_found {
             w.log(
@@ -324,6 +329,9 @@ impl Worker {
         if let Some(r) = self.retained_deadline() {
             d = d.min(r);
         }
+        if let Some(r) = self.receipts_deadline(now) {
+            d = d.min(r);
+        }
         d.max(now)
     }
 
@@ -349,6 +357,7 @@ impl Worker {
         if !self.session.unfollowed().is_empty() && self.timers.due(Timer::Refollow, now) {
             self.refollow();
         }
+        self.step_receipts(now);
         self.save_state();
     }
 
@@ -363,11 +372,16 @@ impl Worker {
             }
             ToWorker::Session { client, event } => self.local.session(&client, event, now),
             ToWorker::RemoteInterest { user, filters } => {
+                self.receivers_interest(&user, filters.as_ref());
                 self.private.interest_read(user, filters, now);
                 return self.drive_private();
             }
             ToWorker::ProfileWritten(result) => self.local.profile_written(result, now),
             ToWorker::Shutdown | ToWorker::Wake => return,
+            ToWorker::ReceiptsWritten { sender, result } => {
+                return self.receipts_written(&sender, result)
+            }
+            ToWorker::Receipts { receiver, acks } => return self.receipts_read(&receiver, acks),
         }
         self.drive_local();
     }

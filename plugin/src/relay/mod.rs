@@ -22,6 +22,7 @@ pub mod hold;
 pub mod inbox;
 pub mod interest;
 pub mod outbox;
+pub mod receipts;
 pub mod retained;
 pub mod session;
 pub mod timers;

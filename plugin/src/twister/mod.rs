@@ -149,6 +149,9 @@ impl DmPage {
 pub struct DhtEntry {
     pub value: Value,
     pub seq: i64,
+    /// Who signed it (`sig_user`) when the entry is the asked user's own (`p.target.n`); an "s"
+    /// value has a single writer, so anything else is not that user's value.
+    pub writer: Option<String>,
 }
 
 /// The typed calls, over any `Twister` (the HTTP one, or a fake in tests).
@@ -287,9 +290,12 @@ impl Client {
         let Some(item) = got.as_array().and_then(|a| a.first()) else {
             return Ok(DhtEntry::default());
         };
+        let signer = item["sig_user"].as_str();
+        let owner = item["p"]["target"]["n"].as_str();
         Ok(DhtEntry {
             value: item["p"]["v"].clone(),
             seq: item["p"]["seq"].as_i64().unwrap_or(0),
+            writer: signer.filter(|s| Some(*s) == owner).map(String::from),
         })
     }
 
@@ -459,7 +465,16 @@ mod tests {
         let e = client(Ok(json!([{"p": {"seq": 4, "v": {"x": 1}}}])))
             .dht_get("a", "profile", 10)
             .unwrap();
-        assert_eq!((e.seq, e.value), (4, json!({"x": 1})));
+        assert_eq!((e.seq, e.value, e.writer), (4, json!({"x": 1}), None));
+        // The writer is known only when the signer is the owner of the value.
+        let signed = |sig: &str, n: &str| {
+            client(Ok(json!([{"p": {"seq": 1, "v": 1, "target": {"n": n, "r": "r", "t": "s"}}, "sig_user": sig}])))
+                .dht_get("bob", "r", 10)
+                .unwrap()
+                .writer
+        };
+        assert_eq!(signed("bob", "bob"), Some("bob".to_string()));
+        assert_eq!(signed("mallory", "bob"), None);
         assert_eq!(
             client(Ok(json!([]))).dht_get("a", "profile", 10).unwrap(),
             DhtEntry::default()

@@ -82,8 +82,13 @@ impl Worker {
                     k,
                     what,
                     message,
+                    id,
                 } => {
+                    self.receipts.refused_by_broker = false;
                     self.deliver(&from, k, what, message);
+                    if let Some(id) = id {
+                        self.acknowledge(&from, id);
+                    }
                     continue;
                 }
                 InboxEffect::Log(level, line) => {

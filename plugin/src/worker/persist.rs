@@ -130,6 +130,7 @@ impl Worker {
             // Posted, or kept in the state file: not replayed from the spool.
             outbound.spool_progress().taken(handed);
         }
+        self.receipts_summary();
         let c = self.counters();
         self.log(Level::Notice, format!(
             "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}, internal errors {}",

@@ -54,6 +54,9 @@ impl Worker {
             if out.message.retain {
                 self.retained_publish(&out.message);
             }
+            if let Some(id) = out.id {
+                self.track(id, &out.message, true, &[]);
+            }
             self.drive_outbox();
         }
         if !out.route.private_rules.is_empty() {
@@ -78,12 +81,18 @@ impl Worker {
     ) {
         let item = self.outbox.prepare(msg.clone(), id);
         self.drive_outbox();
+        let mut queued = Vec::new();
         for u in recipients {
             if !self.make_room(&msg.topic) {
-                return;
+                break;
             }
-            self.outbox.push(item.clone(), Some(u), Instant::now());
+            self.outbox
+                .push(item.clone(), Some(u.clone()), Instant::now());
             self.counters.forwarded += 1;
+            queued.push(u);
+        }
+        if let Some(id) = id {
+            self.track(id, msg, false, &queued);
         }
     }
 }

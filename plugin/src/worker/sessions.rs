@@ -16,11 +16,12 @@ impl Worker {
     pub(super) fn inject(&mut self, m: Message) {
         self.counters.injected += 1;
         self.ring_pending = true;
-        if self
+        let sent = self
             .to_broker
-            .send_timeout(ToBroker::Publish(m), Duration::from_secs(1))
-            .is_err()
-        {
+            .send_timeout(ToBroker::Publish(m), Duration::from_secs(1));
+        // A message the broker never got is not acknowledged (`worker/receipts.rs`).
+        self.receipts_sent_to_broker(sent.is_ok());
+        if sent.is_err() {
             self.drop_message(
                 Reason::BrokerQueueFull,
                 "a message from the network: the broker's thread takes none".to_string(),

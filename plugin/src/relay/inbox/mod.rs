@@ -54,6 +54,8 @@ pub enum InboxEffect {
         k: i64,
         what: &'static str,
         message: Message,
+        /// Its id at the sender (`None` from writers older than ids): acknowledged once handed on.
+        id: Option<crate::wire::MessageId>,
     },
     Log(Level, String),
     Dropped(Reason, String),
@@ -361,6 +363,8 @@ impl Inbox {
             }
         };
         for it in items {
+            // A fragment carries its whole message's id.
+            let id = it.id;
             let Some(message) = self.join(from, k, what, it, now) else {
                 continue;
             };
@@ -369,6 +373,7 @@ impl Inbox {
                 k,
                 what,
                 message,
+                id,
             });
         }
     }

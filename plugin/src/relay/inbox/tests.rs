@@ -161,6 +161,7 @@ impl Run {
                     k,
                     what,
                     message,
+                    ..
                 } => {
                     self.cursor_at_delivery
                         .push(self.inbox.cursors().get(&from).cloned());

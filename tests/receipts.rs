@@ -1,0 +1,112 @@
+//! Receipts and retransmission (issue 11): a receiver acknowledges QoS 1/2 messages in its DHT
+//! resource, the sender resends what is not acknowledged in time. A DM twisterd dropped because the
+//! recipient did not follow the sender yet arrives once the recipient follows.
+
+use mqtt_twister_harness::*;
+use rumqttc::QoS;
+use std::time::Duration;
+
+/// Generous: these tests run on a loaded 2-core machine, next to others.
+const T: Duration = Duration::from_secs(60);
+
+/// Receipts fast for tests: first resend after 1 s, receipts written and read every 200 ms.
+const FAST_RECEIPTS: [&str; 2] = [
+    "plugin_opt_receipt_timeout_ms 1000",
+    "plugin_opt_receipt_interval_ms 200",
+];
+
+/// What the sender says when nothing waits for a receipt any more after a resend.
+const ALL_ACKNOWLEDGED: &str = "every message acknowledged again";
+
+/// The sender's receipts line, said when it stops.
+fn receipts_line(log: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("receipts: kept"))
+        .unwrap_or_else(|| panic!("no receipts line in the log:\n{log}"))
+        .to_string()
+}
+
+/// The number after `key` in `line`.
+fn number_after(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("{key:?} in {line}"))
+        + key.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a number after {key:?} in {line}"))
+}
+
+fn dms_dropped_not_following(node: &DevNode) -> u64 {
+    node.ok("devnode_stats", serde_json::json!([]))["counters"]["dms_dropped_not_following"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Every payload `sub` receives within `quiet` of the one before, until `last` arrived and then
+/// `quiet` passed without anything more.
+fn receive_all(sub: &Mqtt, last: &str, quiet: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut seen_last = false;
+    loop {
+        let wait = if seen_last { quiet } else { T };
+        match sub.recv(wait) {
+            Some(m) => {
+                let text = String::from_utf8_lossy(&m.payload).to_string();
+                seen_last |= text == last;
+                got.push(text);
+            }
+            None if seen_last => return got,
+            None => panic!("timed out waiting for {last}; got {} messages", got.len()),
+        }
+    }
+}
+
+on_both_brokers! {
+    fn a_dm_twisterd_dropped_because_the_recipient_did_not_follow_yet_is_sent_again_and_arrives_once() {
+        let node = DevNode::start();
+        let dir = workdir();
+        let d = dir.path();
+        let mut a_lines = vec!["plugin_opt_private p/# bob"];
+        a_lines.extend(FAST_RECEIPTS);
+        let mut a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &a_lines));
+        // bob wants p/# but does not follow alice yet: twisterd drops her DMs to him.
+        let b_conf = plugin_conf(&node, d, "bob", &["plugin_opt_subscribe p/#"]);
+        let mut b = Broker::start(d, "b", &b_conf);
+        a.wait_ready();
+        b.wait_ready();
+        wait_interest(&node, "bob", "p/#");
+        a.wait_log("interest of recipient bob: [\"p/#\"]", T);
+        let publ = Mqtt::connect(a.port, "pub", true);
+        publ.publish("p/x", b"dropped once", QoS::AtLeastOnce, false);
+        wait_for(T, "twisterd to drop alice's DM to bob", || {
+            (dms_dropped_not_following(&node) >= 1).then_some(())
+        });
+        // bob comes back following alice; his subscriber is there before anything is resent to it.
+        b.stop();
+        let b_conf = plugin_conf(
+            &node,
+            d,
+            "bob",
+            &["plugin_opt_subscribe p/#", "plugin_opt_follow alice"],
+        );
+        let b = Broker::start_on(d, "b", &b_conf, b.port);
+        b.wait_ready();
+        let sub = Mqtt::connect(b.port, "sub", true);
+        assert!(sub.subscribe("p/#", QoS::AtLeastOnce));
+        let got = receive_all(&sub, "dropped once", Duration::from_secs(3));
+        assert_eq!(got, ["dropped once"], "the resent DM arrives, once");
+        // alice saw bob's receipt: nothing waits any more, and it was resent to get there.
+        a.wait_log(ALL_ACKNOWLEDGED, T);
+        a.stop();
+        let line = receipts_line(&a.log_text());
+        assert_eq!(number_after(&line, "acknowledged "), 1, "{line}");
+        assert_eq!(number_after(&line, "still unacknowledged "), 0, "{line}");
+        assert!(number_after(&line, "resent ") >= 1, "{line}");
+        assert!(sub.recv(Duration::from_millis(500)).is_none(), "nothing more");
+    }
+
+}
