@@ -66,6 +66,9 @@ pub struct Config {
     pub subscribe: Vec<String>,
     pub poll_interval: Duration,
     pub batch_delay: Duration,
+    /// How long a post's messages are kept after twisterd confirmed it (posted again if it forgets
+    /// it); with the spool, they stay in the spool as long.
+    pub release_hold: Duration,
     pub interest_refresh: Duration,
     pub profile_debounce: Duration,
     pub rpc_timeout: Duration,
@@ -134,6 +137,7 @@ const SCALARS: &[&str] = &[
     "user",
     "poll_interval_ms",
     "batch_delay_ms",
+    "release_hold_ms",
     "interest_refresh_ms",
     "profile_debounce_ms",
     "rpc_timeout_ms",
@@ -416,6 +420,7 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         subscribe,
         poll_interval: ms("poll_interval_ms", 1000, 10, 600_000)?,
         batch_delay: ms("batch_delay_ms", 50, 0, 600_000)?,
+        release_hold: ms("release_hold_ms", 300_000, 0, 86_400_000)?,
         interest_refresh: ms("interest_refresh_ms", 30_000, 100, 86_400_000)?,
         profile_debounce: ms("profile_debounce_ms", 1000, 0, 600_000)?,
         rpc_timeout: ms("rpc_timeout_ms", 5000, 100, 600_000)?,

@@ -19,6 +19,7 @@ mod fuzz;
 pub mod health;
 pub mod ids;
 pub mod interest;
+pub mod numbers;
 pub mod plugin;
 pub mod qos2;
 pub mod ranges;

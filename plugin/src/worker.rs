@@ -90,6 +90,8 @@ pub struct Worker {
     retained: Option<retained::Retained>,
     /// Receipts written and read, QoS 1/2 messages kept for them (`worker/receipts.rs`).
     receipts: receipts::ReceiptsDriver,
+    /// The highest post number used, written before each post (`crate::numbers`).
+    used_numbers: crate::numbers::UsedNumbers,
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -157,11 +159,25 @@ impl Worker {
                 wire_format: cfg.wire_format,
                 batch_delay: cfg.batch_delay,
                 max_message_bytes: cfg.max_message_bytes,
+                release_hold: cfg.release_hold,
+                spool_records: cfg.spool.is_some(),
             },
             saved.as_ref().map_or(0, |s| s.next_k),
             saved.as_ref().map_or(0, |s| s.seq),
             counters.outbox,
         );
+        let mut outbox = outbox;
+        let (used_numbers, used_problem) =
+            match crate::numbers::UsedNumbers::open(cfg.state_file.as_deref()) {
+                Ok((numbers, used)) => {
+                    // Never again a number used before, even one twisterd forgot since.
+                    if let Some(k) = used {
+                        outbox.k_at_least(k + 1);
+                    }
+                    (numbers, None)
+                }
+                Err(e) => (crate::numbers::UsedNumbers::none(), Some(e)),
+            };
         let restarted = interest.is_some();
         let local = Subscriptions::new(
             interest.unwrap_or_else(|| Interest::new(&cfg.subscribe)),
@@ -211,7 +227,11 @@ impl Worker {
             run_ids: crate::ids::RunIds::starting_now(),
             retained,
             receipts,
+            used_numbers,
         };
+        if let Some(e) = used_problem {
+            w.log(Level::Error, format!("cannot keep the highest post number used beside plugin_opt_state_file: {e}; a restart after twisterd forgot a post may use its number again"));
+        }
         if w.cfg.state_file.is_some() && !state_found {
             w.log(
                 Level::Info,
@@ -253,7 +273,6 @@ impl Worker {
             if self.health.stopping() {
                 return self.shutdown(outbound);
             }
-            let handed = outbound.spool_progress().handed_so_far();
             let mut drained = 0;
             while let Some(m) = outbound.take() {
                 self.outbound(m);
@@ -262,7 +281,6 @@ impl Worker {
                     break;
                 }
             }
-            let drained_all = outbound.is_drained();
             let deadline = self.next_deadline();
             let mut wait = deadline.saturating_duration_since(Instant::now());
             if drained > 0 {
@@ -295,9 +313,10 @@ impl Worker {
             }
             self.step(Instant::now());
             outbound.set_backlog(self.queued());
-            if drained_all && self.queued() == 0 && !self.outbox.has_unknown_outcome() {
-                outbound.spool_progress().taken(handed);
-            }
+            // Released records only: posted, confirmed by twisterd, and held (`crate::relay::release`).
+            outbound
+                .spool_progress()
+                .taken(crate::spool::SpoolId(self.outbox.records_taken()));
         }
     }
 

@@ -14,6 +14,8 @@
 //!   interest and where private forwards go (`interest::private`).
 //! - `hold`: messages waiting for interest that may come (a previous run's subscriptions, a private
 //!   recipient's), bounded, with their deadlines.
+//! - `release`: when a spooled record is released (its posts confirmed and held), and which posts
+//!   twisterd forgot (posted again under new numbers).
 //!
 //! The driver (`crate::worker`) carries the effects out with the typed client
 //! (`crate::twister::Client`) and the DHT thread (`crate::dht`), and feeds each reply back.
@@ -23,6 +25,7 @@ pub mod inbox;
 pub mod interest;
 pub mod outbox;
 pub mod receipts;
+pub mod release;
 pub mod retained;
 pub mod session;
 pub mod timers;
@@ -46,6 +49,9 @@ pub enum Effect {
         to: Option<String>,
         text: String,
     },
+    /// Numbers up to `k` are used (or about to be): written down before the post under `k` goes, so
+    /// that a restart never uses `k` again, even if twisterd forgets the post.
+    UseNumber(i64),
     /// `getlasthave` of our own user only.
     OwnLastHave {
         id: RequestId,

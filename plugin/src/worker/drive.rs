@@ -39,6 +39,12 @@ impl Worker {
                 Effect::Log(level, line) => self.log(level, line),
                 Effect::Dropped(reason, detail) => self.drop_message(reason, detail),
                 Effect::StateChanged => self.state_dirty = true,
+                Effect::UseNumber(k) => {
+                    if let Err(e) = self.used_numbers.use_number(k) {
+                        let path = self.used_numbers.path().display().to_string();
+                        self.log_once("used-k", Level::Error, format!("cannot write {path}: {e}; a restart after twisterd forgot a post may use its number again"));
+                    }
+                }
             }
         }
     }
@@ -131,7 +137,12 @@ impl Worker {
         while let Some(effect) = self.private.poll_effect() {
             match effect {
                 PrivateEffect::ReadInterest(users) => self.dht.send(DhtJob::ReadInterest(users)),
-                PrivateEffect::Send { message, id, to } => self.enqueue_to(&message, id, to),
+                PrivateEffect::Send { message, id, to } => {
+                    self.enqueue_to(&message, id, to);
+                    // No longer held: its queued copies hold its spool record now.
+                    self.outbox.let_go_record(id);
+                }
+                PrivateEffect::Expired(id) => self.outbox.let_go_record(id),
                 PrivateEffect::Dropped(reason, detail) => self.drop_message(reason, detail),
                 PrivateEffect::Log(level, line) => self.log(level, line),
             }

@@ -28,6 +28,7 @@ impl Worker {
                             route,
                             id: it.id,
                         };
+                        self.outbox.hold_record(out.id);
                         self.private.restore(out, now);
                     }
                     continue;

@@ -32,10 +32,18 @@ impl Worker {
     }
 
     /// A local message, routed by the MESSAGE callback (`route`): never matched against the
-    /// configuration again here.
+    /// configuration again here. Its spool record is held open while it is routed, then by the copies
+    /// queued or held (`crate::relay::release`).
     pub(super) fn outbound(&mut self, mut out: Outgoing) {
         // Its id from here on (`crate::ids`): the spool's, or the next of this run.
         out.id = out.id.or_else(|| Some(self.run_ids.next()));
+        let id = out.id;
+        self.outbox.hold_record(id);
+        self.route_outgoing(out);
+        self.outbox.let_go_record(id);
+    }
+
+    fn route_outgoing(&mut self, out: Outgoing) {
         let msg = &out.message;
         // Checked here, not only when a message must be cut: v2 may fit a large one in one post.
         if msg.payload.len() > self.cfg.max_message_bytes {
@@ -65,6 +73,8 @@ impl Worker {
                 Routed::Hold => {
                     // Room is made for it: it counts as queued while held.
                     if self.make_room(&out.message.topic) {
+                        // Its spool record stays open while it is held.
+                        self.outbox.hold_record(out.id);
                         self.private.hold(out, Instant::now());
                         self.drive_private();
                     }

@@ -27,6 +27,9 @@ pub enum PrivateEffect {
         to: Vec<String>,
     },
     Dropped(Reason, String),
+    /// A held message's wait ended (dropped above): its spool record is done with
+    /// (`crate::relay::release`).
+    Expired(Option<crate::wire::MessageId>),
     Log(Level, String),
 }
 
@@ -172,6 +175,7 @@ impl PrivateForwards {
                 Reason::NoRecipientInterested,
                 detail,
             ));
+            self.effects.push_back(PrivateEffect::Expired(msg.id));
         }
         if self.held.reread_due(now) {
             self.read_all();

@@ -148,7 +148,7 @@ fn until_every_recipient_answered_messages_are_held_then_sent_to_who_wants_them(
     p.handle_timeout(t1 + GRACE);
     let e = effects(&mut p);
     assert!(
-        matches!(&e[..], [PrivateEffect::Dropped(Reason::NoRecipientInterested, d)] if d.starts_with("a private message on doors/a/b")),
+        matches!(&e[..], [PrivateEffect::Dropped(Reason::NoRecipientInterested, d), PrivateEffect::Expired(None)] if d.starts_with("a private message on doors/a/b")),
         "{e:?}"
     );
     assert_eq!(p.held_len(), 0);

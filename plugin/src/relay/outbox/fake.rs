@@ -13,6 +13,8 @@ use twister_rules::errors::{too_many_posts, MSG_BAD_POST_SIZE, RPC_INVALID_PARAM
 use twister_rules::{max_post_number, PostHeader};
 
 pub(super) const USER: &str = "alice";
+/// How long confirmed posts are held for reposting.
+pub(super) const HOLD: Duration = Duration::from_secs(60);
 
 /// What the fake node does with the next post instead of storing it.
 #[derive(Debug, Clone)]
@@ -110,6 +112,18 @@ impl FakeNode {
             .or_insert_with(|| (to.clone(), text.to_string()));
     }
 
+    /// Forgets the newest `n` posts, as a twisterd killed right after storing them.
+    pub(super) fn forget_newest(&mut self, n: usize) {
+        for _ in 0..n {
+            self.posts.pop_last();
+        }
+    }
+
+    /// Our last post number as `getlasthave` tells it.
+    pub(super) fn last(&self) -> i64 {
+        self.posts.keys().next_back().copied().unwrap_or(-1)
+    }
+
     /// Every message stored, in post-number order.
     pub(super) fn messages(&self) -> Vec<wire::Item> {
         self.posts
@@ -127,6 +141,8 @@ pub(super) struct Run {
     pub(super) logs: Vec<(Level, String)>,
     pub(super) dropped: Vec<(Reason, String)>,
     pub(super) deadlines: usize,
+    /// Every number the outbox said it was about to use (`Effect::UseNumber`), in order.
+    pub(super) used: Vec<i64>,
 }
 
 pub(super) fn settings(format: WireFormat) -> Settings {
@@ -135,6 +151,8 @@ pub(super) fn settings(format: WireFormat) -> Settings {
         wire_format: format,
         batch_delay: Duration::from_millis(50),
         max_message_bytes: 65536,
+        release_hold: HOLD,
+        spool_records: true,
     }
 }
 
@@ -147,6 +165,7 @@ impl Run {
             logs: Vec::new(),
             dropped: Vec::new(),
             deadlines: 0,
+            used: Vec::new(),
         }
     }
 
@@ -163,6 +182,7 @@ impl Run {
                 Effect::Log(level, line) => self.logs.push((*level, line.clone())),
                 Effect::Dropped(reason, detail) => self.dropped.push((*reason, detail.clone())),
                 Effect::StateChanged => {}
+                Effect::UseNumber(k) => self.used.push(*k),
                 _ => {
                     let (id, reply) = self.node.answer(&e).unwrap();
                     self.outbox.handle_reply(id, reply, self.now);

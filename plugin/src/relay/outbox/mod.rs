@@ -11,6 +11,8 @@
 mod budget;
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod forgotten_tests;
 mod packing;
 #[cfg(test)]
 mod packing_tests;
@@ -19,6 +21,7 @@ mod tests;
 
 pub use packing::{Payload, Queued};
 
+use super::release::{Held, Ledger, RecordId};
 use super::timers::{Timer, Timers};
 use super::{Effect, Level, Reply, RequestId};
 use crate::config::WireFormat;
@@ -44,6 +47,11 @@ pub struct Settings {
     pub wire_format: WireFormat,
     pub batch_delay: Duration,
     pub max_message_bytes: usize,
+    /// How long a confirmed post's messages are kept after twisterd confirmed it, to be posted again if
+    /// twisterd forgets it (`crate::relay::release`).
+    pub release_hold: Duration,
+    /// Message ids number spool records (the spool is on): the ledger tracks them by `seq`.
+    pub spool_records: bool,
 }
 
 #[derive(Debug, Default)]
@@ -102,13 +110,15 @@ pub struct Outbox {
     awaiting: Option<(RequestId, Awaiting)>,
     last_id: RequestId,
     effects: VecDeque<Effect>,
+    /// Posts answered as stored, held until released; which spool records are done
+    /// (`crate::relay::release`).
+    ledger: Ledger<Queued>,
     pub counters: Counters,
 }
 
 impl Outbox {
     pub fn new(settings: Settings, next_k: i64, seq: u64, counters: Counters) -> Self {
         Outbox {
-            settings,
             public: Queue::default(),
             private: BTreeMap::new(),
             len: 0,
@@ -123,8 +133,55 @@ impl Outbox {
             awaiting: None,
             last_id: 0,
             effects: VecDeque::new(),
+            ledger: Ledger::new(settings.release_hold, 0),
+            settings,
             counters,
         }
+    }
+
+    /// The spool record a message with id `id` copies (`None` without the spool).
+    fn record(&self, id: Option<wire::MessageId>) -> Option<RecordId> {
+        id.filter(|_| self.settings.spool_records).map(|i| i.seq)
+    }
+
+    /// The driver holds the spool record of message `id` open (while it routes it, or while the
+    /// message waits for a private recipient): released only after a matching `let_go_record`.
+    pub fn hold_record(&mut self, id: Option<wire::MessageId>) {
+        if let Some(r) = self.record(id) {
+            self.ledger.copy(r);
+        }
+    }
+
+    /// The driver is done with the spool record of message `id` (see `hold_record`).
+    pub fn let_go_record(&mut self, id: Option<wire::MessageId>) {
+        if let Some(r) = self.record(id) {
+            self.ledger.let_go(r);
+        }
+    }
+
+    /// Receipts hook (`crate::relay::release`): the spool record of message `id` stays after its posts
+    /// are released, until `receipts_done`.
+    pub fn await_receipts(&mut self, id: Option<wire::MessageId>) {
+        if let Some(r) = self.record(id) {
+            self.ledger.await_receipts(r);
+        }
+    }
+
+    /// Receipts hook: every receiver acknowledged message `id` (or was given up on).
+    pub fn receipts_done(&mut self, id: Option<wire::MessageId>) {
+        if let Some(r) = self.record(id) {
+            self.ledger.receipts_done(r);
+        }
+    }
+
+    /// Every spool record up to this one is released: the spool may mark it taken.
+    pub fn records_taken(&self) -> RecordId {
+        self.ledger.taken()
+    }
+
+    /// Posts answered and still held for reposting.
+    pub fn held_posts(&self) -> usize {
+        self.ledger.held_posts()
     }
 
     pub fn next_k(&self) -> i64 {
@@ -174,6 +231,7 @@ impl Outbox {
 
     /// Queues `item` for the public timeline (`to: None`) or a DM to `to`.
     pub fn push(&mut self, item: Queued, to: Option<String>, now: Instant) {
+        self.hold_record(item.id);
         let q = self.queue(&to);
         q.items.push_back(item);
         q.since.get_or_insert(now);
@@ -222,6 +280,7 @@ impl Outbox {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.ledger.release_due(now);
         if self.awaiting.is_none()
             && self.burst == 0
             && self.flush_due_at().is_some_and(|t| now >= t)
@@ -262,6 +321,38 @@ impl Outbox {
             self.next_k = own + 1;
             self.effects.push_back(Effect::StateChanged);
         }
+        let lost = self.ledger.own_last(own, now);
+        if !lost.is_empty() {
+            self.post_again(own, lost, now);
+        }
+    }
+
+    /// Posts twisterd does not hold (it forgot them, or ignored them) go back to the head of their
+    /// queues, after what is in flight there, to be posted under new numbers: a forgotten number is
+    /// never used again (other nodes may hold the first post under it).
+    fn post_again(&mut self, own: i64, lost: Vec<Held<Queued>>, now: Instant) {
+        let ks: Vec<i64> = lost.iter().map(|h| h.k).collect();
+        let copies: usize = lost.iter().map(|h| h.copies.len()).sum();
+        self.log(Level::Warning, format!("twisterd's last post of ours is {own}, below posts {ks:?} it had stored: posting their {copies} messages again under new numbers from {} (forgotten posts so far: {})", self.next_k, self.ledger.counters.forgotten_posts));
+        for held in lost.into_iter().rev() {
+            let at = self.in_flight_at_head(&held.to);
+            self.len += held.copies.len();
+            let q = self.queue(&held.to);
+            for (i, (_, item)) in held.copies.into_iter().enumerate() {
+                q.items.insert(at + i, item);
+            }
+            q.since.get_or_insert(now);
+        }
+        self.effects.push_back(Effect::StateChanged);
+    }
+
+    /// Items at the head of `to`'s queue that a post in flight (or of unknown outcome) carries.
+    fn in_flight_at_head(&self, to: &Option<String>) -> usize {
+        let flight = match &self.awaiting {
+            Some((_, Awaiting::Post { flight, .. } | Awaiting::Verify(flight))) => Some(flight),
+            _ => self.pending.as_ref(),
+        };
+        flight.filter(|f| &f.to == to).map_or(0, |f| f.items)
     }
 
     /// The broker stops: a post of unknown outcome keeps its number out of use.
@@ -392,6 +483,7 @@ impl Outbox {
 
     fn send(&mut self, flight: InFlight, resend: bool) {
         let (k, to, text) = (flight.k, flight.to.clone(), flight.text.clone());
+        self.effects.push_back(Effect::UseNumber(k));
         let id = self.request(Awaiting::Post { flight, resend });
         self.effects.push_back(Effect::Post { id, k, to, text });
     }
@@ -442,6 +534,10 @@ impl Outbox {
             Some(parts) => {
                 self.counters.fragmented += 1;
                 self.len += parts.len();
+                for _ in 0..parts.len() {
+                    self.hold_record(head.id);
+                }
+                self.let_go_record(head.id);
                 let q = self.queue(to);
                 for part in parts.into_iter().rev() {
                     q.items.push_front(Queued {
@@ -460,6 +556,7 @@ impl Outbox {
                 let detail = format!("a message of {size} bytes: more than plugin_opt_max_message_bytes ({}), or the poc wire format, which cannot cut it into posts (one post carries at most {budget})", self.settings.max_message_bytes);
                 self.effects
                     .push_back(Effect::Dropped(Reason::TooBig, detail));
+                self.let_go_record(head.id);
             }
         }
         None
@@ -514,7 +611,9 @@ impl Outbox {
                 if refusal == Refusal::TooLarge && !resend {
                     self.log(Level::Error, format!("twisterd found a post of {} bytes too large: sending one message per post", flight.text.len()));
                     if flight.items == 1 {
-                        self.pop(&flight.to, 1, now);
+                        for item in self.pop(&flight.to, 1, now) {
+                            self.let_go_record(item.id);
+                        }
                         self.effects.push_back(Effect::Dropped(
                             Reason::TooBig,
                             "twisterd refused a post of one message as too large".to_string(),
@@ -573,7 +672,13 @@ impl Outbox {
             None => self.counters.posts += 1,
             Some(_) => self.counters.dms += 1,
         }
-        self.pop(&p.to, p.items, now);
+        let copies = self
+            .pop(&p.to, p.items, now)
+            .into_iter()
+            .map(|item| (self.record(item.id), item))
+            .collect();
+        // Held until twisterd confirms it and a while longer: posted again if it forgets it.
+        self.ledger.stored(p.k, p.to.clone(), copies);
         self.backoff = FIRST_BACKOFF;
     }
 
@@ -583,11 +688,13 @@ impl Outbox {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    fn pop(&mut self, to: &Option<String>, n: usize, now: Instant) {
+    /// Takes the first `n` items of `to`'s queue out.
+    fn pop(&mut self, to: &Option<String>, n: usize, now: Instant) -> Vec<Queued> {
         let q = self.queue(to);
         let n = n.min(q.items.len());
-        q.items.drain(..n);
+        let out: Vec<Queued> = q.items.drain(..n).collect();
         q.since = if q.items.is_empty() { None } else { Some(now) };
         self.len = self.len.saturating_sub(n);
+        out
     }
 }

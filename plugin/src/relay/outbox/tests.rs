@@ -226,6 +226,7 @@ fn a_reply_to_another_request_is_ignored() {
     run.push(msg("t", b"1"), None);
     run.now += Duration::from_millis(50);
     run.outbox.handle_timeout(run.now);
+    assert_eq!(run.outbox.poll_effect(), Some(Effect::UseNumber(0)));
     let Some(Effect::Post { id, .. }) = run.outbox.poll_effect() else {
         panic!("a post");
     };

@@ -1,0 +1,280 @@
+//! Durability end to end: posts twisterd forgets are posted again, kill -9 of the sending broker and
+//! of the dev node lose nothing acknowledged, and a 200 KB payload crosses.
+
+use mqtt_twister_harness::*;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+/// The receiving broker queues every message for its subscriber: Mosquitto's default (1,000 queued
+/// beyond 20 in flight per client) drops the rest of a replayed burst at the subscriber, not in the
+/// relay.
+const RECEIVER_QUEUE: &str = "max_queued_messages 0";
+
+/// Publishes "0", "1", ... at QoS 1 on `topic`, each after the PUBACK of the one before, until
+/// `total` are acknowledged, `stop` is set or the connection breaks. `acked` counts the acknowledged
+/// ones: exactly "0".."acked-1".
+fn publish_acknowledged(
+    port: u16,
+    topic: &str,
+    total: usize,
+    acked: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut opts = MqttOptions::new(format!("publisher-{port}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(opts, 10);
+    let (tx, acks) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return, // the broker is gone: no further acknowledgement
+            }
+        }
+    });
+    for i in 0..total {
+        if stop.load(Ordering::SeqCst)
+            || client
+                .publish(topic, QoS::AtLeastOnce, false, i.to_string())
+                .is_err()
+            || acks.recv_timeout(T).is_err()
+        {
+            return;
+        }
+        acked.store(i + 1, Ordering::SeqCst);
+    }
+}
+
+/// Counts how many times each number arrives at `sub` until every one below `n` has (or 90 s
+/// pass), then what else arrives within a short while (late duplicates).
+fn tally(sub: &Mqtt, n: usize) -> BTreeMap<usize, usize> {
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while (0..n).any(|i| !counts.contains_key(&i)) && Instant::now() < deadline {
+        if let Some(m) = sub.recv(Duration::from_millis(200)) {
+            let i: usize = String::from_utf8_lossy(&m.payload).parse().unwrap();
+            *counts.entry(i).or_default() += 1;
+        }
+    }
+    while let Some(m) = sub.recv(Duration::from_secs(1)) {
+        let i: usize = String::from_utf8_lossy(&m.payload).parse().unwrap();
+        *counts.entry(i).or_default() += 1;
+    }
+    counts
+}
+
+/// (lost, duplicated) among "0".."n-1".
+fn lost_and_duplicated(counts: &BTreeMap<usize, usize>, n: usize) -> (Vec<usize>, usize) {
+    let lost = (0..n).filter(|i| !counts.contains_key(i)).collect();
+    let duplicated = counts.values().map(|c| c - 1).sum();
+    (lost, duplicated)
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: a plain kill(2) of a child process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+/// The numbers of alice's posts the node holds that carry `fwd/n <i>` lines (v2 posts decoded).
+fn messages_posted(node: &DevNode) -> Vec<usize> {
+    let mut out: Vec<usize> = readable_posts(node, "alice", 500)
+        .iter()
+        .flat_map(|p| p.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|l| l.strip_prefix("fwd/n ").and_then(|n| n.parse().ok()))
+        .collect();
+    out.sort();
+    out
+}
+
+on_both_brokers! {
+    fn posts_twisterd_forgets_are_posted_again_under_new_numbers() {
+        let node = DevNode::start();
+        let dir = workdir();
+        let d = dir.path();
+        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
+        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &[
+            "plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool,
+            "plugin_opt_release_hold_ms 60000",
+        ]));
+        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &[
+            "plugin_opt_follow alice", "plugin_opt_subscribe fwd/#", RECEIVER_QUEUE,
+        ]));
+        a.wait_ready();
+        b.wait_ready();
+        let sub = Mqtt::connect(b.port, "durable-sub", true);
+        assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+        let publisher = Mqtt::connect(a.port, "durable-pub", true);
+        publisher.publish("fwd/warm", b"up", QoS::AtLeastOnce, false);
+        sub.expect(T, "the warm-up message: B reads alice");
+
+        // B frozen: it reads nothing of what follows until twisterd has forgotten some of it.
+        signal(b.pid(), libc::SIGSTOP);
+        let n = 24;
+        for burst in 0..4 {
+            for i in burst * 6..(burst + 1) * 6 {
+                publisher.publish("fwd/n", i.to_string().as_bytes(), QoS::AtLeastOnce, false);
+            }
+            // One post per burst or so: the forgotten ones carry several messages.
+            wait_for(T, "the burst posted", || {
+                (messages_posted(&node).len() >= (burst + 1) * 6).then_some(())
+            });
+        }
+        let last_before = node.ok("getlasthave", json!(["bob"]))["alice"].as_i64().unwrap();
+        // twisterd killed right after storing its newest two posts: they are gone from it.
+        let forgotten = node.ok("devnode_fault", json!([{"forget_newest": {"alice": 2}}]));
+        let forgotten: Vec<i64> = forgotten["forgotten"]["alice"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_i64().unwrap())
+            .collect();
+        assert_eq!(forgotten, [last_before, last_before - 1]);
+        let missing = n - messages_posted(&node).len();
+        assert!(missing > 0, "the forgotten posts carried messages");
+        a.wait_log("posting their", T);
+        wait_for(T, "every message in alice's posts again", || {
+            (messages_posted(&node) == (0..n).collect::<Vec<_>>()).then_some(())
+        });
+        // Never under a number twisterd forgot: peers may hold the first post with it.
+        let last_after = node.ok("getlasthave", json!(["bob"]))["alice"].as_i64().unwrap();
+        assert!(last_after > last_before, "new numbers: {last_after} after {last_before}");
+        for k in &forgotten {
+            let p = node.ok("getposts", json!([1, [{"username": "alice", "max_id": k, "since_id": k - 1}]]));
+            assert_eq!(p.as_array().map_or(0, Vec::len), 0, "post {k} stays unused");
+        }
+
+        signal(b.pid(), libc::SIGCONT);
+        let counts = tally(&sub, n);
+        let (lost, duplicated) = lost_and_duplicated(&counts, n);
+        eprintln!("forgotten posts {forgotten:?} carried {missing} messages: lost {}, duplicated {duplicated}", lost.len());
+        assert!(lost.is_empty(), "lost {lost:?}");
+        // B never read the forgotten posts: each message arrives once.
+        assert_eq!(duplicated, 0, "{counts:?}");
+    }
+}
+
+on_both_brokers! {
+    fn the_sending_broker_killed_mid_stream_loses_no_acknowledged_message() {
+        let node = DevNode::start();
+        let dir = workdir();
+        let d = dir.path();
+        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
+        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &[
+            "plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool,
+        ]));
+        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &[
+            "plugin_opt_follow alice", "plugin_opt_subscribe fwd/#", RECEIVER_QUEUE,
+        ]));
+        a.wait_ready();
+        b.wait_ready();
+        let sub = Mqtt::connect(b.port, "kill-sub", true);
+        assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+
+        let acked = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (acked, stop, port) = (acked.clone(), stop.clone(), a.port);
+            std::thread::spawn(move || publish_acknowledged(port, "fwd/n", usize::MAX, acked, stop))
+        };
+        // Killed mid-stream: some messages posted, some queued, one in flight.
+        wait_for(T, "300 acknowledged", || (acked.load(Ordering::SeqCst) >= 300).then_some(()));
+        let a_port = a.port;
+        drop(a); // SIGKILL
+        publisher.join().unwrap();
+        let acked = acked.load(Ordering::SeqCst);
+
+        let a2 = Broker::start_conf(d, "a2", &std::fs::read_to_string(d.join("a.conf")).unwrap(), a_port);
+        a2.wait_ready();
+        let counts = tally(&sub, acked);
+        let (lost, duplicated) = lost_and_duplicated(&counts, acked);
+        eprintln!("broker kill -9: {acked} acknowledged, lost {}, duplicated {duplicated}", lost.len());
+        assert!(lost.is_empty(), "lost {} acknowledged messages: {lost:?}", lost.len());
+    }
+}
+
+on_both_brokers! {
+    fn the_dev_node_killed_and_restarted_from_its_data_directory_loses_nothing() {
+        let data = tempfile::tempdir().unwrap();
+        let datadir = format!("-datadir={}", data.path().display());
+        let mut node = DevNode::start_with(&["-blockinterval=0.2", &datadir], 0);
+        let dir = workdir();
+        let d = dir.path();
+        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
+        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &[
+            "plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool,
+            "plugin_opt_rpc_timeout_ms 1000",
+        ]));
+        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &[
+            "plugin_opt_follow alice", "plugin_opt_subscribe fwd/#", RECEIVER_QUEUE,
+            "plugin_opt_rpc_timeout_ms 1000",
+        ]));
+        a.wait_ready();
+        b.wait_ready();
+        let sub = Mqtt::connect(b.port, "node-kill-sub", true);
+        assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+
+        let n = 600;
+        let acked = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (acked, stop, port) = (acked.clone(), stop.clone(), a.port);
+            std::thread::spawn(move || publish_acknowledged(port, "fwd/n", n, acked, stop))
+        };
+        wait_for(T, "200 acknowledged", || (acked.load(Ordering::SeqCst) >= 200).then_some(()));
+        signal(node.pid(), libc::SIGKILL);
+        let at_kill = acked.load(Ordering::SeqCst);
+        // Dead (a zombie of ours, or gone): its port and data directory are free again.
+        let stat = format!("/proc/{}/stat", node.pid());
+        wait_for(T, "the dev node to die", || {
+            let s = std::fs::read_to_string(&stat).unwrap_or_default();
+            (s.is_empty() || s.contains(") Z ")).then_some(())
+        });
+        node.restart();
+        publisher.join().unwrap();
+        assert_eq!(acked.load(Ordering::SeqCst), n, "the broker acknowledges through the outage");
+
+        let counts = tally(&sub, n);
+        let (lost, duplicated) = lost_and_duplicated(&counts, n);
+        eprintln!("dev node kill -9 after {at_kill} acknowledged: {n} sent, lost {}, duplicated {duplicated}", lost.len());
+        assert!(lost.is_empty(), "lost {} messages: {lost:?}", lost.len());
+        drop((a, b));
+    }
+}
+
+on_both_brokers! {
+    fn a_200_kb_payload_crosses_with_the_maximum_raised() {
+        let pair = Pair::start(
+            &["plugin_opt_publish big/#", "plugin_opt_max_message_bytes 262144"],
+            &["plugin_opt_subscribe big/#", "plugin_opt_max_message_bytes 262144"],
+        );
+        let sub = Mqtt::connect(pair.b.port, "big-sub", true);
+        assert!(sub.subscribe("big/#", QoS::AtLeastOnce));
+        // Bytes that do not compress (splitmix64): ~150 fragments.
+        let mut x: u64 = 7;
+        let payload: Vec<u8> = (0..200 * 1024)
+            .map(|_| {
+                x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                (z ^ (z >> 31)) as u8
+            })
+            .collect();
+        let publisher = Mqtt::connect(pair.a.port, "big-pub", true);
+        publisher.publish("big/blob", &payload, QoS::AtLeastOnce, false);
+        let got = sub.expect(Duration::from_secs(120), "the 200 KB message on B");
+        assert_eq!(got.topic, "big/blob");
+        assert_eq!(got.payload.len(), payload.len());
+        assert!(got.payload == payload, "the same bytes");
+        assert!(sub.recv(Duration::from_secs(1)).is_none(), "once");
+    }
+}
