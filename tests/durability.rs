@@ -5,7 +5,7 @@ use mqtt_twister_harness::*;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,14 +16,15 @@ const T: Duration = Duration::from_secs(30);
 const RECEIVER_QUEUE: &str = "max_queued_messages 0";
 
 /// Publishes "0", "1", ... at QoS 1 on `topic`, each after the PUBACK of the one before, until
-/// `total` are acknowledged, `stop` is set or the connection breaks. `acked` counts the acknowledged
-/// ones: exactly "0".."acked-1".
+/// `total` are acknowledged or the connection breaks. `acked` counts the acknowledged ones: exactly
+/// "0".."acked-1". `at(i)` runs just after message `i` is sent, before its PUBACK (to kill something
+/// mid-stream).
 fn publish_acknowledged(
     port: u16,
     topic: &str,
     total: usize,
     acked: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
+    at: impl Fn(usize),
 ) {
     let mut opts = MqttOptions::new(format!("publisher-{port}"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -43,12 +44,14 @@ fn publish_acknowledged(
         }
     });
     for i in 0..total {
-        if stop.load(Ordering::SeqCst)
-            || client
-                .publish(topic, QoS::AtLeastOnce, false, i.to_string())
-                .is_err()
-            || acks.recv_timeout(T).is_err()
+        if client
+            .publish(topic, QoS::AtLeastOnce, false, i.to_string())
+            .is_err()
         {
+            return;
+        }
+        at(i);
+        if acks.recv_timeout(T).is_err() {
             return;
         }
         acked.store(i + 1, Ordering::SeqCst);
@@ -181,23 +184,29 @@ on_both_brokers! {
         assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
 
         let acked = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
+        let a_pid = a.pid();
         let publisher = {
-            let (acked, stop, port) = (acked.clone(), stop.clone(), a.port);
-            std::thread::spawn(move || publish_acknowledged(port, "fwd/n", usize::MAX, acked, stop))
+            let (acked, port) = (acked.clone(), a.port);
+            // Killed mid-stream: some messages posted, some queued, one in flight.
+            std::thread::spawn(move || {
+                publish_acknowledged(port, "fwd/n", usize::MAX, acked, |i| {
+                    if i == 1000 {
+                        signal(a_pid, libc::SIGKILL);
+                    }
+                })
+            })
         };
-        // Killed mid-stream: some messages posted, some queued, one in flight.
-        wait_for(T, "300 acknowledged", || (acked.load(Ordering::SeqCst) >= 300).then_some(()));
-        let a_port = a.port;
-        drop(a); // SIGKILL
         publisher.join().unwrap();
+        let a_port = a.port;
+        drop(a);
         let acked = acked.load(Ordering::SeqCst);
 
         let a2 = Broker::start_conf(d, "a2", &std::fs::read_to_string(d.join("a.conf")).unwrap(), a_port);
         a2.wait_ready();
+        let replayed = a2.log_text().lines().find(|l| l.contains("not posted before the last stop")).unwrap_or_default().to_string();
         let counts = tally(&sub, acked);
         let (lost, duplicated) = lost_and_duplicated(&counts, acked);
-        eprintln!("broker kill -9: {acked} acknowledged, lost {}, duplicated {duplicated}", lost.len());
+        eprintln!("broker kill -9: {acked} acknowledged, lost {}, duplicated {duplicated}; {replayed}", lost.len());
         assert!(lost.is_empty(), "lost {} acknowledged messages: {lost:?}", lost.len());
     }
 }
@@ -223,16 +232,24 @@ on_both_brokers! {
         let sub = Mqtt::connect(b.port, "node-kill-sub", true);
         assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
 
-        let n = 600;
+        let n = 2000;
+        let kill_at = 500;
         let acked = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
+        let node_pid = node.pid();
+        let (killed, kill_done) = std::sync::mpsc::channel();
         let publisher = {
-            let (acked, stop, port) = (acked.clone(), stop.clone(), a.port);
-            std::thread::spawn(move || publish_acknowledged(port, "fwd/n", n, acked, stop))
+            let (acked, port) = (acked.clone(), a.port);
+            std::thread::spawn(move || {
+                publish_acknowledged(port, "fwd/n", n, acked, |i| {
+                    if i == kill_at {
+                        signal(node_pid, libc::SIGKILL);
+                        let _ = killed.send(());
+                    }
+                })
+            })
         };
-        wait_for(T, "200 acknowledged", || (acked.load(Ordering::SeqCst) >= 200).then_some(()));
-        signal(node.pid(), libc::SIGKILL);
-        let at_kill = acked.load(Ordering::SeqCst);
+        kill_done.recv_timeout(T).expect("the publisher reached the kill");
+        let at_kill = kill_at;
         // Dead (a zombie of ours, or gone): its port and data directory are free again.
         let stat = format!("/proc/{}/stat", node.pid());
         wait_for(T, "the dev node to die", || {
@@ -245,7 +262,7 @@ on_both_brokers! {
 
         let counts = tally(&sub, n);
         let (lost, duplicated) = lost_and_duplicated(&counts, n);
-        eprintln!("dev node kill -9 after {at_kill} acknowledged: {n} sent, lost {}, duplicated {duplicated}", lost.len());
+        eprintln!("dev node kill -9 at message {at_kill}: {n} sent, lost {}, duplicated {duplicated}", lost.len());
         assert!(lost.is_empty(), "lost {} messages: {lost:?}", lost.len());
         drop((a, b));
     }
