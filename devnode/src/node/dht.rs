@@ -19,7 +19,17 @@ impl Node {
         if !multi && !p.has(5) {
             return Err(RpcError::new(RPC_WALLET_ERROR, errors::MSG_SEQ_REQUIRED));
         }
-        let seq = if p.has(5) { Some(p.int(5)?) } else { None };
+        // twisterd reads seq with json_spirit's get_int: the low 32 bits, signed. A negative seq leaves
+        // `p` without one, which its own consistency check then refuses (silently).
+        let seq = if p.has(5) {
+            Some(i64::from(p.int(5)? as i32))
+        } else {
+            None
+        };
+        if !multi && seq.is_some_and(|s| s < 0) {
+            self.counters.dht_puts_dropped += 1;
+            return Ok(Value::Null);
+        }
         if !multi && n != sig_user {
             return Err(RpcError::new(RPC_WALLET_ERROR, errors::MSG_SINGLE_OWNER));
         }

@@ -542,6 +542,42 @@ fn dht_single_needs_increasing_seq_and_its_owner() {
 }
 
 #[test]
+fn dht_seq_is_read_as_twisterds_32_bit_int() {
+    let s = node();
+    user(&s, "alice");
+    // 2^32 + 5 keeps its low 32 bits: 5.
+    ok(
+        &s,
+        "dhtput",
+        json!(["alice", "r", "s", "a", "alice", 4_294_967_301_i64]),
+    );
+    assert_eq!(
+        ok(&s, "dhtget", json!(["alice", "r", "s"]))[0]["p"]["seq"],
+        5
+    );
+    // 2^31 is negative as a 32-bit int: twisterd stores nothing.
+    ok(
+        &s,
+        "dhtput",
+        json!(["alice", "r", "s", "b", "alice", 2_147_483_648_i64]),
+    );
+    let got = ok(&s, "dhtget", json!(["alice", "r", "s"]));
+    assert_eq!(
+        (got[0]["p"]["seq"].clone(), got[0]["p"]["v"].clone()),
+        (json!(5), json!("a"))
+    );
+    ok(
+        &s,
+        "dhtput",
+        json!(["alice", "r", "s", "c", "alice", i64::from(i32::MAX)]),
+    );
+    assert_eq!(
+        ok(&s, "dhtget", json!(["alice", "r", "s"]))[0]["p"]["v"],
+        "c"
+    );
+}
+
+#[test]
 fn dht_limits_drop_silently_and_bencode_loses_bools_floats_null() {
     let s = node();
     user(&s, "alice");
