@@ -152,3 +152,136 @@ pub fn sync(rpc: &Client, plan: &Plan) -> Synced {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::retained::writer::Writer;
+    use crate::relay::retained::{encode_record, Kind, Record};
+    use crate::twister::{Twister, TwisterError};
+    use serde_json::{json, Value};
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    /// One user's "s" resources, as dhtput and dhtget see them (highest seq wins); `down` fails calls.
+    #[derive(Clone, Default)]
+    struct FakeDht {
+        items: Arc<Mutex<BTreeMap<String, (i64, Value)>>>,
+        down: Arc<Mutex<bool>>,
+    }
+
+    impl Twister for FakeDht {
+        fn call(&self, method: &str, params: Value) -> Result<Value, TwisterError> {
+            if *self.down.lock().unwrap() {
+                return Err(TwisterError::Transport("down".into()));
+            }
+            let resource = params[1].as_str().unwrap().to_string();
+            let mut items = self.items.lock().unwrap();
+            match method {
+                "dhtput" => {
+                    let seq = params[5].as_i64().unwrap();
+                    if items.get(&resource).is_none_or(|(s, _)| seq > *s) {
+                        items.insert(resource, (seq, params[3].clone()));
+                    }
+                    Ok(Value::Null)
+                }
+                "dhtget" => Ok(match items.get(&resource) {
+                    Some((seq, v)) => json!([{"p": {"seq": seq, "v": v}, "sig_user": "alice"}]),
+                    None => json!([]),
+                }),
+                other => panic!("{other}"),
+            }
+        }
+    }
+
+    fn client(dht: &FakeDht) -> Client {
+        Client::new(Box::new(dht.clone()))
+    }
+
+    const NOW: u64 = 1_795_000_000_000;
+
+    #[test]
+    fn what_the_writer_puts_a_sync_reads_back() {
+        let dht = FakeDht::default();
+        let mut w = Writer::new(1000);
+        w.publish("a/1", b"on", 1, NOW).unwrap();
+        w.publish("a/2", &[0, 255], 0, NOW).unwrap();
+        w.publish("b/1", b"x", 0, NOW).unwrap();
+        assert!(put_all(&client(&dht), "alice", w.take_puts(NOW, Some(3), false)).is_none());
+        let plan = Plan {
+            user: "alice".into(),
+            filters: vec!["b/#".into()],
+            ..Plan::default()
+        };
+        let synced = sync(&client(&dht), &plan);
+        assert!(synced.problems.is_empty(), "{:?}", synced.problems);
+        assert_eq!(synced.records.len(), 3);
+        assert_eq!(
+            synced.records[0].topic, "b/1",
+            "the broker's interest first"
+        );
+        assert_eq!(synced.shards.len(), 1);
+        // Nothing changed: the next sync reads the root only and fetches nothing.
+        let plan2 = Plan {
+            shards: vec![synced.shards[0].1],
+            ..plan
+        };
+        assert!(sync(&client(&dht), &plan2).records.is_empty());
+    }
+
+    #[test]
+    fn malformed_resources_are_skipped_and_said_and_a_missing_value_is_read_again() {
+        let dht = FakeDht::default();
+        let put = |r: &str, v: Value| {
+            dht.items.lock().unwrap().insert(r.into(), (1, v));
+        };
+        put(r::ROOT, json!({"n": [1, 1]}));
+        put(
+            &r::shard_name(0),
+            json!({"e": [["good", 1, "v"], ["bad", 1, "v"], ["gone", 1, "v"], ["$SYS/x", 1, "v"], 7]}),
+        );
+        put(&r::shard_name(1), json!("<uninitialized>"));
+        let good = Record {
+            topic: "good".into(),
+            seq: 1,
+            kind: Kind::Value,
+            qos: 0,
+            watermark: None,
+            payload: b"1".to_vec(),
+        };
+        put(&r::value_name("good"), encode_record(&good));
+        // Another topic's value under this name: refused.
+        put(&r::value_name("bad"), encode_record(&good));
+        let synced = sync(
+            &client(&dht),
+            &Plan {
+                user: "alice".into(),
+                ..Plan::default()
+            },
+        );
+        assert_eq!(synced.records, vec![good]);
+        assert_eq!(synced.problems.len(), 3, "{:?}", synced.problems);
+        assert!(
+            synced.problems[0].contains("2 malformed entries"),
+            "{:?}",
+            synced.problems
+        );
+        assert!(
+            synced.shards.is_empty(),
+            "'gone' is not there yet: shard 0 is read again next time"
+        );
+    }
+
+    #[test]
+    fn a_failed_put_returns_itself_and_everything_after_it() {
+        let dht = FakeDht::default();
+        let mut w = Writer::new(1000);
+        w.publish("a", b"1", 0, NOW).unwrap();
+        let puts = w.take_puts(NOW, Some(0), false);
+        *dht.down.lock().unwrap() = true;
+        let (failed, why) = put_all(&client(&dht), "alice", puts.clone()).unwrap();
+        assert_eq!(failed, puts);
+        assert!(why.contains("dhtput"), "{why}");
+        assert!(dht.items.lock().unwrap().is_empty());
+    }
+}
