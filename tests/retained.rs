@@ -181,3 +181,35 @@ on_both_brokers! {
         assert!(!p.b.log_text().contains("retained values of alice from the DHT"), "B had it live");
     }
 }
+
+on_both_brokers! {
+    fn malformed_retained_values_of_a_followed_user_are_skipped_and_said() {
+        let node = DevNode::start();
+        let dir = workdir();
+        node.user("mallory");
+        let put = |resource: &str, value: Value| {
+            node.ok("dhtput", json!(["mallory", resource, "s", value, "mallory", 1]));
+        };
+        put("mqti", json!({"n": [1, 1]}));
+        put("mqti0", json!({"e": [["sensors/evil", 1, "v"], ["sensors/x", "one", "v"], 42]}));
+        put("mqti1", json!("<uninitialized>"));
+        // A value under the name of one topic claiming another: refused.
+        put(
+            &value_name("sensors/evil"),
+            json!({"t": "sensors/door", "s": 1, "q": 0, "w": -1, "c": "v", "x": "pwned"}),
+        );
+        let a = Broker::start(dir.path(), "a", &conf(&node, dir.path(), "alice", &["plugin_opt_publish sensors/#"]));
+        a.wait_ready();
+        let publ = Mqtt::connect(a.port, "pub-a", true);
+        publ.publish("sensors/door", b"open", QoS::AtLeastOnce, true);
+        wait_stored(&node, "alice", "sensors/door", "v", "open");
+        let b = Broker::start(dir.path(), "b", &conf(&node, dir.path(), "bob", &["plugin_opt_follow alice, mallory"]));
+        b.wait_ready();
+        b.wait_log("retained values of mallory in the DHT: 3 problems, skipped", T);
+        b.wait_log("retained values of alice from the DHT: 1 set", T);
+        let got = retained_on(b.port, "sensors/#");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].topic.as_str(), got[0].payload.as_slice()), ("sensors/door", &b"open"[..]));
+        assert!(b.log_text().contains("(first: mqti0: 2 malformed entries skipped)"), "{}", b.log_text());
+    }
+}
