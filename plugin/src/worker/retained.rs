@@ -16,6 +16,10 @@ const RESYNC_EVERY: Duration = Duration::from_secs(600);
 /// A sync that left values for later goes on this soon.
 const MORE_AFTER: Duration = Duration::from_millis(200);
 const REFRESH_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// Syncs start at most this often: each may hold the DHT thread for seconds per followed user on the
+/// real network (a dhtget of a missing resource waits its whole timeout), and subscriptions may change
+/// often.
+const MIN_SYNC_GAP: Duration = Duration::from_secs(5);
 /// A write held back (for our posts to drain, or by the rate) is looked at again this often.
 const WRITE_RECHECK: Duration = Duration::from_millis(50);
 
@@ -27,6 +31,7 @@ pub struct Retained {
     /// Syncs the DHT thread has not answered yet.
     syncing: usize,
     sync_due: Option<Instant>,
+    last_sync: Option<Instant>,
     /// When the writer was last asked for refreshes with nothing else pending.
     refresh_checked: Instant,
 }
@@ -45,6 +50,7 @@ impl Retained {
             reply_to,
             syncing: 0,
             sync_due: Some(now),
+            last_sync: None,
             refresh_checked: now,
         })
     }
@@ -108,7 +114,9 @@ impl Worker {
     /// Our interest changed: followed users' values for it are read soon.
     pub(super) fn retained_interest_changed(&mut self) {
         if let Some(r) = self.retained.as_mut() {
-            r.sync_due = Some(Instant::now());
+            let now = Instant::now();
+            let earliest = r.last_sync.map_or(now, |t| now.max(t + MIN_SYNC_GAP));
+            r.sync_due = Some(r.sync_due.map_or(earliest, |d| d.min(earliest)));
         }
     }
 
@@ -149,6 +157,7 @@ impl Worker {
             .map(|u| r.reader.plan(u, &filters))
             .collect();
         r.sync_due = None;
+        r.last_sync = Some(now);
         r.syncing = syncs.len();
         if syncs.is_empty() {
             return;
@@ -232,7 +241,12 @@ impl Worker {
         }
         self.state_dirty = true;
         if let Some(first) = problems.first() {
-            self.counters.inbox.malformed += problems.len() as u64;
+            // Failed calls are not malformed input (`retained_dht` names them by their call).
+            let malformed = problems
+                .iter()
+                .filter(|p| !p.starts_with("dhtget "))
+                .count();
+            self.counters.inbox.malformed += malformed as u64;
             self.log(
                 Level::Warning,
                 format!(
