@@ -6,6 +6,7 @@
 //! Usage: mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,...]
 
 mod density;
+mod durability;
 mod receipts;
 
 use mqtt_twister_harness::*;
@@ -46,7 +47,7 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--help" | "-h" => {
-                println!("mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,P3,P4,P5,P8,P9,D1,D2]");
+                println!("mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,P3,P4,P5,P7,P8,P9,D1,D2]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (see --help)"),
@@ -572,6 +573,9 @@ fn run() {
     }
     if want("P5") {
         p5(&mut ctx, &args, &mut report);
+    }
+    if want("P7") {
+        durability::p7(&mut ctx, &args, &mut report);
     }
     if want("P8") || want("P9") {
         receipts::p8_p9(&mut ctx, &args, &mut report);
