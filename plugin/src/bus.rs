@@ -4,8 +4,10 @@
 
 use crate::interest::SessionEvent;
 use crate::route::Route;
+use crate::twister::DhtEntry;
 use crate::wire::Message;
 use crossbeam_channel::{bounded, Receiver, Sender};
+use serde_json::Value;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,13 +31,6 @@ pub enum ToWorker {
         client: String,
         event: SessionEvent,
     },
-    /// From the DHT thread: a followed user's published interest (`None`: no profile or no topics).
-    RemoteInterest {
-        user: String,
-        filters: Option<Vec<String>>,
-    },
-    /// From the DHT thread: our profile write finished.
-    ProfileWritten(Result<(), String>),
     /// From the DHT thread: our receipts for `sender` were written (the seq used and what the resource
     /// held before), or not.
     ReceiptsWritten {
@@ -51,6 +46,50 @@ pub enum ToWorker {
     Shutdown,
     /// Local messages were queued while the worker slept.
     Wake,
+}
+
+/// What a DHT call is for: the driver hands its answer to the part of the relay that asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DhtPurpose {
+    /// Writing our interest into our profile (read, put, read back).
+    OurProfile,
+    /// Reading a private recipient's interest.
+    InterestOf(String),
+}
+
+/// One call the DHT thread makes for the driver: `dhtget` may wait for the network for seconds, so
+/// it never runs on the driver's post and poll path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DhtCall {
+    /// `dhtget` of `user`'s profile.
+    GetProfile { user: String },
+    /// `dhtput` of `user`'s profile: `value` under sequence number `seq`.
+    PutProfile {
+        user: String,
+        value: Value,
+        seq: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DhtJob {
+    pub purpose: DhtPurpose,
+    pub call: DhtCall,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DhtAnswer {
+    /// The profile as the DHT holds it (seq 0: none yet).
+    Profile(DhtEntry),
+    /// The put was accepted.
+    Stored,
+}
+
+/// A DHT call's answer; the error says which call failed (`dhtget: ...`, `dhtput: ...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DhtDone {
+    pub purpose: DhtPurpose,
+    pub result: Result<DhtAnswer, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

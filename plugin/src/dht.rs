@@ -1,24 +1,32 @@
-//! The DHT thread: our profile's `mqtt_topics` (read, then written with seq+1, every other profile key
-//! kept) and the followed users' published interest. `dhtget` may wait for the network for seconds, so
-//! it never runs on the worker's post and poll path.
+//! The DHT thread: carries out the driver's DHT calls (`bus::DhtJob`: get or put a profile) one at a
+//! time and sends each answer back (`bus::DhtDone`) on a channel of its own, which the driver waits
+//! on with its events. `dhtget` may wait for the network for seconds, so these calls never run on the
+//! driver's post and poll path. It decides nothing: what to read or write, and what an answer means,
+//! is the relay's (`crate::relay::interest`). Retained values (`crate::retained_dht`) are the other
+//! work it carries out, answered on each job's own channel.
 
-use crate::bus::{Level, ToBroker, ToBrokerSender, ToWorker};
+use crate::bus::{
+    DhtAnswer, DhtCall, DhtDone, DhtJob, DhtPurpose, Level, ToBroker, ToBrokerSender, ToWorker,
+};
 use crate::config::Config;
 use crate::health::{panic_text, Health};
 use crate::retained_dht::{self, RetainedJob, RetainedReply};
 use crate::twister::{Client, Twister};
-use crossbeam_channel::{unbounded, Receiver, Sender};
-use serde_json::{json, Map, Value};
+use crossbeam_channel::{never, unbounded, Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 mod receipts;
 
-pub enum DhtJob {
-    WriteProfile(Vec<String>),
-    ReadInterest(Vec<String>),
-    /// Retained values: puts to make in order, followed users to sync (`crate::retained_dht`).
+/// The DHT resource of a user's profile.
+pub const PROFILE: &str = "profile";
+/// How long a dhtget may wait for the network, in milliseconds.
+const DHTGET_TIMEOUT_MS: u64 = 3000;
+
+/// What the DHT thread is given to do.
+enum Work {
+    Call(DhtJob),
     Retained(RetainedJob),
     /// Our receipts, one write per sender (`crate::relay::receipts::ledger`).
     WriteReceipts(Vec<crate::relay::receipts::ledger::Write>),
@@ -26,66 +34,36 @@ pub enum DhtJob {
     ReadReceipts(Vec<String>),
 }
 
-pub const PROFILE: &str = "profile";
-pub const TOPICS_KEY: &str = "mqtt_topics";
-/// How long a dhtget may wait for the network, in milliseconds.
-const DHTGET_TIMEOUT_MS: u64 = 3000;
-
 pub struct DhtThread {
-    jobs: Option<Sender<DhtJob>>,
+    jobs: Option<Sender<Work>>,
+    /// Answers: at most one per job asked for, so bounded by what the relay has in flight.
+    done: Receiver<DhtDone>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// The profile's value and sequence number as the DHT holds them (seq 0: no profile yet).
-pub fn read_profile(rpc: &Client, user: &str) -> Result<(Map<String, Value>, i64), String> {
-    let got = rpc
-        .dht_get(user, PROFILE, DHTGET_TIMEOUT_MS)
-        .map_err(|e| format!("dhtget: {e}"))?;
-    let value = got.value.as_object().cloned().unwrap_or_default();
-    Ok((value, got.seq))
+/// What a call is about, for the log.
+fn what(purpose: &DhtPurpose) -> String {
+    match purpose {
+        DhtPurpose::OurProfile => "writing our profile".into(),
+        DhtPurpose::InterestOf(user) => format!("reading the interest of {user}"),
+    }
 }
 
-/// The topic filters in a profile value; `None` when it has none.
-pub fn topics_of(profile: &Map<String, Value>) -> Option<Vec<String>> {
-    let list = profile.get(TOPICS_KEY)?.as_array()?;
-    Some(
-        list.iter()
-            .filter_map(Value::as_str)
-            .filter(|f| crate::topic::is_valid_filter(f))
-            .map(String::from)
-            .collect(),
-    )
+fn call(rpc: &Client, call: &DhtCall) -> Result<DhtAnswer, String> {
+    match call {
+        DhtCall::GetProfile { user } => rpc
+            .dht_get(user, PROFILE, DHTGET_TIMEOUT_MS)
+            .map(DhtAnswer::Profile)
+            .map_err(|e| format!("dhtget: {e}")),
+        DhtCall::PutProfile { user, value, seq } => rpc
+            .dht_put(user, PROFILE, value, *seq)
+            .map(|()| DhtAnswer::Stored)
+            .map_err(|e| format!("dhtput: {e}")),
+    }
 }
 
-/// Writes `filters` into the profile, keeping every other key, then reads it back to be sure.
-pub fn write_profile(rpc: &Client, user: &str, filters: &[String]) -> Result<(), String> {
-    let (mut value, seq) = read_profile(rpc, user)?;
-    if topics_of(&value).as_deref() == Some(filters) {
-        return Ok(());
-    }
-    value.insert(TOPICS_KEY.into(), json!(filters));
-    let value = Value::Object(value);
-    let size = twister_rules::dht_value_size(&value, true);
-    if size > twister_rules::MAX_DHT_SINGLE {
-        return Err(format!(
-            "the profile would be {size} bytes with {} filters; Twister keeps at most {}",
-            filters.len(),
-            twister_rules::MAX_DHT_SINGLE
-        ));
-    }
-    rpc.dht_put(user, PROFILE, &value, seq + 1)
-        .map_err(|e| format!("dhtput: {e}"))?;
-    let (back, _) = read_profile(rpc, user)?;
-    if topics_of(&back).as_deref() != Some(filters) {
-        return Err(
-            "the DHT did not keep the new profile (another writer with a higher seq?)".into(),
-        );
-    }
-    Ok(())
-}
-
-/// Runs one job; a panic in it is caught, counted and logged through the broker, and becomes an error:
-/// the thread goes on with the next job.
+/// Runs one call; a panic in it is caught, counted and logged through the broker, and becomes an
+/// error: the thread goes on with the next job.
 fn contained<T>(
     broker: &ToBrokerSender,
     health: &Health,
@@ -111,79 +89,48 @@ fn contained<T>(
 struct Context {
     cfg: Arc<Config>,
     rpc: Client,
+    done: Sender<DhtDone>,
+    /// For the wake-up after a retained job's answer.
     worker: Sender<ToWorker>,
     broker: ToBrokerSender,
     health: Arc<Health>,
 }
 
-fn serve(c: Context, jobs: Receiver<DhtJob>) {
+fn serve(c: Context, jobs: Receiver<Work>) {
     loop {
         // Idle until the next job: no connection left open to twisterd meanwhile.
         c.rpc.release_idle();
-        let Ok(first) = jobs.recv() else { return };
-        // Coalesce: only the newest profile matters, and one read of every user asked about.
-        let mut write: Option<Vec<String>> = None;
-        let mut read: Vec<String> = Vec::new();
-        let mut retained: Vec<RetainedJob> = Vec::new();
-        let mut receipt_writes = Vec::new();
-        let mut receipt_reads: Vec<String> = Vec::new();
-        for job in std::iter::once(first).chain(jobs.try_iter()) {
-            match job {
-                DhtJob::WriteProfile(f) => write = Some(f),
-                DhtJob::ReadInterest(users) => read.extend(users),
-                DhtJob::Retained(job) => retained.push(job),
-                DhtJob::WriteReceipts(w) => receipt_writes.extend(w),
-                DhtJob::ReadReceipts(users) => receipt_reads.extend(users),
+        let job = match jobs.recv() {
+            Ok(Work::Call(job)) => job,
+            Ok(Work::Retained(job)) => {
+                if !serve_retained(&c, job) {
+                    return;
+                }
+                continue;
             }
-        }
-        read.sort();
-        read.dedup();
-        receipt_reads.sort();
-        receipt_reads.dedup();
-        if !serve_receipts(&c, receipt_writes, receipt_reads) {
+            Ok(Work::WriteReceipts(writes)) => {
+                if !serve_receipts(&c, writes, Vec::new()) {
+                    return;
+                }
+                continue;
+            }
+            Ok(Work::ReadReceipts(reads)) => {
+                if !serve_receipts(&c, Vec::new(), reads) {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        let result = contained(&c.broker, &c.health, &what(&job.purpose), || {
+            call(&c.rpc, &job.call)
+        });
+        let done = DhtDone {
+            purpose: job.purpose,
+            result,
+        };
+        if c.done.send(done).is_err() {
             return;
-        }
-        if let Some(filters) = write {
-            let r = contained(&c.broker, &c.health, "writing our profile", || {
-                write_profile(&c.rpc, &c.cfg.user, &filters)
-            });
-            if r.is_ok() {
-                let _ = c.broker.try_send(ToBroker::Log(
-                    Level::Info,
-                    format!("mqtt-twister: profile interest is now {filters:?}"),
-                ));
-            }
-            if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
-                c.worker.try_send(ToWorker::ProfileWritten(r))
-            {
-                return;
-            }
-        }
-        for job in retained {
-            if !serve_retained(&c, job) {
-                return;
-            }
-        }
-        for user in read {
-            let what = format!("reading the interest of {user}");
-            match contained(&c.broker, &c.health, &what, || read_profile(&c.rpc, &user)) {
-                Ok((profile, _)) => {
-                    if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
-                        c.worker.try_send(ToWorker::RemoteInterest {
-                            user,
-                            filters: topics_of(&profile),
-                        })
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = c.broker.try_send(ToBroker::Log(
-                        Level::Warning,
-                        format!("mqtt-twister: reading the interest of {user}: {e}"),
-                    ));
-                }
-            }
         }
     }
 }
@@ -272,9 +219,11 @@ impl DhtThread {
         health: Arc<Health>,
     ) -> Self {
         let (tx, rx) = unbounded();
+        let (done_tx, done_rx) = unbounded();
         let context = Context {
             cfg,
             rpc: Client::new(rpc),
+            done: done_tx,
             worker,
             broker,
             health,
@@ -285,25 +234,54 @@ impl DhtThread {
         match thread {
             Ok(t) => DhtThread {
                 jobs: Some(tx),
+                done: done_rx,
                 thread: Some(t),
             },
             Err(_) => DhtThread {
                 jobs: None,
+                done: never(),
                 thread: None,
             },
         }
     }
 
     pub fn send(&self, job: DhtJob) {
+        self.give(Work::Call(job));
+    }
+
+    pub fn send_retained(&self, job: RetainedJob) {
+        self.give(Work::Retained(job));
+    }
+
+    pub fn write_receipts(&self, writes: Vec<crate::relay::receipts::ledger::Write>) {
+        self.give(Work::WriteReceipts(writes));
+    }
+
+    pub fn read_receipts(&self, receivers: Vec<String>) {
+        self.give(Work::ReadReceipts(receivers));
+    }
+
+    fn give(&self, work: Work) {
         if let Some(j) = &self.jobs {
-            let _ = j.send(job);
+            let _ = j.send(work);
         }
     }
 
-    /// Moves the thread out (to a restarted worker), leaving nothing behind.
+    /// The answers, to wait on with the driver's other events.
+    pub fn answers(&self) -> &Receiver<DhtDone> {
+        &self.done
+    }
+
+    /// The answers' channel closed (the thread ended): wait on it no more.
+    pub fn lost(&mut self) {
+        self.done = never();
+    }
+
+    /// Moves the thread out (to a restarted driver), leaving nothing behind.
     pub fn take(&mut self) -> DhtThread {
         DhtThread {
             jobs: self.jobs.take(),
+            done: std::mem::replace(&mut self.done, never()),
             thread: self.thread.take(),
         }
     }
@@ -326,9 +304,10 @@ impl Drop for DhtThread {
 mod tests {
     use super::*;
     use crate::twister::TwisterError;
+    use serde_json::{json, Value};
     use std::time::Duration;
 
-    /// A twisterd whose every dhtget panics inside the plugin's code.
+    /// A twisterd whose every call panics inside the plugin's code.
     struct Panicking;
 
     impl Twister for Panicking {
@@ -337,32 +316,59 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_panicking_job_is_logged_counted_and_the_thread_goes_on() {
+    /// A twisterd that holds one profile and refuses puts.
+    struct OneProfile;
+
+    impl Twister for OneProfile {
+        fn call(&self, method: &str, params: Value) -> Result<Value, TwisterError> {
+            match method {
+                "dhtget" => Ok(json!([{"p": {"seq": 3, "v": {"mqtt_topics": ["a/#"]}}}])),
+                _ => Err(TwisterError::refused(-1, format!("no {}", params[1]))),
+            }
+        }
+    }
+
+    fn spawn(rpc: Box<dyn Twister>, broker: ToBrokerSender, health: Arc<Health>) -> DhtThread {
         let opts: Vec<(String, String)> =
             [("rpc_user", "u"), ("rpc_password", "p"), ("user", "me")]
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
         let cfg = Arc::new(crate::config::parse(&opts).unwrap());
-        let (to_worker, from_dht) = crossbeam_channel::unbounded();
+        let (to_worker, _) = crossbeam_channel::unbounded();
+        DhtThread::spawn(cfg, rpc, to_worker, broker, health)
+    }
+
+    fn get(purpose: DhtPurpose) -> DhtJob {
+        DhtJob {
+            purpose,
+            call: DhtCall::GetProfile { user: "me".into() },
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_is_logged_counted_and_the_thread_goes_on() {
         let (to_broker, logs) = crate::bus::to_broker(16, 16);
         let health = Arc::new(Health::default());
-        let mut dht = DhtThread::spawn(
-            cfg,
-            Box::new(Panicking),
-            to_worker,
-            to_broker,
-            health.clone(),
-        );
+        let mut dht = spawn(Box::new(Panicking), to_broker, health.clone());
         let wait = Duration::from_secs(10);
-        dht.send(DhtJob::WriteProfile(vec!["a/#".into()]));
-        match from_dht.recv_timeout(wait) {
-            Ok(ToWorker::ProfileWritten(Err(e))) => assert!(e.contains("internal error"), "{e}"),
+        dht.send(get(DhtPurpose::OurProfile));
+        match dht.answers().recv_timeout(wait) {
+            Ok(DhtDone {
+                purpose: DhtPurpose::OurProfile,
+                result: Err(e),
+            }) => assert!(e.contains("internal error"), "{e}"),
             other => panic!("{other:?}"),
         }
-        dht.send(DhtJob::ReadInterest(vec!["bob".into()]));
-        let lines: Vec<String> = (0..3)
+        dht.send(get(DhtPurpose::InterestOf("bob".into())));
+        match dht.answers().recv_timeout(wait) {
+            Ok(DhtDone {
+                purpose: DhtPurpose::InterestOf(u),
+                result: Err(e),
+            }) => assert_eq!((u.as_str(), e.as_str()), ("bob", "internal error (logged)")),
+            other => panic!("{other:?}"),
+        }
+        let lines: Vec<String> = (0..2)
             .map(|_| match logs.recv_timeout(wait) {
                 Some(ToBroker::Log(_, line)) => line,
                 other => panic!("{other:?}"),
@@ -373,11 +379,36 @@ mod tests {
             lines[1].contains("while reading the interest of bob"),
             "{lines:?}"
         );
-        assert!(
-            lines[2].contains("reading the interest of bob: internal error"),
-            "{lines:?}"
-        );
         assert_eq!(health.internal_errors(), 2);
+        dht.stop();
+    }
+
+    #[test]
+    fn answers_are_typed_and_say_which_call_failed() {
+        let (to_broker, _logs) = crate::bus::to_broker(16, 16);
+        let mut dht = spawn(Box::new(OneProfile), to_broker, Arc::default());
+        let wait = Duration::from_secs(10);
+        dht.send(get(DhtPurpose::OurProfile));
+        let got = dht.answers().recv_timeout(wait).unwrap();
+        match got.result {
+            Ok(DhtAnswer::Profile(e)) => {
+                assert_eq!((e.seq, e.value), (3, json!({"mqtt_topics": ["a/#"]})))
+            }
+            other => panic!("{other:?}"),
+        }
+        dht.send(DhtJob {
+            purpose: DhtPurpose::OurProfile,
+            call: DhtCall::PutProfile {
+                user: "me".into(),
+                value: json!({}),
+                seq: 4,
+            },
+        });
+        let put = dht.answers().recv_timeout(wait).unwrap();
+        assert!(
+            matches!(&put.result, Err(e) if e.starts_with("dhtput: ") && e.contains("no \"profile\"")),
+            "{put:?}"
+        );
         dht.stop();
     }
 }

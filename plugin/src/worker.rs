@@ -17,7 +17,7 @@ mod start;
 
 use crate::bus::{Level, Outbound, Outgoing, ToBroker, ToBrokerSender, ToWorker};
 use crate::config::Config;
-use crate::dht::{DhtJob, DhtThread};
+use crate::dht::DhtThread;
 use crate::drops::{Drops, Reason};
 use crate::health::Health;
 use crate::interest::{Interest, RestoredSessions};
@@ -92,6 +92,14 @@ pub struct Worker {
     receipts: receipts::ReceiptsDriver,
     /// The highest post number used, written before each post (`crate::numbers`).
     used_numbers: crate::numbers::UsedNumbers,
+}
+
+/// What the driver woke up for.
+enum Event {
+    /// From the broker side (or the wait ended).
+    Control(Result<ToWorker, RecvTimeoutError>),
+    /// A DHT call's answer.
+    Dht(crate::bus::DhtDone),
 }
 
 /// How often a busy worker takes what the callbacks queued.
@@ -180,6 +188,7 @@ impl Worker {
             };
         let restarted = interest.is_some();
         let local = Subscriptions::new(
+            &cfg.user,
             interest.unwrap_or_else(|| Interest::new(&cfg.subscribe)),
             cfg.profile_debounce,
             // The profile write the last worker waited for may never be answered to this one.
@@ -293,11 +302,12 @@ impl Worker {
                     continue;
                 }
             }
-            let received = self.inbox.recv_timeout(wait);
+            let received = self.wait_event(wait);
             outbound.awake();
             match received {
-                Ok(ToWorker::Shutdown) => return self.shutdown(outbound),
-                Ok(m) => {
+                Event::Dht(done) => self.dht_answer(done),
+                Event::Control(Ok(ToWorker::Shutdown)) => return self.shutdown(outbound),
+                Event::Control(Ok(m)) => {
                     self.handle(m);
                     // Take what else is waiting before doing I/O, so batches fill up.
                     for _ in 0..4096 {
@@ -308,8 +318,10 @@ impl Worker {
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return self.shutdown(outbound),
+                Event::Control(Err(RecvTimeoutError::Timeout)) => {}
+                Event::Control(Err(RecvTimeoutError::Disconnected)) => {
+                    return self.shutdown(outbound)
+                }
             }
             self.step(Instant::now());
             outbound.set_backlog(self.queued());
@@ -317,6 +329,23 @@ impl Worker {
             outbound
                 .spool_progress()
                 .taken(crate::spool::SpoolId(self.outbox.records_taken()));
+        }
+    }
+
+    /// The next event from the broker side or the DHT thread, or a timeout after `wait`.
+    fn wait_event(&mut self, wait: Duration) -> Event {
+        let answer = crossbeam_channel::select! {
+            recv(self.inbox) -> m => return Event::Control(m.map_err(|_| RecvTimeoutError::Disconnected)),
+            recv(self.dht.answers()) -> done => done,
+            default(wait) => return Event::Control(Err(RecvTimeoutError::Timeout)),
+        };
+        match answer {
+            Ok(done) => Event::Dht(done),
+            Err(_) => {
+                // The DHT thread is gone: no answer will come, and waiting on it must not spin.
+                self.dht.lost();
+                Event::Control(Err(RecvTimeoutError::Timeout))
+            }
         }
     }
 
@@ -390,12 +419,6 @@ impl Worker {
                 self.local.unsubscribe(&client, &filter, now)
             }
             ToWorker::Session { client, event } => self.local.session(&client, event, now),
-            ToWorker::RemoteInterest { user, filters } => {
-                self.receivers_interest(&user, filters.as_ref());
-                self.private.interest_read(user, filters, now);
-                return self.drive_private();
-            }
-            ToWorker::ProfileWritten(result) => self.local.profile_written(result, now),
             ToWorker::Shutdown | ToWorker::Wake => return,
             ToWorker::ReceiptsWritten { sender, result } => {
                 return self.receipts_written(&sender, result)

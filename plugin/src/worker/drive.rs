@@ -4,9 +4,11 @@
 //! request is outstanding.
 
 use super::*;
+use crate::bus::{DhtAnswer, DhtDone, DhtJob, DhtPurpose};
 use crate::relay::inbox::{InboxEffect, InboxReply};
 use crate::relay::interest::local::LocalEffect;
 use crate::relay::interest::private::PrivateEffect;
+use crate::relay::interest::profile::{profile_value, topics_of};
 use crate::relay::{Effect, Reply};
 
 impl Worker {
@@ -114,14 +116,34 @@ impl Worker {
         }
     }
 
+    /// Hands a DHT answer to the part of the relay that asked for it.
+    pub(super) fn dht_answer(&mut self, done: DhtDone) {
+        let now = Instant::now();
+        match done.purpose {
+            DhtPurpose::OurProfile => {
+                self.local.profile_answer(done.result, now);
+                self.drive_local();
+            }
+            DhtPurpose::InterestOf(user) => {
+                if let Ok(DhtAnswer::Profile(entry)) = &done.result {
+                    let filters = topics_of(&profile_value(&entry.value));
+                    self.receivers_interest(&user, filters.as_ref());
+                }
+                self.private.answer(user, done.result, now);
+                self.drive_private();
+            }
+        }
+    }
+
     /// Carries out what our interest asks for: profile writes, held messages to publish.
     pub(super) fn drive_local(&mut self) {
         while let Some(effect) = self.local.poll_effect() {
             match effect {
-                LocalEffect::WriteProfile(filters) => {
-                    self.retained_interest_changed();
-                    self.dht.send(DhtJob::WriteProfile(filters))
-                }
+                LocalEffect::ProfileWrite(_) => self.retained_interest_changed(),
+                LocalEffect::Dht(call) => self.dht.send(DhtJob {
+                    purpose: DhtPurpose::OurProfile,
+                    call,
+                }),
                 LocalEffect::Inject(m) => self.inject(m),
                 LocalEffect::StateChanged => self.state_dirty = true,
                 LocalEffect::Log(level, line) => self.log(level, line),
@@ -136,7 +158,7 @@ impl Worker {
     pub(super) fn drive_private(&mut self) {
         while let Some(effect) = self.private.poll_effect() {
             match effect {
-                PrivateEffect::ReadInterest(users) => self.dht.send(DhtJob::ReadInterest(users)),
+                PrivateEffect::ReadInterest(job) => self.dht.send(job),
                 PrivateEffect::Send { message, id, to } => {
                     self.enqueue_to(&message, id, to);
                     // No longer held: its queued copies hold its spool record now.

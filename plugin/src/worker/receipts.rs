@@ -172,12 +172,16 @@ impl Worker {
             .broker_backlog(self.to_broker.publish_backlog());
         let writes = self.receipts.ledger.writes_due(now, interval);
         if !writes.is_empty() {
-            self.dht.send(DhtJob::WriteReceipts(writes));
+            self.dht.write_receipts(writes);
         }
         if self.receipts.next_interest.is_some_and(|t| now >= t) {
             self.receipts.next_interest = Some(now + self.cfg.interest_refresh);
-            self.dht
-                .send(DhtJob::ReadInterest(self.cfg.receipts.receivers.clone()));
+            for user in self.cfg.receipts.receivers.clone() {
+                self.dht.send(crate::bus::DhtJob {
+                    purpose: crate::bus::DhtPurpose::InterestOf(user.clone()),
+                    call: crate::bus::DhtCall::GetProfile { user },
+                });
+            }
         }
         // Sending: receivers' receipts read while something waits, resends, give-ups.
         if self.receipts.tracker.is_empty() {
@@ -195,7 +199,7 @@ impl Worker {
                     .collect();
                 if !ask.is_empty() {
                     self.receipts.reading.extend(ask.iter().cloned());
-                    self.dht.send(DhtJob::ReadReceipts(ask));
+                    self.dht.read_receipts(ask);
                 }
             }
             if self.receipts.next_report.is_some_and(|t| now >= t) {

@@ -163,11 +163,11 @@ impl Worker {
             return;
         }
         let reply = r.reply_to.clone();
-        self.dht.send(DhtJob::Retained(RetainedJob {
+        self.dht.send_retained(RetainedJob {
             puts: Vec::new(),
             syncs,
             reply,
-        }));
+        });
     }
 
     /// Hands the writer's due puts to the DHT thread (`force`: at the stop, everything now).
@@ -193,11 +193,11 @@ impl Worker {
         }
         let reply = r.reply_to.clone();
         self.state_dirty = true;
-        self.dht.send(DhtJob::Retained(RetainedJob {
+        self.dht.send_retained(RetainedJob {
             puts,
             syncs: Vec::new(),
             reply,
-        }));
+        });
         if newly_oversize > 0 {
             self.log(Level::Warning, format!(
                 "{newly_oversize} retained values too large for one DHT item (8 KB with the topic; binary payloads go as base64): forwarded, and marked in the DHT as not kept"

@@ -3,7 +3,8 @@
 //! (`crate::relay::hold::returning`): messages only they may want are held and injected when a client
 //! subscribes again, and given up when the wait ends.
 
-use super::profile::ProfileWriter;
+use super::profile::{ProfileWriter, Step};
+use crate::bus::{DhtAnswer, DhtCall};
 use crate::interest::{Interest, RestoredSessions, SavedSession, SessionEvent};
 use crate::relay::hold::returning::{Returning, RESUBSCRIBE_GRACE};
 use crate::relay::Level;
@@ -13,8 +14,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LocalEffect {
-    /// Our profile's `mqtt_topics` should now be these filters.
-    WriteProfile(Vec<String>),
+    /// Our profile's write of these filters begins (the interest changed, or a retry).
+    ProfileWrite(Vec<String>),
+    /// A DHT call of our profile's write (`super::profile`); its answer goes to `profile_answer`.
+    Dht(DhtCall),
     /// Publish into the broker: a held message whose subscription came back.
     Inject(Message),
     /// The sessions changed: the state file is due for a write.
@@ -32,10 +35,16 @@ pub struct Subscriptions {
 impl Subscriptions {
     /// `stale`: the profile may not hold `interest` (a restarted relay: the write the last one
     /// waited for may never be answered to this one).
-    pub fn new(interest: Interest, debounce: Duration, stale: bool, now: Instant) -> Self {
+    pub fn new(
+        user: &str,
+        interest: Interest,
+        debounce: Duration,
+        stale: bool,
+        now: Instant,
+    ) -> Self {
         let mut s = Subscriptions {
             interest,
-            profile: ProfileWriter::new(debounce),
+            profile: ProfileWriter::new(user, debounce),
             returning: Returning::default(),
             effects: VecDeque::new(),
         };
@@ -121,18 +130,26 @@ impl Subscriptions {
         wanted
     }
 
-    /// Our profile write finished.
-    pub fn profile_written(&mut self, result: Result<(), String>, now: Instant) {
-        if let Some(line) = self.profile.written(result, now) {
-            self.effects
-                .push_back(LocalEffect::Log(Level::Warning, line));
-        }
+    /// The answer to a DHT call of our profile's write.
+    pub fn profile_answer(&mut self, result: Result<DhtAnswer, String>, now: Instant) {
+        let effect = match self.profile.answer(result, now) {
+            Step::Call(call) => LocalEffect::Dht(call),
+            Step::Written(filters) => {
+                LocalEffect::Log(Level::Info, format!("profile interest is now {filters:?}"))
+            }
+            Step::Failed(line) => LocalEffect::Log(Level::Warning, line),
+            Step::Ignored => return,
+        };
+        self.effects.push_back(effect);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.profile.handle_timeout(now) {
+            let filters = self.interest.filters();
             self.effects
-                .push_back(LocalEffect::WriteProfile(self.interest.filters()));
+                .push_back(LocalEffect::ProfileWrite(filters.clone()));
+            let call = self.profile.begin(filters);
+            self.effects.push_back(LocalEffect::Dht(call));
         }
         if let Some(dropped) = self.returning.handle_timeout(now) {
             if self.interest.forget_returning() {

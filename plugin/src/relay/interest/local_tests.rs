@@ -2,10 +2,13 @@
 //! wait for the last run's subscriptions (held, given back, given up), what is injected.
 
 use super::{LocalEffect, Subscriptions};
+use crate::bus::{DhtAnswer, DhtCall};
 use crate::interest::{Interest, RestoredSessions, SavedSession, SessionEvent};
 use crate::relay::hold::returning::RESUBSCRIBE_GRACE;
 use crate::relay::Level;
+use crate::twister::DhtEntry;
 use crate::wire::Message;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const DEBOUNCE: Duration = Duration::from_millis(1000);
@@ -20,21 +23,67 @@ fn msg(topic: &str, retain: bool) -> Message {
 }
 
 fn effects(s: &mut Subscriptions) -> Vec<LocalEffect> {
+    effects_of(s)
+}
+
+/// The filters of each profile write begun (answered at once: the profile held other filters, the
+/// put is accepted and read back), so that the next write can begin.
+fn writes(s: &mut Subscriptions, effects: &[LocalEffect], now: Instant) -> Vec<Vec<String>> {
+    let begun = effects
+        .iter()
+        .filter(|e| matches!(e, LocalEffect::Dht(DhtCall::GetProfile { .. })))
+        .count();
+    let mut written = Vec::new();
+    for _ in 0..begun {
+        let profile = |v| {
+            Ok(DhtAnswer::Profile(DhtEntry {
+                value: v,
+                seq: 1,
+                ..Default::default()
+            }))
+        };
+        s.profile_answer(profile(json!({"mqtt_topics": ["other"]})), now);
+        let put = effects_of(s);
+        let Some(LocalEffect::Dht(DhtCall::PutProfile { value, .. })) = put.first() else {
+            panic!("{put:?}");
+        };
+        let value = value.clone();
+        s.profile_answer(Ok(DhtAnswer::Stored), now);
+        effects_of(s);
+        s.profile_answer(profile(value.clone()), now);
+        let done = effects_of(s);
+        assert!(
+            matches!(&done[..], [LocalEffect::Log(Level::Info, l)] if l.starts_with("profile interest is now")),
+            "{done:?}"
+        );
+        let filters = value["mqtt_topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        written.push(filters);
+    }
+    written
+}
+
+fn written(s: &mut Subscriptions) -> Vec<Vec<String>> {
+    let e = effects_of(s);
+    writes(s, &e, Instant::now())
+}
+
+fn effects_of(s: &mut Subscriptions) -> Vec<LocalEffect> {
     std::iter::from_fn(|| s.poll_effect()).collect()
 }
 
-fn writes(effects: &[LocalEffect]) -> Vec<Vec<String>> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            LocalEffect::WriteProfile(f) => Some(f.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn fresh(now: Instant) -> Subscriptions {
-    Subscriptions::new(Interest::new(&["fixed/#".into()]), DEBOUNCE, false, now)
+    Subscriptions::new(
+        "me",
+        Interest::new(&["fixed/#".into()]),
+        DEBOUNCE,
+        false,
+        now,
+    )
 }
 
 /// A relay after a crash whose last run had `client` subscribed to `filter` (clean session).
@@ -55,12 +104,12 @@ fn the_profile_is_written_at_the_start_then_once_per_burst_of_changes() {
     let mut s = fresh(t0);
     s.subscribe("c1", "a/#", t0);
     s.handle_timeout(t0 + DEBOUNCE * 3);
-    assert!(writes(&effects(&mut s)).is_empty(), "not started: no write");
+    assert!(written(&mut s).is_empty(), "not started: no write");
     assert_eq!(s.poll_timeout(), None);
     s.start(t0 + DEBOUNCE * 3);
     s.handle_timeout(t0 + DEBOUNCE * 3);
     assert_eq!(
-        writes(&effects(&mut s)),
+        written(&mut s),
         vec![vec!["a/#".to_string(), "fixed/#".to_string()]]
     );
     let t1 = t0 + DEBOUNCE * 10;
@@ -77,10 +126,10 @@ fn the_profile_is_written_at_the_start_then_once_per_burst_of_changes() {
     );
     assert_eq!(s.poll_timeout(), Some(t1 + DEBOUNCE));
     s.handle_timeout(t1 + DEBOUNCE - Duration::from_millis(1));
-    assert!(writes(&effects(&mut s)).is_empty());
+    assert!(written(&mut s).is_empty());
     s.handle_timeout(t1 + DEBOUNCE);
     assert_eq!(
-        writes(&effects(&mut s)),
+        written(&mut s),
         vec![vec![
             "b/1".to_string(),
             "b/2".to_string(),
@@ -93,12 +142,18 @@ fn the_profile_is_written_at_the_start_then_once_per_burst_of_changes() {
 #[test]
 fn a_restarted_relay_writes_its_profile_again_and_retries_a_failed_write() {
     let t0 = Instant::now();
-    let mut s = Subscriptions::new(Interest::new(&[]), DEBOUNCE, true, t0);
+    let mut s = Subscriptions::new("me", Interest::new(&[]), DEBOUNCE, true, t0);
     s.start(t0 + DEBOUNCE * 2);
     s.handle_timeout(t0 + DEBOUNCE * 2);
-    assert_eq!(writes(&effects(&mut s)).len(), 1);
+    assert_eq!(
+        effects(&mut s),
+        vec![
+            LocalEffect::ProfileWrite(Vec::new()),
+            LocalEffect::Dht(DhtCall::GetProfile { user: "me".into() })
+        ]
+    );
     let t1 = t0 + DEBOUNCE * 2;
-    s.profile_written(Err("dhtput: refused".into()), t1);
+    s.profile_answer(Err("dhtput: refused".into()), t1);
     assert_eq!(
         effects(&mut s),
         vec![LocalEffect::Log(
@@ -136,7 +191,7 @@ fn messages_for_the_last_runs_subscriptions_wait_and_come_back_with_them() {
     s.start(t0);
     s.handle_timeout(t0);
     assert_eq!(
-        writes(&effects(&mut s)),
+        written(&mut s),
         vec![vec!["back/#".to_string(), "fixed/#".to_string()]],
         "what may come back is still advertised"
     );
@@ -157,7 +212,7 @@ fn at_the_end_of_the_wait_held_messages_are_given_up_and_the_profile_shrinks() {
     let mut s = after_restart(t0);
     s.start(t0);
     s.handle_timeout(t0);
-    effects(&mut s);
+    written(&mut s);
     s.deliver(&msg("back/1", false));
     s.deliver(&msg("back/2", false));
     assert_eq!(s.poll_timeout(), Some(t0 + RESUBSCRIBE_GRACE));
@@ -170,7 +225,7 @@ fn at_the_end_of_the_wait_held_messages_are_given_up_and_the_profile_shrinks() {
     );
     assert_eq!(s.poll_timeout(), Some(end + DEBOUNCE), "profile due again");
     s.handle_timeout(end + DEBOUNCE);
-    assert_eq!(writes(&effects(&mut s)), vec![vec!["fixed/#".to_string()]]);
+    assert_eq!(written(&mut s), vec![vec!["fixed/#".to_string()]]);
     s.subscribe("c1", "back/#", end + DEBOUNCE);
     assert!(
         !effects(&mut s)

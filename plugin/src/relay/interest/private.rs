@@ -3,9 +3,11 @@
 //! interest is read at the start and every `plugin_opt_interest_refresh_ms`; until every recipient
 //! answered once, and while no recipient wants a message, it is held (`crate::relay::hold::private`)
 //! and the interest read again at once, then every second, until one does or the hold ends.
-//! No I/O, no clock: reads go out as effects, answers and "now" come in.
+//! No I/O, no clock: reads go out as effects (one `dhtget` per recipient, never two at once for one:
+//! a read asked for meanwhile follows the one going on), answers and "now" come in.
 
-use crate::bus::Outgoing;
+use super::profile::{profile_value, topics_of};
+use crate::bus::{DhtAnswer, DhtCall, DhtJob, DhtPurpose, Outgoing};
 use crate::config::PrivateRule;
 use crate::drops::Reason;
 use crate::interest::any_matches;
@@ -18,8 +20,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PrivateEffect {
-    /// Read these users' interest from their profiles (answers come to `interest_read`).
-    ReadInterest(Vec<String>),
+    /// Read a recipient's profile (the answer goes to `answer`).
+    ReadInterest(DhtJob),
     /// Queue `message` as a DM to each of `to`.
     Send {
         message: Message,
@@ -75,6 +77,9 @@ pub struct PrivateForwards {
     /// The next read of every recipient's interest (from the start on).
     next_refresh: Option<Instant>,
     held: PrivateHold,
+    /// Recipients whose profile is being read, and those to read again after that.
+    reading: BTreeSet<String>,
+    read_again: BTreeSet<String>,
     effects: VecDeque<PrivateEffect>,
 }
 
@@ -92,6 +97,8 @@ impl PrivateForwards {
             refresh_every,
             next_refresh: None,
             held: PrivateHold::default(),
+            reading: BTreeSet::new(),
+            read_again: BTreeSet::new(),
             effects: VecDeque::new(),
         }
     }
@@ -131,8 +138,27 @@ impl PrivateForwards {
         let _read_due = self.held.push(now, out);
     }
 
+    /// The answer to the read of `user`'s profile.
+    pub fn answer(&mut self, user: String, result: Result<DhtAnswer, String>, now: Instant) {
+        self.reading.remove(&user);
+        if self.read_again.remove(&user) {
+            self.read(&user);
+        }
+        match result {
+            Ok(DhtAnswer::Profile(entry)) => {
+                let filters = topics_of(&profile_value(&entry.value));
+                self.interest_read(user, filters, now);
+            }
+            Ok(DhtAnswer::Stored) => {}
+            Err(e) => self.effects.push_back(PrivateEffect::Log(
+                Level::Warning,
+                format!("reading the interest of {user}: {e}"),
+            )),
+        }
+    }
+
     /// A recipient's interest was read (`None`: it publishes none).
-    pub fn interest_read(&mut self, user: String, filters: Option<Vec<String>>, now: Instant) {
+    fn interest_read(&mut self, user: String, filters: Option<Vec<String>>, now: Instant) {
         let first = self.answered.insert(user.clone());
         if first || self.remote.get(&user) != filters.as_ref() {
             let what = match &filters {
@@ -211,10 +237,23 @@ impl PrivateForwards {
     }
 
     fn read_all(&mut self) {
-        if !self.users.is_empty() {
-            self.effects
-                .push_back(PrivateEffect::ReadInterest(self.users.clone()));
+        for user in self.users.clone() {
+            self.read(&user);
         }
+    }
+
+    fn read(&mut self, user: &str) {
+        if self.reading.contains(user) {
+            self.read_again.insert(user.to_string());
+            return;
+        }
+        self.reading.insert(user.to_string());
+        self.effects.push_back(PrivateEffect::ReadInterest(DhtJob {
+            purpose: DhtPurpose::InterestOf(user.to_string()),
+            call: DhtCall::GetProfile {
+                user: user.to_string(),
+            },
+        }));
     }
 
     /// Sends the held messages some recipient now wants; the others wait on (`restart`: their wait

@@ -2,12 +2,14 @@
 //! (reads of the interest, expiry), the interest becoming known, the refresh.
 
 use super::{interested_recipients, PrivateEffect, PrivateForwards, Routed};
-use crate::bus::Outgoing;
+use crate::bus::{DhtAnswer, DhtCall, DhtJob, DhtPurpose, Outgoing};
 use crate::config::PrivateRule;
 use crate::drops::Reason;
 use crate::relay::hold::private::{GRACE, REREAD_EVERY};
 use crate::route::{Route, RuleSet};
+use crate::twister::DhtEntry;
 use crate::wire::Message;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -46,10 +48,50 @@ fn effects(p: &mut PrivateForwards) -> Vec<PrivateEffect> {
     std::iter::from_fn(|| p.poll_effect()).collect()
 }
 
-fn reads(e: &[PrivateEffect]) -> usize {
+/// The users whose profile each effect reads, in order.
+fn read_users(e: &[PrivateEffect]) -> Vec<String> {
     e.iter()
-        .filter(|e| **e == PrivateEffect::ReadInterest(vec!["bob".into(), "carol".into()]))
-        .count()
+        .filter_map(|e| match e {
+            PrivateEffect::ReadInterest(DhtJob {
+                purpose: DhtPurpose::InterestOf(of),
+                call: DhtCall::GetProfile { user },
+            }) if of == user => Some(user.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many times every recipient's interest is read.
+fn reads(e: &[PrivateEffect]) -> usize {
+    let users = read_users(e);
+    assert!(
+        users.len() % 2 == 0 && users.chunks(2).all(|c| c == ["bob", "carol"]),
+        "{users:?}"
+    );
+    users.len() / 2
+}
+
+/// `user`'s profile read: `filters` its `mqtt_topics` (`None`: a profile without them).
+fn answer(p: &mut PrivateForwards, user: &str, filters: Option<&[&str]>, now: Instant) {
+    let value = match filters {
+        Some(f) => json!({ "mqtt_topics": f }),
+        None => json!({"fullname": user}),
+    };
+    p.answer(
+        user.into(),
+        Ok(DhtAnswer::Profile(DhtEntry {
+            value,
+            seq: 1,
+            ..Default::default()
+        })),
+        now,
+    );
+}
+
+/// Answers the reads going on: nothing changed.
+fn answer_same(p: &mut PrivateForwards, now: Instant) {
+    answer(p, "bob", Some(&["doors/+"]), now);
+    answer(p, "carol", None, now);
 }
 
 /// Started at `t0`, both recipients answered: bob wants `doors/+`, carol nothing.
@@ -57,8 +99,7 @@ fn known(t0: Instant) -> PrivateForwards {
     let mut p = PrivateForwards::new(&rules(), REFRESH);
     p.start(t0);
     p.handle_timeout(t0);
-    p.interest_read("bob".into(), Some(vec!["doors/+".into()]), t0);
-    p.interest_read("carol".into(), None, t0);
+    answer_same(&mut p, t0);
     effects(&mut p);
     p
 }
@@ -90,6 +131,8 @@ fn the_interest_is_read_at_the_start_then_every_refresh_never_in_the_past() {
     p.handle_timeout(t0);
     assert_eq!(reads(&effects(&mut p)), 1);
     assert_eq!(p.poll_timeout(), Some(t0 + REFRESH));
+    answer_same(&mut p, t0);
+    effects(&mut p);
     // Called late: the next read is a refresh after that, not a deadline in the past.
     let late = t0 + REFRESH * 3;
     p.handle_timeout(late);
@@ -116,7 +159,7 @@ fn until_every_recipient_answered_messages_are_held_then_sent_to_who_wants_them(
     p.start(t0);
     p.handle_timeout(t0);
     effects(&mut p);
-    p.interest_read("bob".into(), Some(vec!["doors/+".into()]), t0);
+    answer(&mut p, "bob", Some(&["doors/+"]), t0);
     assert_eq!(
         p.route(&out("doors/1")),
         Routed::Hold,
@@ -125,10 +168,14 @@ fn until_every_recipient_answered_messages_are_held_then_sent_to_who_wants_them(
     p.hold(out("doors/1"), t0);
     p.hold(out("doors/a/b"), t0);
     let e = effects(&mut p);
-    assert_eq!(reads(&e), 1, "read again at once, once: {e:?}");
+    assert_eq!(
+        read_users(&e),
+        vec!["bob"],
+        "read again at once, once (carol's read goes on): {e:?}"
+    );
     assert_eq!(p.held_len(), 2);
     let t1 = t0 + Duration::from_secs(2);
-    p.interest_read("carol".into(), None, t1);
+    answer(&mut p, "carol", None, t1);
     let e = effects(&mut p);
     assert!(e.contains(&PrivateEffect::Log(
         crate::relay::Level::Info,
@@ -165,20 +212,14 @@ fn a_held_message_goes_as_soon_as_a_recipient_subscribes_and_rereads_are_bounded
     p.hold(out("doors/x/y"), t0 + REREAD_EVERY / 2);
     assert_eq!(reads(&effects(&mut p)), 0, "at most one read per second");
     assert_eq!(p.poll_timeout(), Some(t0 + REREAD_EVERY));
+    answer_same(&mut p, t0);
+    effects(&mut p);
     p.handle_timeout(t0 + REREAD_EVERY);
     assert_eq!(reads(&effects(&mut p)), 1);
     // An answer that does not change the interest is not logged again.
-    p.interest_read(
-        "bob".into(),
-        Some(vec!["doors/+".into()]),
-        t0 + REREAD_EVERY,
-    );
+    answer(&mut p, "bob", Some(&["doors/+"]), t0 + REREAD_EVERY);
     assert!(effects(&mut p).is_empty());
-    p.interest_read(
-        "carol".into(),
-        Some(vec!["doors/#".into()]),
-        t0 + REREAD_EVERY,
-    );
+    answer(&mut p, "carol", Some(&["doors/#"]), t0 + REREAD_EVERY);
     let e = effects(&mut p);
     let sent: Vec<&PrivateEffect> = e
         .iter()
@@ -199,4 +240,30 @@ fn a_held_message_goes_as_soon_as_a_recipient_subscribes_and_rereads_are_bounded
         Some(t0 + REFRESH),
         "only the refresh is left"
     );
+}
+
+#[test]
+fn a_read_asked_for_while_one_goes_on_follows_it_and_failures_are_said() {
+    let t0 = Instant::now();
+    let mut p = known(t0);
+    p.hold(out("doors/a/b"), t0);
+    assert_eq!(reads(&effects(&mut p)), 1);
+    p.handle_timeout(t0 + REREAD_EVERY);
+    assert!(
+        read_users(&effects(&mut p)).is_empty(),
+        "both reads still go on: no second call at once"
+    );
+    p.answer("bob".into(), Err("internal error (logged)".into()), t0);
+    let e = effects(&mut p);
+    assert_eq!(read_users(&e), vec!["bob"], "the read asked for meanwhile");
+    assert!(
+        e.contains(&PrivateEffect::Log(
+            crate::relay::Level::Warning,
+            "reading the interest of bob: internal error (logged)".into()
+        )),
+        "{e:?}"
+    );
+    answer(&mut p, "bob", Some(&["doors/+"]), t0);
+    assert!(read_users(&effects(&mut p)).is_empty(), "once");
+    assert_eq!(p.held_len(), 1, "a failed read changes no interest");
 }
