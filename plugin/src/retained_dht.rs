@@ -273,6 +273,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_writes_what_the_dht_holds_under_the_new_seq() {
+        let dht = FakeDht::default();
+        let mut w = Writer::new(1000);
+        w.publish("a", b"kept", 2, NOW).unwrap();
+        assert!(put_all(&client(&dht), "alice", w.take_puts(NOW, Some(4), false)).is_none());
+        let week = NOW + crate::relay::retained::writer::REFRESH_AFTER_MS;
+        let puts = w.take_puts(week, None, false);
+        assert_eq!(puts[0].value, None);
+        assert!(put_all(&client(&dht), "alice", puts.clone()).is_none());
+        let (seq, v) = dht.items.lock().unwrap()[&r::value_name("a")].clone();
+        assert_eq!(seq, puts[0].seq);
+        let rec = r::decode_record(&v, "a").unwrap();
+        assert_eq!(
+            (rec.seq, rec.payload, rec.qos, rec.watermark),
+            (seq, b"kept".to_vec(), 2, Some(4))
+        );
+        // Nothing there (or not ours): nothing is written.
+        dht.items.lock().unwrap().clear();
+        let mut w2 = Writer::new(1000);
+        w2.publish("b", b"1", 0, NOW).unwrap();
+        w2.take_puts(NOW, Some(0), false);
+        assert!(put_all(&client(&dht), "alice", w2.take_puts(week, None, false)).is_none());
+        assert!(!dht.items.lock().unwrap().contains_key(&r::value_name("b")));
+    }
+
+    #[test]
     fn a_failed_put_returns_itself_and_everything_after_it() {
         let dht = FakeDht::default();
         let mut w = Writer::new(1000);
