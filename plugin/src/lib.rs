@@ -12,6 +12,7 @@
 pub mod access;
 pub mod bus;
 pub mod config;
+pub mod dedup;
 pub mod dht;
 pub mod drops;
 #[cfg(test)]

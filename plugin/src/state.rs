@@ -62,6 +62,8 @@ pub struct Saved {
     pub clean_stop: bool,
     /// Retained values in the DHT: what we wrote and what we read (`relay::retained`, its own JSON).
     pub retained: Value,
+    /// Message ids handed to the broker, per sender (`crate::dedup`).
+    pub seen: crate::dedup::Dedup,
 }
 
 /// Where an unsent message was going.
@@ -119,7 +121,7 @@ impl Saved {
             .iter()
             .map(|s| json!({"client": s.client, "persistent": s.persistent, "subs": s.subs}))
             .collect();
-        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest, "clean_stop": self.clean_stop, "retained": self.retained})
+        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest, "clean_stop": self.clean_stop, "retained": self.retained, "seen": self.seen.to_json()})
     }
 
     pub fn from_json(v: &Value) -> Option<Saved> {
@@ -134,6 +136,11 @@ impl Saved {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             retained: v.get("retained").cloned().unwrap_or(Value::Null),
+            // Absent in files of earlier versions: nothing seen.
+            seen: v
+                .get("seen")
+                .map(|s| crate::dedup::Dedup::from_json(s, crate::dedup::Limits::default()))
+                .unwrap_or_default(),
         };
         // Absent in files of earlier versions.
         for i in v
@@ -276,6 +283,13 @@ mod tests {
             subs: vec!["a/#".into(), "$share/g/a/#".into()],
         }];
         s.clean_stop = true;
+        s.seen.check(
+            "bob",
+            Some(crate::wire::MessageId {
+                epoch: 1_790_000_000_000,
+                seq: 41,
+            }),
+        );
         s.save(&path).unwrap();
         assert_eq!(Saved::load(&path).unwrap(), Some(s));
         std::fs::write(&path, b"{\"next_k\":1,\"seq\":2,\"cursors\":{}}").unwrap();

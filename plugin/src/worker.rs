@@ -159,7 +159,8 @@ impl Worker {
                 .map(|s| s.cursors.clone())
                 .unwrap_or_default(),
             counters.inbox,
-        );
+        )
+        .with_seen(saved.as_ref().map(|s| s.seen.clone()).unwrap_or_default());
         let session = Session::new(&cfg.user, &cfg.follow, cfg.create_user);
         let outbox = Outbox::new(
             Settings {
@@ -261,6 +262,7 @@ impl Worker {
         saved.next_k = self.outbox.next_k();
         saved.seq = self.outbox.seq();
         saved.cursors = self.incoming.cursors().clone();
+        saved.seen = self.incoming.seen().clone();
         saved.unsent = self.unsent();
         saved.retained = self.retained_json();
         Start {
@@ -445,7 +447,8 @@ impl Worker {
     }
 
     /// A whole message from the network: published into the broker when wanted here.
-    fn deliver(&mut self, from: &str, k: i64, what: &str, mut m: Message) {
+    /// The message when it is to be published into the broker (`hand_to_broker`).
+    fn deliver(&mut self, from: &str, k: i64, what: &str, mut m: Message) -> Option<Message> {
         #[cfg(debug_assertions)]
         test_hook(&m);
         // Older than a value fetched from the DHT: delivered, but the retained value stays.
@@ -460,10 +463,8 @@ impl Worker {
                 ),
                 Instant::now(),
             );
-            return;
+            return None;
         }
-        if self.local.deliver(&m) {
-            self.inject(m);
-        }
+        self.local.deliver(&m).then_some(m)
     }
 }

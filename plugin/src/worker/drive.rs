@@ -54,6 +54,7 @@ impl Worker {
     /// Carries out what the inbox asks for, feeding each answer back, and hands on what it read.
     pub(super) fn drive_inbox(&mut self) {
         let user = self.cfg.user.clone();
+        let mut read = Vec::new();
         while let Some(effect) = self.incoming.poll_effect() {
             let (id, reply) = match effect {
                 InboxEffect::LastHave { id } => (
@@ -92,11 +93,8 @@ impl Worker {
                     message,
                     id,
                 } => {
-                    self.receipts.refused_by_broker = false;
-                    self.deliver(&from, k, what, message);
-                    if let Some(id) = id {
-                        self.acknowledge(&from, id);
-                    }
+                    let wanted = self.deliver(&from, k, what, message);
+                    read.push((from, id, wanted));
                     continue;
                 }
                 InboxEffect::Log(level, line) => {
@@ -107,12 +105,43 @@ impl Worker {
                     self.drop_message(reason, detail);
                     continue;
                 }
+                InboxEffect::Duplicate { from, id } => {
+                    // Its first copy was handed on (and acknowledged) before: say so again.
+                    read.push((from, Some(id), None));
+                    continue;
+                }
                 InboxEffect::StateChanged => {
                     self.state_dirty = true;
                     continue;
                 }
             };
             self.incoming.handle_reply(id, reply, Instant::now());
+        }
+        self.hand_to_broker(read);
+    }
+
+    /// Publishes what was read into the broker (the messages wanted here) and acknowledges it, after
+    /// writing down which ids it carried (and how far each sender was read): a crash after this never
+    /// injects them again. A crash before loses nothing either: the posts are read again after the
+    /// restart.
+    fn hand_to_broker(
+        &mut self,
+        read: Vec<(String, Option<crate::wire::MessageId>, Option<Message>)>,
+    ) {
+        if read.is_empty() {
+            return;
+        }
+        if self.state_dirty {
+            self.save_state_now();
+        }
+        for (from, id, wanted) in read {
+            self.receipts.refused_by_broker = false;
+            if let Some(m) = wanted {
+                self.inject(m);
+            }
+            if let Some(id) = id {
+                self.acknowledge(&from, id);
+            }
         }
     }
 

@@ -72,6 +72,7 @@ impl Worker {
         self.saved.seq = self.outbox.seq();
         self.saved.cursors = self.incoming.cursors().clone();
         self.saved.retained = self.retained_json();
+        self.saved.seen = self.incoming.seen().clone();
         let Some(path) = self.cfg.state_file.clone() else {
             self.state_dirty = false;
             return;
@@ -133,9 +134,10 @@ impl Worker {
         }
         self.receipts_summary();
         let c = self.counters();
+        let forgotten = self.incoming.seen().forgotten();
         self.log(Level::Notice, format!(
-            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; posts of unknown outcome {}, waits for a block {}, internal errors {}",
-            c.forwarded, c.outbox.posts, c.outbox.dms, c.received, c.injected, c.inbox.malformed, self.drops.dropped(), self.drops.summary(), c.outbox.unknown_outcomes, c.outbox.budget_waits, self.health.internal_errors()
+            "stopped: forwarded {} (in {} posts, {} DMs), received {}, injected {}, malformed {}, dropped {}: {}; duplicates dropped by message id {} (ids forgotten by the bounds: {} epochs, {} seqs); posts of unknown outcome {}, waits for a block {}, internal errors {}",
+            c.forwarded, c.outbox.posts, c.outbox.dms, c.received, c.injected, c.inbox.malformed, self.drops.dropped(), self.drops.summary(), c.inbox.duplicate_ids, forgotten.epochs, forgotten.absorbed, c.outbox.unknown_outcomes, c.outbox.budget_waits, self.health.internal_errors()
         ));
         self.dht.stop();
     }

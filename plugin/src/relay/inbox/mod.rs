@@ -13,6 +13,7 @@ pub mod directs;
 mod tests;
 
 use super::{Level, RequestId};
+use crate::dedup::{Dedup, Sight};
 use crate::drops::Reason;
 use crate::ratelimit::{held_back_note, LogLimiter};
 use crate::reassembly::{Limits, Reassembler};
@@ -61,6 +62,11 @@ pub enum InboxEffect {
     Dropped(Reason, String),
     /// A read position moved: the state file is due for a write.
     StateChanged,
+    /// A message of `from` whose id was handed on before (`crate::dedup`): dropped, acknowledged again.
+    Duplicate {
+        from: String,
+        id: crate::wire::MessageId,
+    },
 }
 
 /// A twisterd reply to one of the inbox's requests.
@@ -75,6 +81,8 @@ pub enum InboxReply {
 pub struct Counters {
     pub malformed: u64,
     pub duplicates: u64,
+    /// Messages dropped because their id was handed on before (`crate::dedup`).
+    pub duplicate_ids: u64,
 }
 
 /// One followed user being read.
@@ -118,6 +126,8 @@ pub struct Inbox {
     last_id: RequestId,
     effects: VecDeque<InboxEffect>,
     pub counters: Counters,
+    /// Message ids handed on, per sender (`crate::dedup`), kept in the state file with the cursors.
+    seen: Dedup,
 }
 
 impl Inbox {
@@ -139,7 +149,18 @@ impl Inbox {
             last_id: 0,
             effects: VecDeque::new(),
             counters,
+            seen: Dedup::default(),
         }
+    }
+
+    /// The message ids handed on before (from the state file).
+    pub fn with_seen(mut self, seen: Dedup) -> Self {
+        self.seen = seen;
+        self
+    }
+
+    pub fn seen(&self) -> &Dedup {
+        &self.seen
     }
 
     pub fn cursors(&self) -> &BTreeMap<String, Cursor> {
@@ -368,6 +389,21 @@ impl Inbox {
             let Some(message) = self.join(from, k, what, it, now) else {
                 continue;
             };
+            match self.seen.check(from, id) {
+                Sight::First => self.effects.push_back(InboxEffect::StateChanged),
+                Sight::Unknown => {}
+                Sight::Again | Sight::Forgotten => {
+                    // A replay of the sender's spool, a retransmission, or a post read again.
+                    self.counters.duplicate_ids += 1;
+                    if let Some(id) = id {
+                        self.effects.push_back(InboxEffect::Duplicate {
+                            from: from.to_string(),
+                            id,
+                        });
+                    }
+                    continue;
+                }
+            }
             self.effects.push_back(InboxEffect::Deliver {
                 from: from.to_string(),
                 k,

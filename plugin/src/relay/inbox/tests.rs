@@ -169,7 +169,9 @@ impl Run {
                 }
                 InboxEffect::Log(level, line) => self.logs.push((level, line)),
                 InboxEffect::OwnLast(own) => self.own.push(own),
-                InboxEffect::Dropped(..) | InboxEffect::StateChanged => {}
+                InboxEffect::Dropped(..)
+                | InboxEffect::StateChanged
+                | InboxEffect::Duplicate { .. } => {}
                 request => {
                     let (id, reply) = self.node.answer(&request).unwrap();
                     self.inbox.handle_reply(id, reply, self.now);
@@ -370,4 +372,64 @@ fn a_reply_to_another_request_is_ignored() {
     // Still waiting: a new poll asks nothing more.
     run.inbox.poll();
     assert!(run.inbox.poll_effect().is_none());
+}
+
+/// A post of messages with ids `seqs` of epoch 7.
+fn text_with_ids(seqs: &[u64]) -> String {
+    let items: Vec<String> = seqs
+        .iter()
+        .map(|seq| {
+            let m = Message {
+                topic: "t".into(),
+                payload: seq.to_string().into_bytes(),
+                qos: 1,
+                retain: false,
+            };
+            wire::encode_item_with_id(
+                &m,
+                Some(wire::MessageId {
+                    epoch: 7,
+                    seq: *seq,
+                }),
+            )
+        })
+        .collect();
+    wire::envelope(0, items.iter().map(String::as_str))
+}
+
+#[test]
+fn a_message_id_is_handed_on_once_across_posts_and_restarts_and_posts_without_ids_always() {
+    let mut run = Run::new(&["bob"], BTreeMap::new());
+    run.inbox.start_at("bob", -1);
+    run.node.post("bob", 0, &text_with_ids(&[1, 2, 3]));
+    // The sender crashed and replayed 2 and 3 from its spool under a new post number, then 4.
+    run.node.post("bob", 1, &text_with_ids(&[2, 3, 4]));
+    run.node
+        .post("bob", 2, &text(&["old writer", "old writer"]));
+    run.poll();
+    assert_eq!(
+        run.payloads(),
+        ["1", "2", "3", "4", "old writer", "old writer"]
+    );
+    assert_eq!(run.inbox.counters.duplicate_ids, 2);
+    // A restart from a state file written before the cursor's last move: the posts are read again,
+    // the ids are not handed on again.
+    let saved = run.inbox.seen().clone();
+    let mut again = Run::new(&["bob"], BTreeMap::new());
+    again.inbox = Inbox::new(
+        ME,
+        &["bob".to_string()],
+        BTreeMap::new(),
+        Counters::default(),
+    )
+    .with_seen(saved);
+    again.inbox.start_at("bob", -1);
+    again.node = run.node;
+    again.node.post("bob", 3, &text_with_ids(&[4, 5]));
+    again.poll();
+    assert_eq!(again.payloads(), ["old writer", "old writer", "5"]);
+    assert_eq!(
+        again.inbox.counters.duplicate_ids, 7,
+        "1-3, 2-4 and 4 again"
+    );
 }
