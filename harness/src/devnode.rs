@@ -2,7 +2,7 @@
 
 use crate::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -20,6 +20,10 @@ impl DevNode {
     }
 
     pub fn start_with(extra: &[&str], port: u16) -> DevNode {
+        Self::spawn(Self::arguments(extra, port)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn arguments(extra: &[&str], port: u16) -> Vec<String> {
         let mut args = vec![
             format!("-rpcuser={RPC_USER}"),
             format!("-rpcpassword={RPC_PASSWORD}"),
@@ -27,32 +31,42 @@ impl DevNode {
             "-spaminterval=0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Starts the node; `Err` with what it said when it did not come up.
+    fn spawn(args: Vec<String>) -> Result<DevNode, String> {
         let mut child = Command::new(target_dir().join("twister-devnode"))
             .args(&args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start twister-devnode (built by cargo build)");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("dev node said: {line}"))
-            .to_string();
+        let mut stderr = child.stderr.take().unwrap();
+        let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+            let _ = child.wait();
+            let mut said = String::new();
+            let _ = stderr.read_to_string(&mut said);
+            return Err(format!("dev node did not start: {line}{said}"));
+        };
+        // Its log lines are not needed, but a pipe nobody reads would stall the node once full.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let url = url.to_string();
         let port = url
             .trim_start_matches("http://127.0.0.1:")
             .trim_end_matches('/')
             .parse()
             .unwrap();
-        DevNode {
+        Ok(DevNode {
             child,
             port,
             url,
             args,
-        }
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -77,8 +91,19 @@ impl DevNode {
             .into_iter()
             .filter(|a| *a != "-spaminterval=0")
             .collect();
-        // The old process has exited (stop); dropping its guard is harmless.
-        *self = DevNode::start_with(&args, self.port);
+        // The old process has exited (stop); dropping its guard is harmless. Its port may be taken for
+        // a moment by another connection's ephemeral source port (or a client's connect to the closed
+        // port that connected to itself): try again until it is free.
+        let port = self.port;
+        *self = wait_for(
+            Duration::from_secs(30),
+            "the dev node's port to be free",
+            || match Self::spawn(Self::arguments(&args, port)) {
+                Ok(node) => Some(node),
+                Err(e) if e.contains("cannot listen") => None,
+                Err(e) => panic!("{e}"),
+            },
+        );
     }
 
     pub fn call(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
@@ -143,5 +168,32 @@ pub fn rpc(url: &str, method: &str, params: Value) -> Result<Value, (i64, String
             e["code"].as_i64().unwrap_or(0),
             e["message"].as_str().unwrap_or("").to_string(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restart whose port is taken for a moment (by another connection's ephemeral source port, as
+    /// happened under a loaded CI run) waits for it instead of failing.
+    #[test]
+    fn a_restart_waits_for_its_port_to_be_free_again() {
+        let mut node = DevNode::start();
+        node.stop();
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", node.port)).unwrap();
+        let (freed, was_freed) = std::sync::mpsc::channel();
+        let release = std::thread::spawn(move || {
+            // Held until the restart has tried at least once and found the port taken.
+            std::thread::sleep(Duration::from_millis(500));
+            drop(squatter);
+            freed.send(()).unwrap();
+        });
+        node.restart();
+        was_freed
+            .try_recv()
+            .expect("the restart came up only after the port was freed");
+        node.ok("getblockcount", json!([]));
+        release.join().unwrap();
     }
 }
