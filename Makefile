@@ -30,10 +30,11 @@ release: deps
 mosquitto-2.1:
 	bash scripts/mosquitto-2.1.sh $(TARGET_DIR)
 
-# Unit and integration tests of every crate (the crates have no doc tests), then one total line.
+# Unit and integration tests of every crate (the crates have no doc tests), all of them even after a
+# failure, then one total line.
 test: build mosquitto-2.1
 	@mkdir -p $(TARGET_DIR)
-	set -o pipefail; cargo test --workspace --lib --bins --tests 2>&1 | tee $(TARGET_DIR)/test.log
+	set -o pipefail; cargo test --no-fail-fast --workspace --lib --bins --tests 2>&1 | tee $(TARGET_DIR)/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all tests: %d passed, %d failed\n", p, f}' $(TARGET_DIR)/test.log
 
 # The network input path (post/DM decoder and fragment reassembler) over millions of generated inputs,
