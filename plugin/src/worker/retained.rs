@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const RESYNC_EVERY: Duration = Duration::from_secs(600);
 /// A sync that left values for later goes on this soon.
 const MORE_AFTER: Duration = Duration::from_millis(200);
+/// Values whose posts were not read yet are looked at again this soon.
+const DEFERRED_AFTER: Duration = Duration::from_secs(2);
 const REFRESH_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// Syncs start at most this often: each may hold the DHT thread for seconds per followed user on the
 /// real network (a dhtget of a missing resource waits its whole timeout), and subscriptions may change
@@ -232,13 +234,18 @@ impl Worker {
         let more = synced.more;
         let problems = synced.problems.clone();
         let before = r.reader.counters;
-        let messages = r.reader.apply(synced);
+        let read_below = self.incoming.cursors().get(&user).map(|c| c.k + 1);
+        let applied = r.reader.apply(synced, read_below);
         let after = r.reader.counters;
         r.syncing = r.syncing.saturating_sub(1);
-        let next = if more { MORE_AFTER } else { RESYNC_EVERY };
-        if r.syncing == 0 {
-            r.sync_due = Some(r.sync_due.map_or(now + next, |d| d.min(now + next)));
-        }
+        let next = if more {
+            MORE_AFTER
+        } else if applied.deferred > 0 {
+            DEFERRED_AFTER
+        } else {
+            RESYNC_EVERY
+        };
+        r.sync_due = Some(r.sync_due.map_or(now + next, |d| d.min(now + next)));
         self.state_dirty = true;
         if let Some(first) = problems.first() {
             // Failed calls are not malformed input (`retained_dht` names them by their call).
@@ -268,7 +275,7 @@ impl Worker {
                 ),
             );
         }
-        for m in messages {
+        for m in applied.messages {
             self.inject(m);
         }
         if std::mem::take(&mut self.ring_pending) {

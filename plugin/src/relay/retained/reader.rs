@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 pub const MAX_FETCH_PER_SYNC: usize = 128;
 /// Topics tracked per followed user; values of further topics are not fetched.
 pub const MAX_TOPICS_PER_USER: usize = 16_384;
+/// Syncs a value waits for its posts at most: numbers the publisher skipped (a post of unknown
+/// outcome at a stop, one twisterd forgot) are never read, so a watermark may stay above what exists.
+pub const MAX_DEFERRALS: u32 = 5;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Known {
@@ -26,6 +29,8 @@ struct Known {
 struct UserState {
     shards: Vec<i64>,
     topics: BTreeMap<String, Known>,
+    /// Syncs each value waited for its posts so far (not kept across restarts).
+    deferrals: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +98,15 @@ pub fn to_fetch(
     (fetch, index_only, more)
 }
 
+/// What a sync brought, decided.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    /// To publish into the broker as retained messages.
+    pub messages: Vec<Message>,
+    /// Values left for a later sync: their posts are not read yet.
+    pub deferred: usize,
+}
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Reader {
     users: BTreeMap<String, UserState>,
@@ -131,23 +145,30 @@ impl Reader {
     }
 
     /// A sync's result: the messages to publish as retained into the broker, newest wins.
-    pub fn apply(&mut self, synced: Synced) -> Vec<Message> {
+    /// `read_below`: every post of the user below this number has been read (None: not known yet).
+    /// A value whose watermark is above it waits: the posts carrying it (or newer) are still to be
+    /// read, and it is fetched again by a later sync if they do not bring it.
+    pub fn apply(&mut self, synced: Synced, read_below: Option<i64>) -> Applied {
         let state = self.users.entry(synced.user).or_default();
-        for (i, seq) in synced.shards {
-            if i < MAX_SHARDS {
-                if state.shards.len() <= i {
-                    state.shards.resize(i + 1, 0);
-                }
-                state.shards[i] = state.shards[i].max(seq);
-            }
-        }
         for e in synced.index_only {
             if let Some(known) = track(state, &e.topic) {
                 known.seq = known.seq.max(e.seq);
             }
         }
-        let mut out = Vec::new();
+        let mut out = Applied::default();
         for r in synced.records {
+            let posts_unread = r
+                .watermark
+                .is_some_and(|w| read_below.is_none_or(|below| below < w));
+            if posts_unread && r.kind != Kind::Oversize {
+                let waited = state.deferrals.entry(r.topic.clone()).or_insert(0);
+                *waited += 1;
+                if *waited <= MAX_DEFERRALS {
+                    out.deferred += 1;
+                    continue;
+                }
+            }
+            state.deferrals.remove(&r.topic);
             let Some(known) = track(state, &r.topic) else {
                 continue;
             };
@@ -174,12 +195,23 @@ impl Reader {
             } else {
                 self.counters.injected += 1;
             }
-            out.push(Message {
+            out.messages.push(Message {
                 topic: r.topic,
                 payload: r.payload,
                 qos: r.qos,
                 retain: true,
             });
+        }
+        // A shard is marked read only when none of its values wait: they are fetched again.
+        if out.deferred == 0 {
+            for (i, seq) in synced.shards {
+                if i < MAX_SHARDS {
+                    if state.shards.len() <= i {
+                        state.shards.resize(i + 1, 0);
+                    }
+                    state.shards[i] = state.shards[i].max(seq);
+                }
+            }
         }
         out
     }
@@ -224,6 +256,7 @@ impl Reader {
                     .map(|x| x.as_i64().unwrap_or(0))
                     .collect(),
                 topics: BTreeMap::new(),
+                deferrals: BTreeMap::new(),
             };
             for (t, k) in u["topics"]
                 .as_object()

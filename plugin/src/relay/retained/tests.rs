@@ -327,6 +327,9 @@ fn rec(topic: &str, seq: i64, kind: Kind, watermark: Option<i64>, payload: &[u8]
     }
 }
 
+/// Every post below this was read: no value waits for its posts.
+const READ: i64 = 1000;
+
 fn synced(records: Vec<Record>) -> Synced {
     Synced {
         user: "alice".into(),
@@ -377,18 +380,36 @@ fn the_reader_fetches_changed_shards_and_lacking_values_wanted_first() {
 #[test]
 fn newest_wins_by_seq_and_a_clear_applies() {
     let mut r = Reader::default();
-    let out = r.apply(synced(vec![rec("t", 10, Kind::Value, Some(4), b"on")]));
+    let out = r
+        .apply(
+            synced(vec![rec("t", 10, Kind::Value, Some(4), b"on")]),
+            Some(READ),
+        )
+        .messages;
     assert_eq!(out.len(), 1);
     assert!(out[0].retain);
     assert!(r
-        .apply(synced(vec![rec("t", 9, Kind::Value, Some(4), b"older")]))
+        .apply(
+            synced(vec![rec("t", 9, Kind::Value, Some(4), b"older")]),
+            Some(READ)
+        )
+        .messages
         .is_empty());
     assert!(
-        r.apply(synced(vec![rec("t", 11, Kind::Value, Some(5), b"on")]))
-            .is_empty(),
+        r.apply(
+            synced(vec![rec("t", 11, Kind::Value, Some(5), b"on")]),
+            Some(READ)
+        )
+        .messages
+        .is_empty(),
         "the same value again"
     );
-    let cleared = r.apply(synced(vec![rec("t", 12, Kind::Cleared, Some(6), b"")]));
+    let cleared = r
+        .apply(
+            synced(vec![rec("t", 12, Kind::Cleared, Some(6), b"")]),
+            Some(READ),
+        )
+        .messages;
     assert_eq!(
         (cleared.len(), cleared[0].payload.len(), cleared[0].retain),
         (1, 0, true)
@@ -406,12 +427,20 @@ fn a_live_message_orders_against_the_dht_by_the_watermark() {
     // Live from post 20; a value written when the next post was 15 is older: skipped.
     assert!(r.live("alice", 20, "t", b"live"));
     assert!(r
-        .apply(synced(vec![rec("t", 10, Kind::Value, Some(15), b"old")]))
+        .apply(
+            synced(vec![rec("t", 10, Kind::Value, Some(15), b"old")]),
+            Some(READ)
+        )
+        .messages
         .is_empty());
     // A value written after post 20 (watermark 21) is newer: taken.
     assert_eq!(
-        r.apply(synced(vec![rec("t", 11, Kind::Value, Some(21), b"new")]))
-            .len(),
+        r.apply(
+            synced(vec![rec("t", 11, Kind::Value, Some(21), b"new")]),
+            Some(READ)
+        )
+        .messages
+        .len(),
         1
     );
     // A live message from post 20 arriving after it (a restart catching up) is stale...
@@ -420,12 +449,20 @@ fn a_live_message_orders_against_the_dht_by_the_watermark() {
     assert!(r.live("alice", 21, "t", b"newer"));
     // An unordered value never replaces a live one.
     assert!(r
-        .apply(synced(vec![rec("t", 12, Kind::Value, None, b"unordered")]))
+        .apply(
+            synced(vec![rec("t", 12, Kind::Value, None, b"unordered")]),
+            Some(READ)
+        )
+        .messages
         .is_empty());
     // With nothing live, an unordered value is taken.
     assert_eq!(
-        r.apply(synced(vec![rec("u", 1, Kind::Value, None, b"x")]))
-            .len(),
+        r.apply(
+            synced(vec![rec("u", 1, Kind::Value, None, b"x")]),
+            Some(READ)
+        )
+        .messages
+        .len(),
         1
     );
     assert_eq!(r.counters.stale_live, 1);
@@ -435,12 +472,15 @@ fn a_live_message_orders_against_the_dht_by_the_watermark() {
 fn the_reader_state_survives_a_restart_for_followed_users_only() {
     let mut r = Reader::default();
     r.live("alice", 3, "a", b"1");
-    r.apply(Synced {
-        user: "bob".into(),
-        shards: vec![(0, 7)],
-        records: vec![rec("b", 4, Kind::Value, Some(2), b"2")],
-        ..Default::default()
-    });
+    r.apply(
+        Synced {
+            user: "bob".into(),
+            shards: vec![(0, 7)],
+            records: vec![rec("b", 4, Kind::Value, Some(2), b"2")],
+            ..Default::default()
+        },
+        Some(READ),
+    );
     let v = r.to_json();
     let back = Reader::from_json(&v, &["alice".into(), "bob".into()]);
     assert_eq!(back.to_json(), v);
@@ -454,4 +494,49 @@ fn the_reader_state_survives_a_restart_for_followed_users_only() {
             .known
             .is_empty()
     );
+}
+
+#[test]
+fn a_value_whose_posts_are_still_unread_waits_for_them() {
+    let mut r = Reader::default();
+    let value = || Synced {
+        user: "alice".into(),
+        shards: vec![(0, 9)],
+        records: vec![rec("t", 10, Kind::Value, Some(15), b"v")],
+        ..Default::default()
+    };
+    // Posts up to 13 read: the ones below 15 (which carry the value or older) are not all read.
+    let waits = r.apply(value(), Some(14));
+    assert_eq!((waits.messages.len(), waits.deferred), (0, 1));
+    assert!(r.plan("alice", &[]).known.is_empty(), "fetched again later");
+    assert!(
+        r.plan("alice", &[]).shards.is_empty(),
+        "its shard is read again"
+    );
+    assert_eq!(
+        r.apply(value(), None).deferred,
+        1,
+        "reading not started yet"
+    );
+    // Once they are read, it is taken (nothing live came for it).
+    let taken = r.apply(value(), Some(15));
+    assert_eq!((taken.messages.len(), taken.deferred), (1, 0));
+    assert_eq!(r.plan("alice", &[]).shards, vec![9]);
+    // Numbers the publisher skipped are never read: a value waits a few syncs only.
+    let skipped = || Synced {
+        user: "alice".into(),
+        records: vec![rec("s", 3, Kind::Value, Some(40), b"w")],
+        ..Default::default()
+    };
+    for _ in 0..super::reader::MAX_DEFERRALS {
+        assert_eq!(r.apply(skipped(), Some(30)).deferred, 1);
+    }
+    assert_eq!(r.apply(skipped(), Some(30)).messages.len(), 1);
+    // An unordered value does not wait.
+    let unordered = Synced {
+        user: "alice".into(),
+        records: vec![rec("u", 1, Kind::Value, None, b"x")],
+        ..Default::default()
+    };
+    assert_eq!(r.apply(unordered, None).messages.len(), 1);
 }
