@@ -58,20 +58,33 @@ fn publish_acknowledged(
     }
 }
 
-/// Counts how many times each number arrives at `sub` until every one below `n` has (or 90 s
-/// pass), then what else arrives within a short while (late duplicates).
+/// Counts how many times each number arrives on `fwd/n` at `sub` until every one below `n` has (or
+/// 90 s pass), then what else arrives within a short while (late duplicates). Other topics (a
+/// warm-up message sent again from the spool) are not counted.
 fn tally(sub: &Mqtt, n: usize) -> BTreeMap<usize, usize> {
     let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while (0..n).any(|i| !counts.contains_key(&i)) && Instant::now() < deadline {
-        if let Some(m) = sub.recv(Duration::from_millis(200)) {
+    let mut count = |m: Received| {
+        if m.topic == "fwd/n" {
             let i: usize = String::from_utf8_lossy(&m.payload).parse().unwrap();
             *counts.entry(i).or_default() += 1;
         }
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = std::collections::BTreeSet::new();
+    while (0..n).any(|i| !seen.contains(&i)) && Instant::now() < deadline {
+        if let Some(m) = sub.recv(Duration::from_millis(200)) {
+            if m.topic == "fwd/n" {
+                seen.insert(
+                    String::from_utf8_lossy(&m.payload)
+                        .parse::<usize>()
+                        .unwrap(),
+                );
+            }
+            count(m);
+        }
     }
     while let Some(m) = sub.recv(Duration::from_secs(1)) {
-        let i: usize = String::from_utf8_lossy(&m.payload).parse().unwrap();
-        *counts.entry(i).or_default() += 1;
+        count(m);
     }
     counts
 }
@@ -293,5 +306,81 @@ on_both_brokers! {
         assert_eq!(got.payload.len(), payload.len());
         assert!(got.payload == payload, "the same bytes");
         assert!(sub.recv(Duration::from_secs(1)).is_none(), "once");
+    }
+}
+
+/// The `next_k` the state file at `path` holds.
+fn saved_next_k(path: &std::path::Path) -> Option<i64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["next_k"].as_i64()
+}
+
+on_both_brokers! {
+    fn a_restart_after_twisterd_forgot_posts_never_reuses_their_numbers() {
+        let node = DevNode::start();
+        let dir = workdir();
+        let d = dir.path();
+        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
+        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &[
+            "plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool,
+            "plugin_opt_release_hold_ms 60000",
+        ]));
+        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &[
+            "plugin_opt_follow alice", "plugin_opt_subscribe fwd/#", RECEIVER_QUEUE,
+        ]));
+        a.wait_ready();
+        b.wait_ready();
+        let sub = Mqtt::connect(b.port, "restart-sub", true);
+        assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+        let publisher = Mqtt::connect(a.port, "restart-pub", true);
+        publisher.publish("fwd/warm", b"up", QoS::AtLeastOnce, false);
+        sub.expect(T, "the warm-up message");
+        // The state file as it was before the burst: it is written once a second, so a kill -9 can
+        // leave it this far behind.
+        let state = d.join("alice.state");
+        let last = || node.ok("getlasthave", json!(["bob"]))["alice"].as_i64().unwrap();
+        let warm = last();
+        wait_for(T, "the state file at the warm-up post", || {
+            (saved_next_k(&state) == Some(warm + 1)).then_some(())
+        });
+        let stale = std::fs::read(&state).unwrap();
+
+        let n = 12;
+        for burst in 0..3 {
+            for i in burst * 4..(burst + 1) * 4 {
+                publisher.publish("fwd/n", i.to_string().as_bytes(), QoS::AtLeastOnce, false);
+            }
+            wait_for(T, "the burst posted", || {
+                (messages_posted(&node).len() >= (burst + 1) * 4).then_some(())
+            });
+        }
+        let a_port = a.port;
+        drop(a); // SIGKILL
+        let forgotten = node.ok("devnode_fault", json!([{"forget_newest": {"alice": 2}}]));
+        let forgotten: Vec<i64> = forgotten["forgotten"]["alice"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_i64().unwrap())
+            .collect();
+        assert!(forgotten.iter().all(|k| *k > warm), "{forgotten:?} after {warm}");
+        std::fs::write(&state, stale).unwrap();
+
+        // Restarted: the spool replays what was not released, under numbers above every one used.
+        let a2 = Broker::start_conf(d, "a2", &std::fs::read_to_string(d.join("a.conf")).unwrap(), a_port);
+        a2.wait_ready();
+        wait_for(T, "every message in alice's posts again", || {
+            let posted = messages_posted(&node);
+            (0..n).all(|i| posted.contains(&i)).then_some(())
+        });
+        for k in &forgotten {
+            let p = node.ok("getposts", json!([1, [{"username": "alice", "max_id": k, "since_id": k - 1}]]));
+            assert_eq!(p.as_array().map_or(0, Vec::len), 0, "post {k}, forgotten by twisterd, stays unused");
+        }
+        let counts = tally(&sub, n);
+        let (lost, duplicated) = lost_and_duplicated(&counts, n);
+        eprintln!("restart after forgotten posts {forgotten:?}: lost {}, duplicated {duplicated}", lost.len());
+        assert!(lost.is_empty(), "lost {lost:?}");
+        drop(b);
     }
 }
