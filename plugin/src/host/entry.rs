@@ -5,12 +5,13 @@
 
 use super::bindings::*;
 use super::raw::*;
-use super::thread::{BrokerThread, ClientRef};
+use super::thread::ClientRef;
 use super::trampolines::{self, guarded, Callback, Callbacks};
 use super::views::{
     AclCheckEvent, AclVerdict, Broker, DisconnectEvent, MessageAnswer, MessageEvent,
     SubscribeEvent, TickEvent,
 };
+use super::BrokerThread;
 use crate::bus::Level;
 use crate::plugin::{HostFacts, Plugin};
 use crate::supervise::STOP_WAIT;

@@ -1,55 +1,15 @@
-//! The broker thread's token and what only that thread may do: log, publish into the broker, ask
-//! about a client.
-//!
-//! `BrokerThread` is zero-sized, neither `Send` nor `Sync`, and only this layer's trampolines and
-//! entry points (which the broker calls on its own thread) create one. `log` and `publish` take it,
-//! so code that could run on another thread cannot call them: this does not compile
-//!
-//! ```compile_fail
-//! use mqtt_twister::host::views::Broker;
-//! fn off_the_broker_thread(t: mqtt_twister::host::BrokerThread) {
-//!     std::thread::spawn(move || t.log(mqtt_twister::bus::Level::Info, "no"));
-//! }
-//! ```
-//!
-//! (the crate is a cdylib, so rustdoc does not run that example: `_assert_not_send_nor_sync` below
-//! makes the build itself fail if the token ever became `Send` or `Sync`).
+//! What only the broker's thread may do: log, publish into the broker, ask about a client. `log` and
+//! `publish` take the `BrokerThread` token (`token.rs`, where compile-fail tests show that the token
+//! cannot leave the broker's thread).
 
 use super::bindings::*;
 use super::views::{Broker, Client, PublishRefused};
+use super::BrokerThread;
 use crate::bus::Level;
 use crate::wire::Message;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::marker::PhantomData;
 use std::ptr;
-
-/// Proof of running on the broker's thread, inside a call from the broker.
-pub struct BrokerThread {
-    _not_send_nor_sync: PhantomData<*const ()>,
-}
-
-impl BrokerThread {
-    /// Only for code the broker calls on its own thread (the trampolines and entry points).
-    pub(super) fn here() -> Self {
-        BrokerThread {
-            _not_send_nor_sync: PhantomData,
-        }
-    }
-}
-
-/// Fails to compile when `BrokerThread` is `Send` or `Sync`: with either, the call below is
-/// ambiguous between two implementations (the pattern of `static_assertions::assert_not_impl_any!`).
-fn _assert_not_send_nor_sync() {
-    trait AmbiguousIfImpl<A> {
-        fn some_item() {}
-    }
-    impl<T: ?Sized> AmbiguousIfImpl<()> for T {}
-    struct IfSend;
-    impl<T: ?Sized + Send> AmbiguousIfImpl<IfSend> for T {}
-    struct IfSync;
-    impl<T: ?Sized + Sync> AmbiguousIfImpl<IfSync> for T {}
-    let _ = <BrokerThread as AmbiguousIfImpl<_>>::some_item;
-}
 
 /// A borrowed C string as UTF-8, or None.
 ///

@@ -4,11 +4,12 @@
 
 use super::bindings::*;
 use super::raw::*;
-use super::thread::{bytes_of, str_of, BrokerThread, ClientRef};
+use super::thread::{bytes_of, str_of, ClientRef};
 use super::views::{
     AclAccess, AclCheckEvent, AclVerdict, Broker, DisconnectEvent, MessageAnswer, MessageEvent,
     SubscribeEvent, TickEvent,
 };
+use super::BrokerThread;
 use crate::bus::Level;
 use crate::interest::BrokerSessionEvent;
 use std::ffi::{c_int, c_long, c_void};
