@@ -109,4 +109,62 @@ on_both_brokers! {
         assert!(sub.recv(Duration::from_millis(500)).is_none(), "nothing more");
     }
 
+    fn a_qos1_message_no_receiver_acknowledged_survives_a_crash_of_the_sender_in_its_spool() {
+        let node = DevNode::start();
+        let dir = workdir();
+        let d = dir.path();
+        // bob's interest is in his profile; then he is away, and forgets where he read alice.
+        let b_conf = plugin_conf(
+            &node,
+            d,
+            "bob",
+            &["plugin_opt_follow alice", "plugin_opt_subscribe k/#"],
+        );
+        let mut b = Broker::start(d, "b", &b_conf);
+        b.wait_ready();
+        wait_interest(&node, "bob", "k/#");
+        b.stop();
+        std::fs::remove_file(d.join("bob.state")).unwrap();
+        // alice spools, releases a record 100 ms after its post is confirmed unless it waits for a
+        // receipt, and resends only after a minute (none in this test).
+        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
+        let a_lines = [
+            "plugin_opt_publish k/#",
+            "plugin_opt_receivers bob",
+            "plugin_opt_release_hold_ms 100",
+            "plugin_opt_receipt_timeout_ms 60000",
+            spool.as_str(),
+        ];
+        let a_conf = plugin_conf(&node, d, "alice", &a_lines);
+        let a = Broker::start(d, "a", &a_conf);
+        a.wait_ready();
+        a.wait_log("interest of recipient bob: [\"k/#\"]", T);
+        let publ = Mqtt::connect(a.port, "pub", true);
+        publ.publish("k/1", b"kept for bob", QoS::AtLeastOnce, false);
+        wait_for(T, "alice's post of the message", || {
+            readable_posts(&node, "alice", 50)
+                .iter()
+                .any(|p| p.contains("kept for bob"))
+                .then_some(())
+        });
+        // Confirmed, held 100 ms, and the spool's mark written (once a second) meanwhile.
+        std::thread::sleep(Duration::from_secs(3));
+        let port = a.port;
+        drop(publ);
+        drop(a); // SIGKILL
+        // bob comes back reading alice from her newest post on: only a replay can bring it now.
+        let b = Broker::start_on(d, "b", &b_conf, b.port);
+        b.wait_ready();
+        let sub = Mqtt::connect(b.port, "sub", true);
+        assert!(sub.subscribe("k/#", QoS::AtLeastOnce));
+        wait_for(T, "bob's read position in his state file", || {
+            d.join("bob.state").exists().then_some(())
+        });
+        let a = Broker::start_on(d, "a", &a_conf, port);
+        a.wait_ready();
+        let got = receive_all(&sub, "kept for bob", Duration::from_secs(2));
+        assert_eq!(got, ["kept for bob"], "replayed from the spool, once");
+        drop(a);
+    }
+
 }

@@ -84,9 +84,14 @@ impl Worker {
         } else {
             Via::Private
         };
-        self.receipts
+        let kept = self
+            .receipts
             .tracker
             .track(id, message.clone(), via, receivers, Instant::now());
+        if kept {
+            // With the spool on, its record stays until the receipts came (`relay::release`).
+            self.outbox.await_receipts(Some(id));
+        }
     }
 
     /// `inject` put a message into the broker's channel (`sent`), or the channel refused it.
@@ -277,8 +282,10 @@ impl Worker {
         }
     }
 
-    /// Messages no longer kept for receipts (the spool may let their records go).
-    fn release(&mut self, _released: &[MessageId]) {
-        // Wired to the spool's release decision once it exists (helper spool).
+    /// Messages no longer kept for receipts: the spool may let their records go.
+    fn release(&mut self, released: &[MessageId]) {
+        for id in released {
+            self.outbox.receipts_done(Some(*id));
+        }
     }
 }
