@@ -1,6 +1,8 @@
 //! Receipts and retransmission (issue 11): a receiver acknowledges QoS 1/2 messages in its DHT
 //! resource, the sender resends what is not acknowledged in time. A DM twisterd dropped because the
-//! recipient did not follow the sender yet arrives once the recipient follows.
+//! recipient did not follow the sender yet arrives once the recipient follows; a message no receiver
+//! acknowledged survives a crash of the sender in its spool; a receiving broker down for a while gets
+//! every QoS 1 message once, also when it lost its state file.
 
 use mqtt_twister_harness::*;
 use rumqttc::QoS;
@@ -63,6 +65,23 @@ fn receive_all(sub: &Mqtt, last: &str, quiet: Duration) -> Vec<String> {
             None => panic!("timed out waiting for {last}; got {} messages", got.len()),
         }
     }
+}
+
+/// How many of `m0..m{total}` arrived, missing ones, and copies beyond the first.
+fn tally(got: &[String], total: usize) -> (usize, Vec<usize>, usize) {
+    let mut counts = vec![0usize; total];
+    for g in got {
+        if let Some(n) = g
+            .strip_prefix('m')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n < total)
+        {
+            counts[n] += 1;
+        }
+    }
+    let missing: Vec<usize> = (0..total).filter(|n| counts[*n] == 0).collect();
+    let twice = counts.iter().map(|c| c.saturating_sub(1)).sum();
+    (total - missing.len(), missing, twice)
 }
 
 on_both_brokers! {
@@ -167,4 +186,105 @@ on_both_brokers! {
         drop(a);
     }
 
+
+    fn every_qos1_message_reaches_a_receiving_broker_that_was_down_once() {
+        down_and_back(false);
+    }
+
+    fn every_qos1_message_reaches_a_receiving_broker_that_lost_its_state_once() {
+        down_and_back(true);
+    }
+}
+
+/// B is killed (-9) while A publishes QoS 1; it comes back after a while (`lose_state`: without its
+/// state file, so it reads alice from her newest post on and only receipts bring the rest).
+fn down_and_back(lose_state: bool) {
+    let node = DevNode::start();
+    let dir = workdir();
+    let d = dir.path();
+    let mut a_lines = vec![
+        "plugin_opt_publish k/#",
+        "plugin_opt_follow bob",
+        "plugin_opt_receivers bob",
+    ];
+    a_lines.extend(FAST_RECEIPTS);
+    let mut a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &a_lines));
+    let b_conf = plugin_conf(
+        &node,
+        d,
+        "bob",
+        &["plugin_opt_follow alice", "plugin_opt_subscribe k/#"],
+    );
+    let b = Broker::start(d, "b", &b_conf);
+    a.wait_ready();
+    b.wait_ready();
+    wait_interest(&node, "bob", "k/#");
+    a.wait_log("interest of recipient bob: [\"k/#\"]", T);
+    let sub = Mqtt::connect(b.port, "receiver", true);
+    assert!(sub.subscribe("k/#", QoS::AtLeastOnce));
+    let publ = Mqtt::connect(a.port, "pub", true);
+    const BEFORE: usize = 50;
+    const DOWN: usize = 200;
+    const AFTER: usize = 50;
+    const TOTAL: usize = BEFORE + DOWN + AFTER;
+    for i in 0..BEFORE {
+        publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
+    }
+    let before = receive_all(
+        &sub,
+        &format!("m{}", BEFORE - 1),
+        Duration::from_millis(500),
+    );
+    assert_eq!(tally(&before, BEFORE).0, BEFORE);
+    // Let the state file catch up (saved every second), as in a running system.
+    std::thread::sleep(Duration::from_millis(2500));
+    let port = b.port;
+    drop(sub);
+    drop(b); // SIGKILL
+    for i in BEFORE..BEFORE + DOWN {
+        publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
+    }
+    // Down a while: alice resends meanwhile, unanswered.
+    a.wait_log("unacknowledged", T);
+    if lose_state {
+        std::fs::remove_file(d.join("bob.state")).unwrap();
+    }
+    let b = Broker::start_on(d, "b", &b_conf, port);
+    b.wait_ready();
+    let sub = Mqtt::connect(b.port, "receiver", true);
+    assert!(sub.subscribe("k/#", QoS::AtLeastOnce));
+    for i in BEFORE + DOWN..TOTAL {
+        publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
+    }
+    // Every message since the kill, then alice's last receipt read, then any late copies.
+    let mut got = Vec::new();
+    wait_for(T * 2, "every message since the kill at B", || {
+        while let Some(m) = sub.recv(Duration::from_millis(200)) {
+            got.push(String::from_utf8_lossy(&m.payload).to_string());
+        }
+        let (_, missing, _) = tally(&got, TOTAL);
+        missing.iter().all(|n| *n < BEFORE).then_some(())
+    });
+    a.wait_log(ALL_ACKNOWLEDGED, T);
+    got.extend(receive_rest(&sub, Duration::from_secs(2)));
+    let (_, missing, twice) = tally(&got, TOTAL);
+    let missing_after_kill: Vec<usize> = missing.into_iter().filter(|n| *n >= BEFORE).collect();
+    assert!(
+        missing_after_kill.is_empty(),
+        "missing {missing_after_kill:?}"
+    );
+    assert_eq!(twice, 0, "no message twice");
+    a.stop();
+    let line = receipts_line(&a.log_text());
+    assert_eq!(number_after(&line, "kept "), TOTAL as u64, "{line}");
+    assert_eq!(number_after(&line, "still unacknowledged "), 0, "{line}");
+    assert!(number_after(&line, "resent ") >= 1, "{line}");
+}
+
+fn receive_rest(sub: &Mqtt, quiet: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(m) = sub.recv(quiet) {
+        got.push(String::from_utf8_lossy(&m.payload).to_string());
+    }
+    got
 }
