@@ -138,7 +138,7 @@ fn tally(got: &[String], total: usize) -> (Vec<usize>, usize) {
 
 /// B is killed -9 while A's publisher streams QoS `qos` messages to B's subscriber, and restarted
 /// 1.5 s later; the subscriber comes back as a real one would. Returns (lost, duplicated).
-fn receiver_killed_mid_stream(qos: u8, clean: bool) -> (usize, usize) {
+fn receiver_killed_mid_stream(qos: u8, clean: bool, persistence: bool) -> (usize, usize) {
     const TOTAL: usize = 400;
     const KILL_AFTER: usize = 120;
     let node = DevNode::start();
@@ -154,7 +154,15 @@ fn receiver_killed_mid_stream(qos: u8, clean: bool) -> (usize, usize) {
             &["plugin_opt_follow bob", "plugin_opt_publish k/#"],
         ),
     );
-    let b_conf = plugin_conf(&node, d, "bob", &["plugin_opt_follow alice"]);
+    let persistence_lines = format!(
+        "persistence true\npersistence_location {}/\nautosave_interval 1",
+        d.display()
+    );
+    let mut b_lines = vec!["plugin_opt_follow alice"];
+    if persistence {
+        b_lines.push(&persistence_lines);
+    }
+    let b_conf = plugin_conf(&node, d, "bob", &b_lines);
     let b = Broker::start(d, "b", &b_conf);
     a.wait_ready();
     b.wait_ready();
@@ -201,8 +209,9 @@ fn receiver_killed_mid_stream(qos: u8, clean: bool) -> (usize, usize) {
     }
     let (missing, duplicated) = tally(&got, TOTAL);
     eprintln!(
-        "QoS {qos}, {} session on {:?}: killed after {killed_at} received, session present after the restart: {}; lost {} {:?}, duplicated {duplicated}",
+        "QoS {qos}, {} session{} on {:?}: killed after {killed_at} received, session present after the restart: {}; lost {} {:?}, duplicated {duplicated}",
         if clean { "clean" } else { "persistent" },
+        if persistence { ", Mosquitto persistence" } else { "" },
         broker_version(),
         far.session_present,
         missing.len(),
@@ -230,19 +239,27 @@ fn receiver_killed_mid_stream(qos: u8, clean: bool) -> (usize, usize) {
 
 on_both_brokers! {
     fn a_receiving_broker_killed_mid_stream_of_qos1_with_a_clean_session_delivers_nothing_twice() {
-        receiver_killed_mid_stream(1, true);
+        receiver_killed_mid_stream(1, true, false);
     }
 
     fn a_receiving_broker_killed_mid_stream_of_qos1_with_a_persistent_session_delivers_nothing_twice() {
-        receiver_killed_mid_stream(1, false);
+        receiver_killed_mid_stream(1, false, false);
     }
 
     fn a_receiving_broker_killed_mid_stream_of_qos2_with_a_clean_session_delivers_nothing_twice() {
-        receiver_killed_mid_stream(2, true);
+        receiver_killed_mid_stream(2, true, false);
     }
 
     fn a_receiving_broker_killed_mid_stream_of_qos2_with_a_persistent_session_delivers_nothing_twice() {
-        receiver_killed_mid_stream(2, false);
+        receiver_killed_mid_stream(2, false, false);
+    }
+
+    fn a_receiving_broker_with_mosquitto_persistence_killed_mid_stream_of_qos1_delivers_nothing_twice() {
+        receiver_killed_mid_stream(1, false, true);
+    }
+
+    fn a_receiving_broker_with_mosquitto_persistence_killed_mid_stream_of_qos2_delivers_nothing_twice() {
+        receiver_killed_mid_stream(2, false, true);
     }
 }
 

@@ -154,7 +154,9 @@ impl Inbox {
     }
 
     /// The message ids handed on before (from the state file).
-    pub fn with_seen(mut self, seen: Dedup) -> Self {
+    /// (Of the users followed now: an unfollowed sender's ids are not checked again.)
+    pub fn with_seen(mut self, mut seen: Dedup) -> Self {
+        seen.retain_senders(|s| self.follow.iter().any(|f| f == s));
         self.seen = seen;
         self
     }
