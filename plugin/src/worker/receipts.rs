@@ -212,6 +212,9 @@ impl Worker {
                 self.report_unacknowledged(now);
             }
         }
+        for id in self.outbox.take_posted() {
+            self.receipts.tracker.posted(id, now);
+        }
         let due = self.receipts.tracker.handle_timeout(now);
         // Said when resends begin, then every REPORT_EVERY while messages wait.
         if !due.resends.is_empty() && self.receipts.next_report.is_none() {

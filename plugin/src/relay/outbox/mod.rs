@@ -114,6 +114,8 @@ pub struct Outbox {
     /// Posts answered as stored, held until released; which spool records are done
     /// (`crate::relay::release`).
     ledger: Ledger<Queued>,
+    /// Ids of the messages in posts answered as stored, until the driver takes them (receipts).
+    posted_ids: Vec<wire::MessageId>,
     pub counters: Counters,
 }
 
@@ -136,6 +138,7 @@ impl Outbox {
             effects: VecDeque::new(),
             ledger: Ledger::new(settings.release_hold, 0),
             settings,
+            posted_ids: Vec::new(),
             counters,
         }
     }
@@ -173,6 +176,11 @@ impl Outbox {
         if let Some(r) = self.record(id) {
             self.ledger.receipts_done(r);
         }
+    }
+
+    /// The ids of the messages posts carried since the last call (answered as stored).
+    pub fn take_posted(&mut self) -> Vec<wire::MessageId> {
+        std::mem::take(&mut self.posted_ids)
     }
 
     /// Every spool record up to this one is released: the spool may mark it taken.

@@ -122,8 +122,10 @@ impl Outbox {
             None => self.counters.posts += 1,
             Some(_) => self.counters.dms += 1,
         }
-        let copies = self
-            .pop(&p.to, p.items, now)
+        let items = self.pop(&p.to, p.items, now);
+        // For receipts: their clocks start now (`crate::relay::receipts::tracker`).
+        self.posted_ids.extend(items.iter().filter_map(|i| i.id));
+        let copies = items
             .into_iter()
             .map(|item| (self.record(item.id), item))
             .collect();

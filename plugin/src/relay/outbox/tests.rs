@@ -286,3 +286,21 @@ fn message_ids_reach_the_posts_of_v1_and_v2_fragments_included_and_poc_carries_n
         assert_eq!(ids, expected, "{format:?}");
     }
 }
+
+#[test]
+fn the_ids_of_posted_messages_are_told_once_their_post_is_stored() {
+    use crate::wire::MessageId;
+    let mut run = Run::new(WireFormat::V2);
+    for seq in 1..=3u64 {
+        let item = run
+            .outbox
+            .prepare(msg("t", b"x"), Some(MessageId { epoch: 4, seq }));
+        run.outbox.push(item, None, run.now);
+    }
+    // Queued, not posted: nothing to tell (receipts wait for the post).
+    assert!(run.outbox.take_posted().is_empty());
+    run.settle();
+    let told: Vec<u64> = run.outbox.take_posted().iter().map(|i| i.seq).collect();
+    assert_eq!(told, [1, 2, 3]);
+    assert!(run.outbox.take_posted().is_empty(), "told once");
+}

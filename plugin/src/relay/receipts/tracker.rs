@@ -3,8 +3,9 @@
 //!
 //! Intended receivers are decided when a message is queued (`track`): the DM recipient of a private
 //! forward; for a public post, the expected receivers whose published interest matched its topic
-//! then. The clock of an attempt starts when the message is queued and again when the post holding it
-//! is confirmed stored (`posted`), so a message waiting for the post budget is not resent. A resend of
+//! then. The clock of an attempt starts when the post holding it is answered as stored (`posted`): a
+//! message still queued (waiting for the post budget, say) is never sent again meanwhile, which would
+//! only add copies to the queue. A resend of
 //! a public post nobody acknowledged is a public post again; one some receivers acknowledged goes as a
 //! DM to each receiver still missing it (the others are not sent it twice). A resend keeps the
 //! message's id: receivers drop copies they already have.
@@ -74,8 +75,10 @@ struct Entry {
     message: Message,
     via: Via,
     first: Instant,
-    /// Start of the current attempt's wait.
+    /// Start of the current attempt's wait: when its post was stored.
     clock: Instant,
+    /// The current attempt's post was stored (no resend before).
+    posted: bool,
     attempts: u32,
     intended: usize,
     waiting: BTreeSet<String>,
@@ -132,7 +135,7 @@ impl Tracker {
             return false;
         }
         self.counters.tracked += 1;
-        let due = (now + self.wait(0)).min(now + self.settings.give_up);
+        let due = now + self.settings.give_up;
         self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
         if self.entries.len() >= MAX_TRACKED || self.bytes + size_of(&message) > MAX_TRACKED_BYTES {
             self.next_due = Some(now);
@@ -142,6 +145,7 @@ impl Tracker {
             via,
             first: now,
             clock: now,
+            posted: false,
             attempts: 0,
             intended: receivers.len(),
             waiting: receivers,
@@ -166,11 +170,19 @@ impl Tracker {
         true
     }
 
-    /// The post or DM holding `id` is confirmed stored: its receipt's clock starts now.
+    /// The post or DM holding `id` is answered as stored: its receipt's clock starts now.
     pub fn posted(&mut self, id: MessageId, now: Instant) {
-        if let Some(e) = self.entries.get_mut(&id) {
-            e.clock = now;
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if e.posted {
+            return;
         }
+        e.posted = true;
+        e.clock = now;
+        let attempts = e.attempts;
+        let due = now + self.wait(attempts);
+        self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
     }
 
     /// `receiver`'s receipts for our messages; returns how many messages they acknowledged now.
@@ -207,8 +219,9 @@ impl Tracker {
             .min(self.settings.max_backoff.max(self.settings.timeout))
     }
 
-    fn resend_at(&self, e: &Entry) -> Instant {
-        e.clock + self.wait(e.attempts)
+    /// When `e` is due for a resend (`None`: its current copy is not posted yet).
+    fn resend_at(&self, e: &Entry) -> Option<Instant> {
+        e.posted.then(|| e.clock + self.wait(e.attempts))
     }
 
     fn give_up_at(&self, e: &Entry) -> Instant {
@@ -250,7 +263,7 @@ impl Tracker {
         let waits: Vec<(MessageId, Instant)> = self
             .entries
             .iter()
-            .map(|(id, e)| (*id, self.resend_at(e)))
+            .filter_map(|(id, e)| Some((*id, self.resend_at(e)?)))
             .collect();
         for (id, at) in waits {
             if now < at {
@@ -261,6 +274,8 @@ impl Tracker {
             };
             e.attempts = e.attempts.saturating_add(1);
             e.clock = now;
+            // The resent copy's own post starts the next wait.
+            e.posted = false;
             self.counters.resent += 1;
             let everyone = e.waiting.len() == e.intended;
             if e.via == Via::Public && everyone {
@@ -280,7 +295,10 @@ impl Tracker {
         self.next_due = self
             .entries
             .values()
-            .map(|e| self.resend_at(e).min(self.give_up_at(e)))
+            .map(|e| {
+                let give_up = self.give_up_at(e);
+                self.resend_at(e).map_or(give_up, |r| r.min(give_up))
+            })
             .min();
         due
     }
