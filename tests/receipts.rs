@@ -187,6 +187,42 @@ on_both_brokers! {
     }
 
 
+    fn an_unacknowledged_message_is_given_up_after_the_operators_time_and_said_per_receiver() {
+        let node = DevNode::start();
+        let dir = workdir();
+        let d = dir.path();
+        let mut a = Broker::start(
+            d,
+            "a",
+            &plugin_conf(
+                &node,
+                d,
+                "alice",
+                &[
+                    "plugin_opt_private p/# bob",
+                    "plugin_opt_receipt_timeout_ms 500",
+                    "plugin_opt_receipt_interval_ms 200",
+                    "plugin_opt_receipt_give_up_ms 4000",
+                ],
+            ),
+        );
+        // bob wants p/# but never follows alice: her DMs never reach him, he never acknowledges.
+        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &["plugin_opt_subscribe p/#"]));
+        a.wait_ready();
+        b.wait_ready();
+        a.wait_log("interest of recipient bob: [\"p/#\"]", T);
+        let publ = Mqtt::connect(a.port, "pub", true);
+        publ.publish("p/x", b"never acknowledged", QoS::AtLeastOnce, false);
+        a.wait_log("unacknowledged by bob: 1 messages", T);
+        a.wait_log("gave up waiting for bob to acknowledge 1 messages", T);
+        a.stop();
+        let line = receipts_line(&a.log_text());
+        assert_eq!(number_after(&line, "gave up "), 1, "{line}");
+        assert_eq!(number_after(&line, "acknowledged "), 0, "{line}");
+        assert_eq!(number_after(&line, "still unacknowledged "), 0, "{line}");
+        assert!(number_after(&line, "resent ") >= 1, "{line}");
+    }
+
     fn every_qos1_message_reaches_a_receiving_broker_that_was_down_once() {
         down_and_back(false);
     }
@@ -245,7 +281,7 @@ fn down_and_back(lose_state: bool) {
         publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
     }
     // Down a while: alice resends meanwhile, unanswered.
-    a.wait_log("unacknowledged", T);
+    a.wait_log("unacknowledged by bob: ", T);
     if lose_state {
         std::fs::remove_file(d.join("bob.state")).unwrap();
     }
