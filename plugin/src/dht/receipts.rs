@@ -111,7 +111,7 @@ mod tests {
         for (run, seqs) in [(1, 1..=3u64), (2, 4..=4)] {
             let mut ledger = Ledger::default();
             for s in seqs {
-                ledger.handed("alice", id(s));
+                ledger.handed("alice", id(s), true);
             }
             ledger.broker_caught_up();
             for w in ledger.writes_due(now, Duration::from_secs(1)) {

@@ -93,8 +93,10 @@ impl Worker {
                     message,
                     id,
                 } => {
+                    // Only QoS 1/2 messages make a receipt due (QoS 0 ones join the next).
+                    let urgent = message.qos > 0;
                     let wanted = self.deliver(&from, k, what, message);
-                    read.push((from, id, wanted));
+                    read.push((from, id, wanted, urgent));
                     continue;
                 }
                 InboxEffect::Log(level, line) => {
@@ -107,7 +109,8 @@ impl Worker {
                 }
                 InboxEffect::Duplicate { from, id } => {
                     // Its first copy was handed on (and acknowledged) before: say so again.
-                    read.push((from, Some(id), None));
+                    // A copy means the sender waits for a receipt of it.
+                    read.push((from, Some(id), None, true));
                     continue;
                 }
                 InboxEffect::StateChanged => {
@@ -126,7 +129,12 @@ impl Worker {
     /// restart.
     fn hand_to_broker(
         &mut self,
-        read: Vec<(String, Option<crate::wire::MessageId>, Option<Message>)>,
+        read: Vec<(
+            String,
+            Option<crate::wire::MessageId>,
+            Option<Message>,
+            bool,
+        )>,
     ) {
         if read.is_empty() {
             return;
@@ -134,13 +142,13 @@ impl Worker {
         if self.state_dirty {
             self.save_state_now();
         }
-        for (from, id, wanted) in read {
+        for (from, id, wanted, urgent) in read {
             self.receipts.refused_by_broker = false;
             if let Some(m) = wanted {
                 self.inject(m);
             }
             if let Some(id) = id {
-                self.acknowledge(&from, id);
+                self.acknowledge(&from, id, urgent);
             }
         }
     }

@@ -55,9 +55,9 @@ impl ReceiptsDriver {
 impl Worker {
     /// A message of `from` with `id` was handled (see `Ledger::handed`), unless the broker's
     /// channel refused it just now.
-    pub(super) fn acknowledge(&mut self, from: &str, id: MessageId) {
+    pub(super) fn acknowledge(&mut self, from: &str, id: MessageId, urgent: bool) {
         if !std::mem::take(&mut self.receipts.refused_by_broker) {
-            self.receipts.ledger.handed(from, id);
+            self.receipts.ledger.handed(from, id, urgent);
         }
     }
 

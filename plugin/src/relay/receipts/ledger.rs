@@ -17,9 +17,12 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 struct FromSender {
     acks: Acks,
-    /// Handled, with the count of messages sent to the broker by then; not yet seen taken.
-    handed: Vec<(u64, MessageId)>,
-    /// Changed since the last write began.
+    /// Handled, with the count of messages sent to the broker by then and whether it makes a write
+    /// due (QoS 1/2); not yet seen taken.
+    handed: Vec<(u64, MessageId, bool)>,
+    /// Acknowledgements not written yet.
+    changed: bool,
+    /// A write is due: `changed` includes a QoS 1/2 message (or a write failed).
     dirty: bool,
     /// The `seq` of our last write; `None`: read the resource first.
     seq: Option<i64>,
@@ -57,14 +60,15 @@ impl Ledger {
 
     /// A message of `sender` was handled: handed to the broker (`sent_to_broker` just before), or
     /// not wanted here, or a copy of one handled before. Acknowledged once the broker took everything
-    /// sent to it until now.
-    pub fn handed(&mut self, sender: &str, id: MessageId) {
+    /// sent to it until now. `urgent` (a QoS 1/2 message, whose sender waits for the receipt) makes
+    /// a write due; others (QoS 0) are acknowledged with the next write, keeping the ranges whole.
+    pub fn handed(&mut self, sender: &str, id: MessageId, urgent: bool) {
         let mark = self.sent;
         self.senders
             .entry(sender.to_string())
             .or_default()
             .handed
-            .push((mark, id));
+            .push((mark, id, urgent));
     }
 
     /// `waiting` messages are still in the channel to the broker's thread: it took every one sent
@@ -72,14 +76,18 @@ impl Ledger {
     pub fn broker_backlog(&mut self, waiting: usize) {
         let taken = self.sent.saturating_sub(waiting as u64);
         for from in self.senders.values_mut() {
-            let done = from.handed.partition_point(|(mark, _)| *mark <= taken);
+            let done = from.handed.partition_point(|(mark, _, _)| *mark <= taken);
             if done == 0 {
                 continue;
             }
-            for (_, id) in from.handed.drain(..done) {
+            for (_, id, urgent) in from.handed.drain(..done) {
                 let set = from.acks.entry(id.epoch).or_insert_with(codec::empty);
                 if set.insert(id.seq) {
-                    from.dirty = true;
+                    from.changed = true;
+                    from.dirty |= urgent;
+                } else {
+                    // Acknowledged already: a copy, whose sender may not have read it yet.
+                    from.dirty |= urgent && from.changed;
                 }
             }
             while from.acks.len() > codec::MAX_EPOCHS {
@@ -101,6 +109,7 @@ impl Ledger {
             let rested = from.last_write.is_none_or(|t| now >= t + interval);
             if from.dirty && !from.writing && rested {
                 from.dirty = false;
+                from.changed = false;
                 from.writing = true;
                 from.last_write = Some(now);
                 out.push(Write {
@@ -138,6 +147,7 @@ impl Ledger {
                 // Read again before the next write: the stored seq is unknown now.
                 from.seq = None;
                 from.dirty = true;
+                from.changed = true;
             }
         }
     }

@@ -120,8 +120,8 @@ fn a_message_is_acknowledged_only_once_the_broker_took_it_and_writes_are_batched
     let t0 = Instant::now();
     let interval = SECOND;
     let mut ledger = Ledger::default();
-    ledger.handed("alice", id(5, 1));
-    ledger.handed("alice", id(5, 2));
+    ledger.handed("alice", id(5, 1), true);
+    ledger.handed("alice", id(5, 2), true);
     // Handed, not yet taken by the broker: nothing to write.
     assert!(ledger.writes_due(t0, interval).is_empty());
     assert_eq!(ledger.next_write(t0, interval), None);
@@ -138,7 +138,7 @@ fn a_message_is_acknowledged_only_once_the_broker_took_it_and_writes_are_batched
         }]
     );
     // More arrives while the first write is under way: no second write at once.
-    ledger.handed("alice", id(5, 3));
+    ledger.handed("alice", id(5, 3), true);
     ledger.broker_caught_up();
     assert!(ledger.writes_due(t0 + 2 * interval, interval).is_empty());
     ledger.written("alice", Ok((4, Acks::new())));
@@ -183,7 +183,7 @@ fn receipt_ranges_merge_and_survive_a_restart_of_the_receiver() {
     let mut dht = Dht::default();
     let mut first_run = Ledger::default();
     for s in 1..=5 {
-        first_run.handed("alice", id(5, s));
+        first_run.handed("alice", id(5, s), true);
     }
     first_run.broker_caught_up();
     for w in first_run.writes_due(t0, SECOND) {
@@ -192,8 +192,8 @@ fn receipt_ranges_merge_and_survive_a_restart_of_the_receiver() {
     assert_eq!(dht.acks("mqtt_ack_alice"), acks(&[(5, &[1, 2, 3, 4, 5])]));
     // A new run knows nothing of it; it acknowledges 7 and 8 (6 is still on its way).
     let mut second_run = Ledger::default();
-    second_run.handed("alice", id(5, 7));
-    second_run.handed("alice", id(5, 8));
+    second_run.handed("alice", id(5, 7), true);
+    second_run.handed("alice", id(5, 8), true);
     second_run.broker_caught_up();
     for w in second_run.writes_due(t0, SECOND) {
         assert_eq!(
@@ -211,7 +211,7 @@ fn receipt_ranges_merge_and_survive_a_restart_of_the_receiver() {
         acks(&[(5, &[1, 2, 3, 4, 5, 7, 8])])
     );
     // 6 arrives: the ranges merge into one.
-    second_run.handed("alice", id(5, 6));
+    second_run.handed("alice", id(5, 6), true);
     second_run.broker_caught_up();
     for w in second_run.writes_due(t0 + SECOND, SECOND) {
         dht.carry_out(&mut second_run, &w);
@@ -227,10 +227,10 @@ fn a_message_still_in_the_channel_to_the_broker_is_not_acknowledged() {
     let mut ledger = Ledger::default();
     // 1 and 2 go into the channel; 3 is not wanted here (handled, nothing sent).
     ledger.sent_to_broker();
-    ledger.handed("alice", id(5, 1));
+    ledger.handed("alice", id(5, 1), true);
     ledger.sent_to_broker();
-    ledger.handed("alice", id(5, 2));
-    ledger.handed("alice", id(5, 3));
+    ledger.handed("alice", id(5, 2), true);
+    ledger.handed("alice", id(5, 3), true);
     // The broker took the first only.
     ledger.broker_backlog(1);
     let w = ledger.writes_due(t0, SECOND);
@@ -242,15 +242,42 @@ fn a_message_still_in_the_channel_to_the_broker_is_not_acknowledged() {
 }
 
 #[test]
+fn qos_0_messages_make_no_write_of_their_own_and_join_the_next() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::default();
+    for s in 1..=3 {
+        ledger.handed("alice", id(5, s), false);
+    }
+    ledger.broker_caught_up();
+    assert!(
+        ledger.writes_due(t0, SECOND).is_empty(),
+        "QoS 0 alone: no write"
+    );
+    ledger.handed("alice", id(5, 4), true);
+    ledger.broker_caught_up();
+    let w = ledger.writes_due(t0, SECOND);
+    assert_eq!(
+        w[0].acks[&5].iter().collect::<Vec<_>>(),
+        [(1, 4)],
+        "one range"
+    );
+    ledger.written("alice", Ok((1, Acks::new())));
+    // A copy of a message acknowledged and written: nothing new to write.
+    ledger.handed("alice", id(5, 4), true);
+    ledger.broker_caught_up();
+    assert!(ledger.writes_due(t0 + 5 * SECOND, SECOND).is_empty());
+}
+
+#[test]
 fn a_failed_write_is_retried_after_reading_the_resource_again() {
     let t0 = Instant::now();
     let mut ledger = Ledger::default();
-    ledger.handed("alice", id(1, 1));
+    ledger.handed("alice", id(1, 1), true);
     ledger.broker_caught_up();
     let w = ledger.writes_due(t0, SECOND);
     ledger.written("alice", Ok((3, Acks::new())));
     assert_eq!(w.len(), 1);
-    ledger.handed("alice", id(1, 2));
+    ledger.handed("alice", id(1, 2), true);
     ledger.broker_caught_up();
     let w = ledger.writes_due(t0 + SECOND, SECOND);
     assert_eq!(w[0].seq, Some(4));
@@ -265,10 +292,10 @@ fn a_failed_write_is_retried_after_reading_the_resource_again() {
 fn the_ledger_stays_bounded_per_sender() {
     let mut ledger = Ledger::default();
     for epoch in 0..(codec::MAX_EPOCHS as u64 + 4) {
-        ledger.handed("alice", id(epoch, 1));
+        ledger.handed("alice", id(epoch, 1), true);
     }
     for s in 0..(codec::MAX_RANGES as u64 + 10) {
-        ledger.handed("alice", id(100, s * 2));
+        ledger.handed("alice", id(100, s * 2), true);
     }
     ledger.broker_caught_up();
     let a = ledger.acks("alice").unwrap();
