@@ -5,6 +5,8 @@
 //! `WorkerHandle` is what the broker side holds; `Worker` is the actor behind it.
 
 mod calls;
+#[cfg(test)]
+mod dht_tests;
 mod drive;
 #[cfg(test)]
 mod drive_tests;
