@@ -13,7 +13,7 @@ use mqtt_twister_wire::{pack::pack, Options, Record};
 use twister_rules::{max_post_ascii, PostHeader};
 
 /// Text capacity of a post by a user of 5 characters (the recorded twisterd limit).
-const CAPACITY: f64 = 1873.0;
+pub const CAPACITY: f64 = 1873.0;
 
 struct Rng(u64);
 
@@ -32,7 +32,7 @@ impl Rng {
 
 /// A building's sensors: 4 floors x 8 zones x 10 kinds = 320 topics, each reporting JSON readings
 /// whose values drift a little between reports.
-fn telemetry(n: usize) -> Vec<(String, Vec<u8>)> {
+pub fn telemetry(n: usize) -> Vec<(String, Vec<u8>)> {
     const KINDS: [&str; 10] = [
         "air",
         "power",

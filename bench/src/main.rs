@@ -5,6 +5,7 @@
 //!
 //! Usage: mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,...]
 
+mod budget;
 mod density;
 mod durability;
 mod receipts;
@@ -47,7 +48,7 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--help" | "-h" => {
-                println!("mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,P3,P4,P5,P7,P8,P9,D1,D2]");
+                println!("mqtt-twister-bench [--rounds N] [--messages N] [--json FILE] [--only P1,P2,P3,P4,P5,P6,P7,P8,P9,D1,D2]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (see --help)"),
@@ -570,6 +571,9 @@ fn run() {
     }
     if want("P3") {
         p3(&mut ctx, &args, &mut report);
+    }
+    if want("P6") {
+        budget::p6(&mut report);
     }
     if want("P5") {
         p5(&mut ctx, &args, &mut report);

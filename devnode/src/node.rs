@@ -115,6 +115,8 @@ pub struct Counters {
     pub duplicate_k_ignored: u64,
     pub dms_dropped_not_following: u64,
     pub dht_puts_dropped: u64,
+    /// Posts and DMs refused for the post budget ("too much posts from user ...").
+    pub posts_refused_budget: u64,
 }
 
 pub struct Node {
@@ -321,11 +323,17 @@ impl Node {
     }
 
     /// twisterd's post-number and signature checks, in its order.
-    fn check_post_number(&self, user: &str, k: i64, signed_height: i64) -> Result<(), RpcError> {
+    fn check_post_number(
+        &mut self,
+        user: &str,
+        k: i64,
+        signed_height: i64,
+    ) -> Result<(), RpcError> {
         let Some(&reg) = self.state.registered.get(user) else {
             return Err(too_many_posts(user));
         };
         if k < 0 || k > rules::max_post_number(self.state.height, reg) {
+            self.counters.posts_refused_budget += 1;
             return Err(too_many_posts(user));
         }
         // The post is signed at best-1 with the key valid at that height: one block after registration.

@@ -7,6 +7,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod budget;
+
+pub use budget::OverBudget;
+
 pub const PREFIX: &str = "plugin_opt_";
 
 /// A secret that never shows in logs or Debug output.
@@ -91,6 +95,10 @@ pub struct Config {
     pub retained_interval: Duration,
     /// Receipts and retransmission of QoS 1/2 messages (`crate::relay::receipts`).
     pub receipts: ReceiptsConfig,
+    /// Posts kept back for what must not wait (retained values, receipts).
+    pub budget_reserve: i64,
+    /// Forward rules (by filter) and what they do while posts are scarce; unlisted rules queue.
+    pub over_budget: Vec<(String, OverBudget)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,7 +136,14 @@ pub enum ConfigError {
     TwoPasswords,
 }
 
-const LISTS: &[&str] = &["follow", "publish", "private", "subscribe", "receivers"];
+const LISTS: &[&str] = &[
+    "follow",
+    "publish",
+    "private",
+    "subscribe",
+    "receivers",
+    "over_budget",
+];
 const SCALARS: &[&str] = &[
     "rpc_url",
     "rpc_user",
@@ -155,6 +170,7 @@ const SCALARS: &[&str] = &[
     "receipt_timeout_ms",
     "receipt_give_up_ms",
     "receipt_interval_ms",
+    "budget_reserve",
 ];
 
 fn known_keys() -> Vec<&'static str> {
@@ -407,8 +423,11 @@ pub fn parse(opts: &[(String, String)]) -> Result<Config, ConfigError> {
         give_up: ms("receipt_give_up_ms", 3_600_000, 1000, 30 * 86_400_000)?,
         interval: ms("receipt_interval_ms", 1000, 50, 600_000)?,
     };
+    let over_budget = budget::over_budget(all("over_budget"), &publish, &private)?;
     Ok(Config {
         receipts,
+        budget_reserve: budget::reserve(get("budget_reserve"))?,
+        over_budget,
         router: Router::new(&publish, private.iter().map(|r| &r.filter)),
         rpc_url,
         rpc_user,

@@ -19,15 +19,19 @@ pub enum Reason {
     /// Not a drop here: posted in the poc format with more than 140 characters, which twisterd
     /// splits into `msg` + `msg2`; the 2014 bridge reads only `msg` and loses it.
     SplitForThe2014Bridge,
+    /// A QoS 0 value replaced by a newer one of its topic while posts were scarce
+    /// (`plugin_opt_over_budget <filter> conflate`).
+    Conflated,
 }
 
-pub const REASONS: [Reason; 6] = [
+pub const REASONS: [Reason; 7] = [
     Reason::NoRecipientInterested,
     Reason::QueueFull,
     Reason::TooBig,
     Reason::BrokerQueueFull,
     Reason::Unfinished,
     Reason::SplitForThe2014Bridge,
+    Reason::Conflated,
 ];
 
 impl Reason {
@@ -39,6 +43,7 @@ impl Reason {
             Reason::BrokerQueueFull => "broker queue full",
             Reason::Unfinished => "unfinished",
             Reason::SplitForThe2014Bridge => "lost at 2014 bridges",
+            Reason::Conflated => "conflated",
         }
     }
 
@@ -136,7 +141,7 @@ mod tests {
         assert_eq!(d.dropped(), 8, "a warning is not a drop");
         assert_eq!(
             d.summary(),
-            "0 (no recipient interested) + 7 (queue full) + 1 (too big) + 0 (broker queue full) + 0 (unfinished)"
+            "0 (no recipient interested) + 7 (queue full) + 1 (too big) + 0 (broker queue full) + 0 (unfinished) + 0 (conflated)"
         );
     }
 }

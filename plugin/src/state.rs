@@ -64,6 +64,10 @@ pub struct Saved {
     pub retained: Value,
     /// Message ids handed to the broker, per sender (`crate::dedup`).
     pub seen: crate::dedup::Dedup,
+    /// What the post budget learnt of our registration height (`relay::outbox::Learnt`).
+    pub registered_at_least: Option<i64>,
+    pub registered_at_most: Option<i64>,
+    pub budget_refused_once: bool,
 }
 
 /// Where an unsent message was going.
@@ -121,7 +125,8 @@ impl Saved {
             .iter()
             .map(|s| json!({"client": s.client, "persistent": s.persistent, "subs": s.subs}))
             .collect();
-        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest, "clean_stop": self.clean_stop, "retained": self.retained, "seen": self.seen.to_json()})
+        json!({"version": 1, "next_k": self.next_k, "seq": self.seq, "cursors": cursors, "unsent": unsent, "interest": interest, "clean_stop": self.clean_stop, "retained": self.retained, "seen": self.seen.to_json(),
+            "budget": {"registered_at_least": self.registered_at_least, "registered_at_most": self.registered_at_most, "refused_once": self.budget_refused_once}})
     }
 
     pub fn from_json(v: &Value) -> Option<Saved> {
@@ -141,6 +146,10 @@ impl Saved {
                 .get("seen")
                 .map(|s| crate::dedup::Dedup::from_json(s, crate::dedup::Limits::default()))
                 .unwrap_or_default(),
+            // Absent in files of earlier versions: nothing learnt.
+            registered_at_least: v["budget"]["registered_at_least"].as_i64(),
+            registered_at_most: v["budget"]["registered_at_most"].as_i64(),
+            budget_refused_once: v["budget"]["refused_once"].as_bool().unwrap_or(false),
         };
         // Absent in files of earlier versions.
         for i in v
@@ -256,6 +265,9 @@ mod tests {
         let mut s = Saved {
             next_k: 12,
             seq: 99,
+            registered_at_least: Some(40),
+            registered_at_most: Some(41),
+            budget_refused_once: true,
             ..Default::default()
         };
         let mut c = Cursor::at(7);

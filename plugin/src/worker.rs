@@ -29,7 +29,7 @@ use crate::interest::{Interest, RestoredSessions};
 use crate::relay::inbox::Inbox;
 use crate::relay::interest::local::Subscriptions;
 use crate::relay::interest::private::PrivateForwards;
-use crate::relay::outbox::{Outbox, Settings};
+use crate::relay::outbox::{Learnt, Outbox, Settings};
 use crate::relay::session::Session;
 use crate::relay::timers::{Timer, Timers};
 use crate::state::Saved;

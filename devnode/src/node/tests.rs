@@ -92,6 +92,9 @@ fn post_budget_is_twice_the_blocks_since_registration_plus_twenty() {
     );
     mine(&s, 1);
     ok(&s, "newpostmsg", json!(["alice", 65, "now fits"]));
+    // Counted for tests that must prove the plugin stays within its budget.
+    let stats = ok(&s, "devnode_stats", json!([]));
+    assert_eq!(stats["counters"]["posts_refused_budget"], json!(2));
 }
 
 #[test]

@@ -70,7 +70,8 @@ pub enum Effect {
 /// A twisterd reply to a request, typed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    Posted(Result<(), TwisterError>),
+    /// Stored: the height the post was signed at, when the answer tells.
+    Posted(Result<Option<i64>, TwisterError>),
     LastHave(Result<BTreeMap<String, i64>, TwisterError>),
     Height(Result<Option<i64>, TwisterError>),
 }

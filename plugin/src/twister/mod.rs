@@ -36,6 +36,11 @@ impl Outcome {
     }
 }
 
+/// The height a stored post was signed at, from twisterd's answer.
+fn signed_height(post: &Value) -> Option<i64> {
+    post.get("userpost")?.get("height")?.as_i64()
+}
+
 /// One piece of a followed user's torrent as `getposts` lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Post {
@@ -232,16 +237,24 @@ impl Client {
             .and_then(Value::as_i64))
     }
 
-    pub fn new_post(&self, user: &str, k: i64, text: &str) -> Result<(), TwisterError> {
+    /// Posts `text` as post `k`; the answer's `userpost.height` is the height it was signed at (the
+    /// chain's height - 1), `None` when the answer lacks it.
+    pub fn new_post(&self, user: &str, k: i64, text: &str) -> Result<Option<i64>, TwisterError> {
         self.raw
             .call("newpostmsg", json!([user, k, text]))
-            .map(drop)
+            .map(|p| signed_height(&p))
     }
 
-    pub fn new_dm(&self, user: &str, k: i64, to: &str, text: &str) -> Result<(), TwisterError> {
+    pub fn new_dm(
+        &self,
+        user: &str,
+        k: i64,
+        to: &str,
+        text: &str,
+    ) -> Result<Option<i64>, TwisterError> {
         self.raw
             .call("newdirectmsg", json!([user, k, to, text]))
-            .map(drop)
+            .map(|p| signed_height(&p))
     }
 
     /// `from`'s posts numbered in `(since, upto]`, asking for `count` (twisterd may add its promoted

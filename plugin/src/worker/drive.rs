@@ -222,9 +222,10 @@ impl Worker {
         self.outbox.len() + self.private.held_len()
     }
 
-    /// While out of budget: one `getinfo` per poll interval; posts as soon as a block allows.
+    /// While out of budget, or while posts are scarce and messages wait: one `getinfo` per poll
+    /// interval; posts as soon as a block allows.
     pub(super) fn watch_height(&mut self) {
-        self.outbox.watch_height();
+        self.outbox.watch_height(Instant::now());
         self.drive_outbox();
     }
 }

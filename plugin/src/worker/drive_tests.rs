@@ -226,6 +226,15 @@ fn out_of_budget_nothing_is_tried_until_the_height_allows_it() {
         s.height = 101;
         s.budget = 22;
     }
+    // The refusal told the registration (100): at 101 posts 21 and 22 are allowed, and kept in
+    // reserve (plugin_opt_budget_reserve 4); at 103 two more are, and the message goes.
+    w.watch_height();
+    assert_eq!(w.outbox.poll_timeout(Instant::now()), None);
+    {
+        let mut s = script.lock().unwrap();
+        s.height = 103;
+        s.budget = 26;
+    }
     w.watch_height();
     assert!(w.outbox.poll_timeout(Instant::now()).is_some());
     flush(&mut w, POSTS_PER_FLUSH);

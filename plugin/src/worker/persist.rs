@@ -62,6 +62,14 @@ impl Worker {
         }
     }
 
+    /// What the budget learnt of our registration, into the state to save.
+    pub(super) fn save_learnt(&self, saved: &mut crate::state::Saved) {
+        let l = self.outbox.learnt();
+        saved.registered_at_least = l.registered_at_least;
+        saved.registered_at_most = l.registered_at_most;
+        saved.budget_refused_once = l.refused_once;
+    }
+
     pub(super) fn save_state_now(&mut self) {
         if !self.state_dirty {
             return;
@@ -73,6 +81,9 @@ impl Worker {
         self.saved.cursors = self.incoming.cursors().clone();
         self.saved.retained = self.retained_json();
         self.saved.seen = self.incoming.seen().clone();
+        let mut saved = std::mem::take(&mut self.saved);
+        self.save_learnt(&mut saved);
+        self.saved = saved;
         let Some(path) = self.cfg.state_file.clone() else {
             self.state_dirty = false;
             return;

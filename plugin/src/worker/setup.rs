@@ -56,11 +56,18 @@ impl Worker {
                 max_message_bytes: cfg.max_message_bytes,
                 release_hold: cfg.release_hold,
                 spool_records: cfg.spool.is_some(),
+                reserve: cfg.budget_reserve,
+                conflation: crate::relay::outbox::Conflation::from_config(&cfg),
             },
             saved.as_ref().map_or(0, |s| s.next_k),
             saved.as_ref().map_or(0, |s| s.seq),
             counters.outbox,
-        );
+        )
+        .with_learnt(saved.as_ref().map_or_else(Default::default, |s| Learnt {
+            registered_at_least: s.registered_at_least,
+            registered_at_most: s.registered_at_most,
+            refused_once: s.budget_refused_once,
+        }));
         let mut outbox = outbox;
         let (used_numbers, used_problem) =
             match crate::numbers::UsedNumbers::open(cfg.state_file.as_deref()) {
@@ -151,6 +158,7 @@ impl Worker {
         saved.seen = self.incoming.seen().clone();
         saved.unsent = self.unsent();
         saved.retained = self.retained_json();
+        self.save_learnt(&mut saved);
         Start {
             saved: Some(saved),
             restored: None,

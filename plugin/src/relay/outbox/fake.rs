@@ -1,7 +1,7 @@
 //! A scripted fake twisterd and a fake clock for the outbox's unit tests: no node, no sleeping. Every
 //! deadline the outbox returns is checked never to be in the past.
 
-use super::{Outbox, Settings};
+use super::{Learnt, Outbox, Settings};
 use crate::config::WireFormat;
 use crate::drops::Reason;
 use crate::relay::{Effect, Level, Reply};
@@ -78,7 +78,8 @@ impl FakeNode {
                     }
                     None => {
                         self.store(*k, to, text);
-                        Ok(())
+                        // twisterd answers with the post, signed at the height below the chain's.
+                        Ok(Some(self.height - 1))
                     }
                 };
                 Some((*id, Reply::Posted(r)))
@@ -153,20 +154,37 @@ pub(super) fn settings(format: WireFormat) -> Settings {
         max_message_bytes: 65536,
         release_hold: HOLD,
         spool_records: true,
+        reserve: 0,
+        conflation: Default::default(),
     }
 }
 
 impl Run {
+    /// A user registered long ago whose registration height the outbox knows: an ample budget.
     pub(super) fn new(format: WireFormat) -> Self {
+        let known = Learnt {
+            registered_at_least: Some(0),
+            registered_at_most: Some(0),
+            refused_once: true,
+        };
         Run {
             now: Instant::now(),
-            outbox: Outbox::new(settings(format), 0, 0, Default::default()),
+            outbox: Outbox::new(settings(format), 0, 0, Default::default()).with_learnt(known),
             node: FakeNode::new(),
             logs: Vec::new(),
             dropped: Vec::new(),
             deadlines: 0,
             used: Vec::new(),
         }
+    }
+
+    /// The outbox knows nothing of our registration (a first start without a state file).
+    pub(super) fn unknown_registration(&mut self) {
+        let o = std::mem::replace(
+            &mut self.outbox,
+            Outbox::new(settings(WireFormat::V1), 0, 0, Default::default()),
+        );
+        self.outbox = o.with_learnt(Learnt::default());
     }
 
     pub(super) fn push(&mut self, m: Message, to: Option<&str>) {
@@ -210,6 +228,24 @@ impl Run {
         self.outbox.handle_timeout(self.now);
         self.drive();
         true
+    }
+
+    /// Handles every deadline up to `at` (bounded), then moves the clock to `at`.
+    pub(super) fn advance_to(&mut self, at: Instant) {
+        for _ in 0..10_000 {
+            match self.deadline() {
+                Some(d) if d <= at => {
+                    self.now = d;
+                    self.outbox.handle_timeout(self.now);
+                    self.drive();
+                }
+                _ => {
+                    self.now = self.now.max(at);
+                    return;
+                }
+            }
+        }
+        panic!("the outbox keeps a deadline at {:?}", self.now);
     }
 
     /// Steps until nothing is due (bounded).

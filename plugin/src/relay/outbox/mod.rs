@@ -9,17 +9,24 @@
 //! as `Reply`s. At most one request is outstanding at a time.
 
 mod budget;
+mod conflate;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod forgotten_tests;
 mod outcome;
+mod paced;
+mod pacing;
+#[cfg(test)]
+mod pacing_tests;
 mod packing;
 #[cfg(test)]
 mod packing_tests;
 #[cfg(test)]
 mod tests;
 
+pub use budget::Learnt;
+pub use conflate::Conflation;
 pub use packing::{Payload, Queued};
 
 use super::release::{Held, Ledger, RecordId};
@@ -31,6 +38,7 @@ use crate::state::{Destination, Unsent};
 use crate::twister::{Outcome, TwisterError};
 use crate::wire::{self, Message};
 use budget::{verify, Budget, InFlight, Verified};
+use pacing::BlockClock;
 use packing::POC_BRIDGE_CHARS;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -53,6 +61,10 @@ pub struct Settings {
     pub release_hold: Duration,
     /// Message ids number spool records (the spool is on): the ledger tracks them by `seq`.
     pub spool_records: bool,
+    /// Posts kept back for items that may use the reserve (`push_reserved`).
+    pub reserve: i64,
+    /// Per forward rule, what happens to QoS 0 values while posts are scarce.
+    pub conflation: Conflation,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +72,16 @@ struct Queue {
     items: VecDeque<Queued>,
     /// Since when its head has waited (reset when a post takes items).
     since: Option<Instant>,
+    /// Encoded bytes of the items.
+    bytes: usize,
+    /// Holds at least a full post (looked at only while posts are scarce; reset by a post).
+    full: bool,
+    /// `bytes` when `full` was last looked at.
+    checked_bytes: usize,
+    /// Its messages waited for a block: they go as soon as one allows a post, full or not.
+    waited_for_block: bool,
+    /// Items from the head up to the last one that may use the reserve.
+    reserved_upto: usize,
 }
 
 /// Counts of what the outbox did, carried over a restart of the relay.
@@ -72,6 +94,10 @@ pub struct Counters {
     pub unknown_outcomes: u64,
     /// Times posting waited for a block (out of post budget).
     pub budget_waits: u64,
+    /// Messages carried by the posts and DMs stored.
+    pub messages_posted: u64,
+    /// QoS 0 values replaced by newer ones while posts were scarce.
+    pub conflated: u64,
 }
 
 /// The request outstanding and what its reply decides.
@@ -117,6 +143,13 @@ pub struct Outbox {
     /// Ids of the messages in posts answered as stored, until the driver takes them (receipts).
     posted_ids: Vec<wire::MessageId>,
     pub counters: Counters,
+    /// The measured block interval (pacing).
+    clock: BlockClock,
+    status: paced::Status,
+    /// The current flush posts whatever is queued (the broker stops).
+    forced: bool,
+    /// When the chain height was last asked for while pacing.
+    last_height_read: Option<Instant>,
 }
 
 impl Outbox {
@@ -140,6 +173,10 @@ impl Outbox {
             settings,
             posted_ids: Vec::new(),
             counters,
+            clock: BlockClock::default(),
+            status: paced::Status::default(),
+            forced: false,
+            last_height_read: None,
         }
     }
 
@@ -193,6 +230,29 @@ impl Outbox {
         self.ledger.held_posts()
     }
 
+    /// Starts from the registration bounds an earlier run learnt (the state file).
+    pub fn with_learnt(mut self, learnt: Learnt) -> Self {
+        self.budget = Budget::from_learnt(learnt);
+        self
+    }
+
+    /// What is known of our registration height, for the state file.
+    pub fn learnt(&self) -> Learnt {
+        self.budget.learnt()
+    }
+
+    /// May a post that uses the reserve of posts (retained values, receipts of issue 11) go now?
+    /// True while a post is proven left (or, before the learning refusal, not proven refused).
+    /// Such items are queued with `push_reserved`.
+    pub fn spend_reserve(&self) -> bool {
+        self.budget.spend_reserve(self.next_k)
+    }
+
+    /// Posts proven allowed now (`None`: not known yet).
+    pub fn posts_left(&self) -> Option<i64> {
+        self.budget.posts_left(self.next_k)
+    }
+
     pub fn next_k(&self) -> i64 {
         self.next_k
     }
@@ -241,10 +301,21 @@ impl Outbox {
     /// Queues `item` for the public timeline (`to: None`) or a DM to `to`.
     pub fn push(&mut self, item: Queued, to: Option<String>, now: Instant) {
         self.hold_record(item.id);
+        self.conflate(&item, &to);
         let q = self.queue(&to);
+        q.bytes += item.encoded.len();
         q.items.push_back(item);
         q.since.get_or_insert(now);
         self.len += 1;
+        self.check_full(&to);
+    }
+
+    /// Queues `item` like `push`, allowed to use the reserve of posts (retained values, receipts):
+    /// its post (and the posts before it in its queue) go while any post is left.
+    pub fn push_reserved(&mut self, item: Queued, to: Option<String>, now: Instant) {
+        self.push(item, to.clone(), now);
+        let q = self.queue(&to);
+        q.reserved_upto = q.items.len();
     }
 
     fn queue(&mut self, to: &Option<String>) -> &mut Queue {
@@ -285,18 +356,20 @@ impl Outbox {
         if self.awaiting.is_some() {
             return None;
         }
-        self.flush_due_at().map(|t| t.max(now))
+        self.flush_due_at(now).map(|t| t.max(now))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ledger.release_due(now);
         if self.awaiting.is_none()
             && self.burst == 0
-            && self.flush_due_at().is_some_and(|t| now >= t)
+            && self.flush_due_at(now).is_some_and(|t| now >= t)
         {
             self.burst = POSTS_PER_FLUSH;
+            self.forced = false;
             self.next_request(now);
         }
+        self.say_status(now);
     }
 
     /// Sends up to `posts` posts now, whatever the batch delay and backoff say (the broker stops).
@@ -306,12 +379,15 @@ impl Outbox {
         }
         self.timers.set(Timer::PostRetry, now);
         self.burst = posts;
+        self.forced = true;
         self.next_request(now);
     }
 
-    /// While out of budget: ask for the chain height (once per poll interval).
-    pub fn watch_height(&mut self) {
-        if self.budget.waiting() && self.awaiting.is_none() {
+    /// While out of budget: ask for the chain height (the driver calls this once per poll
+    /// interval); while messages wait and posts are only scarce, at most every HEIGHT_READ_EVERY.
+    pub fn watch_height(&mut self, now: Instant) {
+        if self.awaiting.is_none() && self.height_wanted(now) {
+            self.last_height_read = Some(now);
             let id = self.request(Awaiting::Watch);
             self.effects.push_back(Effect::Height { id });
         }
@@ -347,7 +423,11 @@ impl Outbox {
             let at = self.in_flight_at_head(&held.to);
             self.len += held.copies.len();
             let q = self.queue(&held.to);
+            if q.reserved_upto > at {
+                q.reserved_upto += held.copies.len();
+            }
             for (i, (_, item)) in held.copies.into_iter().enumerate() {
+                q.bytes += item.encoded.len();
                 q.items.insert(at + i, item);
             }
             q.since.get_or_insert(now);
@@ -356,7 +436,7 @@ impl Outbox {
     }
 
     /// Items at the head of `to`'s queue that a post in flight (or of unknown outcome) carries.
-    fn in_flight_at_head(&self, to: &Option<String>) -> usize {
+    pub(super) fn in_flight_at_head(&self, to: &Option<String>) -> usize {
         let flight = match &self.awaiting {
             Some((_, Awaiting::Post { flight, .. } | Awaiting::Verify(flight))) => Some(flight),
             _ => self.pending.as_ref(),
@@ -384,7 +464,11 @@ impl Outbox {
         }
         match (awaiting, reply) {
             (Awaiting::Post { flight, resend }, Reply::Posted(result)) => {
-                self.sent(flight, resend, Outcome::of(result), now)
+                if let Ok(Some(signed)) = result {
+                    self.budget.stored(flight.k, signed);
+                    self.clock.seen(signed + 1, now);
+                }
+                self.sent(flight, resend, Outcome::of(result.map(drop)), now)
             }
             (Awaiting::Verify(p), Reply::LastHave(result)) => {
                 let verified = match result {
@@ -402,7 +486,10 @@ impl Outbox {
             }
             (Awaiting::Watch, Reply::Height(h)) => {
                 if let Some(height) = h.ok().flatten() {
-                    if self.budget.waiting() && self.budget.height_reached(height) {
+                    self.mark_waiting_for_a_block(now);
+                    self.clock.seen(height, now);
+                    let was_waiting = self.budget.waiting();
+                    if self.budget.height_reached(height) && was_waiting {
                         self.log(
                             Level::Info,
                             format!("chain at height {height}: posting again"),
@@ -429,22 +516,6 @@ impl Outbox {
 
     // ----- decisions -----
 
-    fn flush_due_at(&self) -> Option<Instant> {
-        if self.budget.waiting() {
-            // Woken by the chain height (`watch_height`), not by a timer.
-            return None;
-        }
-        let oldest = std::iter::once(&self.public)
-            .chain(self.private.values())
-            .filter_map(|q| q.since)
-            .min()?;
-        let due = oldest + self.settings.batch_delay;
-        Some(match self.timers.get(Timer::PostRetry) {
-            Some(retry) => due.max(retry),
-            None => due,
-        })
-    }
-
     fn request(&mut self, awaiting: Awaiting) -> RequestId {
         self.last_id += 1;
         self.awaiting = Some((self.last_id, awaiting));
@@ -464,10 +535,8 @@ impl Outbox {
             }
             let target = if let Some(p) = &self.pending {
                 p.to.clone()
-            } else if !self.public.items.is_empty() {
-                None
-            } else if let Some((u, _)) = self.private.iter().find(|(_, q)| !q.items.is_empty()) {
-                Some(u.clone())
+            } else if let Some(to) = self.next_target(now) {
+                to
             } else {
                 self.burst = 0;
                 return;
@@ -504,7 +573,8 @@ impl Outbox {
 
     /// The next post to `to`: its number, text and item count; `None` when the queue's head was
     /// handled otherwise (cut into fragments or dropped).
-    fn next_post(&mut self, to: &Option<String>, now: Instant) -> Option<(i64, String, usize)> {
+    /// The items of the queue to `to` that fit one post, and its text (`None`: not even one).
+    fn pack(&self, to: &Option<String>) -> Option<(usize, String)> {
         let budget = self.room(to);
         let empty = VecDeque::new();
         let items = match to {
@@ -512,7 +582,7 @@ impl Outbox {
             Some(u) => self.private.get(u).map(|q| &q.items).unwrap_or(&empty),
         };
         let format = self.settings.wire_format;
-        let packed = match format {
+        match format {
             // v2 is packed by `wire::dense::pack`, which makes and measures its text itself.
             WireFormat::V2 => {
                 crate::wire::dense::pack(items.iter().map(|i| i.encoded.as_str()), self.seq, budget)
@@ -520,11 +590,19 @@ impl Outbox {
             _ => Some(packing::fit(format, self.seq, items, budget))
                 .filter(|n| *n > 0)
                 .map(|n| (n, packing::text(format, self.seq, items, n))),
-        };
-        if let Some((n, text)) = packed {
+        }
+    }
+
+    fn next_post(&mut self, to: &Option<String>, now: Instant) -> Option<(i64, String, usize)> {
+        if let Some((n, text)) = self.pack(to) {
             return Some((self.next_k, text, n));
         }
-        let head = items.front()?.clone();
+        let budget = self.room(to);
+        let head = match to {
+            None => self.public.items.front(),
+            Some(u) => self.private.get(u).and_then(|q| q.items.front()),
+        }?
+        .clone();
         // Too big for one post: cut it into fragments that fit (or drop it, beyond the limit).
         let room = budget.saturating_sub(wire::envelope_size(self.seq, 1, 0));
         self.fragment_ids += 1;
@@ -548,6 +626,8 @@ impl Outbox {
                 }
                 self.let_go_record(head.id);
                 let q = self.queue(to);
+                q.bytes += parts.iter().map(String::len).sum::<usize>();
+                q.reserved_upto += usize::from(q.reserved_upto > 0) * parts.len();
                 for part in parts.into_iter().rev() {
                     q.items.push_front(Queued {
                         payload: Payload::Fragment,
@@ -576,8 +656,15 @@ impl Outbox {
         let q = self.queue(to);
         let n = n.min(q.items.len());
         let out: Vec<Queued> = q.items.drain(..n).collect();
+        let taken: usize = out.iter().map(|i| i.encoded.len()).sum();
+        q.bytes = q.bytes.saturating_sub(taken);
+        q.reserved_upto = q.reserved_upto.saturating_sub(n);
+        q.full = false;
+        q.checked_bytes = 0;
+        q.waited_for_block = false;
         q.since = if q.items.is_empty() { None } else { Some(now) };
         self.len = self.len.saturating_sub(n);
+        self.check_full(to);
         out
     }
 }

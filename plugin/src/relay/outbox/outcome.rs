@@ -122,6 +122,7 @@ impl Outbox {
             None => self.counters.posts += 1,
             Some(_) => self.counters.dms += 1,
         }
+        self.counters.messages_posted += p.items as u64;
         let items = self.pop(&p.to, p.items, now);
         // For receipts: their clocks start now (`crate::relay::receipts::tracker`).
         self.posted_ids.extend(items.iter().filter_map(|i| i.id));

@@ -39,6 +39,7 @@ fn post_numbers_continue_across_restarts_and_past_another_writer() {
 #[test]
 fn a_budget_refusal_waits_for_the_block_that_allows_the_post() {
     let mut run = Run::new(WireFormat::V1);
+    run.unknown_registration();
     run.node.height = 100;
     run.node.registered = 100; // budget: k <= 20
     for i in 0..25 {
@@ -54,13 +55,13 @@ fn a_budget_refusal_waits_for_the_block_that_allows_the_post() {
         "no timer while waiting"
     );
     // Polls at the same height: no post tried.
-    run.outbox.watch_height();
+    run.outbox.watch_height(run.now);
     run.drive();
     run.settle();
     assert_eq!((run.node.posts.len(), run.node.refusals), (21, 1));
     // The next block allows two more posts: what waited goes in the first.
     run.node.height = 101;
-    run.outbox.watch_height();
+    run.outbox.watch_height(run.now);
     run.drive();
     assert!(run.logged("chain at height 101: posting again"));
     run.settle();
@@ -71,16 +72,18 @@ fn a_budget_refusal_waits_for_the_block_that_allows_the_post() {
     assert_eq!(run.node.posts.len(), 23, "k 22 allowed at 101");
     run.push(msg("t", b"26"), None);
     run.settle();
-    assert_eq!(run.node.refusals, 2);
-    // Refused at 101, k 23 tells the registration exactly: 2 * (h - 100) + 20 >= 23 first at 102.
-    assert!(run.logged("posting at height 102"));
+    // The refusal told the registration: k 23 is not tried at 101 (2 * (h - 100) + 20 >= 23 first
+    // at 102), and no timer runs while waiting for the block.
+    assert_eq!(run.node.refusals, 1);
+    assert_eq!(run.outbox.len(), 1);
+    assert_eq!(run.outbox.poll_timeout(run.now), None);
     run.node.height = 102;
-    run.outbox.watch_height();
+    run.outbox.watch_height(run.now);
     run.drive();
     run.settle();
     assert_eq!(run.node.posts.len(), 24);
     assert!(run.outbox.is_empty());
-    assert_eq!(run.outbox.counters.budget_waits, 2);
+    assert_eq!(run.outbox.counters.budget_waits, 1);
     assert_eq!(run.node.messages().len(), 27, "every message once");
     // No number used twice for different text.
     assert_eq!(
@@ -92,6 +95,7 @@ fn a_budget_refusal_waits_for_the_block_that_allows_the_post() {
 #[test]
 fn a_budget_refusal_with_the_height_unknown_backs_off() {
     let mut run = Run::new(WireFormat::V1);
+    run.unknown_registration();
     run.node.height = 100;
     run.node.registered = 100;
     run.outbox.k_at_least(21);
@@ -231,14 +235,15 @@ fn a_reply_to_another_request_is_ignored() {
         panic!("a post");
     };
     run.outbox
-        .handle_reply(id + 1, Reply::Posted(Ok(())), run.now);
+        .handle_reply(id + 1, Reply::Posted(Ok(None)), run.now);
     assert_eq!(run.outbox.len(), 1, "not taken as stored");
     assert_eq!(
         run.outbox.poll_timeout(run.now),
         None,
         "still waiting for its answer"
     );
-    run.outbox.handle_reply(id, Reply::Posted(Ok(())), run.now);
+    run.outbox
+        .handle_reply(id, Reply::Posted(Ok(None)), run.now);
     assert!(run.outbox.is_empty());
 }
 
