@@ -230,29 +230,6 @@ impl Outbox {
         self.ledger.held_posts()
     }
 
-    /// Starts from the registration bounds an earlier run learnt (the state file).
-    pub fn with_learnt(mut self, learnt: Learnt) -> Self {
-        self.budget = Budget::from_learnt(learnt);
-        self
-    }
-
-    /// What is known of our registration height, for the state file.
-    pub fn learnt(&self) -> Learnt {
-        self.budget.learnt()
-    }
-
-    /// May a post that uses the reserve of posts (retained values, receipts of issue 11) go now?
-    /// True while a post is proven left (or, before the learning refusal, not proven refused).
-    /// Such items are queued with `push_reserved`.
-    pub fn spend_reserve(&self) -> bool {
-        self.budget.spend_reserve(self.next_k)
-    }
-
-    /// Posts proven allowed now (`None`: not known yet).
-    pub fn posts_left(&self) -> Option<i64> {
-        self.budget.posts_left(self.next_k)
-    }
-
     pub fn next_k(&self) -> i64 {
         self.next_k
     }
@@ -308,14 +285,6 @@ impl Outbox {
         q.since.get_or_insert(now);
         self.len += 1;
         self.check_full(&to);
-    }
-
-    /// Queues `item` like `push`, allowed to use the reserve of posts (retained values, receipts):
-    /// its post (and the posts before it in its queue) go while any post is left.
-    pub fn push_reserved(&mut self, item: Queued, to: Option<String>, now: Instant) {
-        self.push(item, to.clone(), now);
-        let q = self.queue(&to);
-        q.reserved_upto = q.items.len();
     }
 
     fn queue(&mut self, to: &Option<String>) -> &mut Queue {
@@ -381,16 +350,6 @@ impl Outbox {
         self.burst = posts;
         self.forced = true;
         self.next_request(now);
-    }
-
-    /// While out of budget: ask for the chain height (the driver calls this once per poll
-    /// interval); while messages wait and posts are only scarce, at most every HEIGHT_READ_EVERY.
-    pub fn watch_height(&mut self, now: Instant) {
-        if self.awaiting.is_none() && self.height_wanted(now) {
-            self.last_height_read = Some(now);
-            let id = self.request(Awaiting::Watch);
-            self.effects.push_back(Effect::Height { id });
-        }
     }
 
     /// twisterd's last post number of ours, read while polling: settles a post of unknown outcome,

@@ -2,10 +2,10 @@
 //! each queue is due, which queue posts next, whether a queue holds a full post, and the log lines
 //! that tell the budget left, the queue and the time to drain it (rate-limited).
 
-use super::budget::Allowance;
+use super::budget::{Allowance, Budget, Learnt};
 use super::conflate::superseded;
 use super::pacing::{fill_delay, mode, pace, Mode, Pace, PaceInput};
-use super::{Outbox, Queue};
+use super::{Awaiting, Outbox, Queue, Queued};
 use crate::drops::Reason;
 use crate::relay::{Effect, Level};
 use std::time::{Duration, Instant};
@@ -29,6 +29,47 @@ pub(super) struct Status {
 }
 
 impl Outbox {
+    /// Starts from the registration bounds an earlier run learnt (the state file).
+    pub fn with_learnt(mut self, learnt: Learnt) -> Self {
+        self.budget = Budget::from_learnt(learnt);
+        self
+    }
+
+    /// What is known of our registration height, for the state file.
+    pub fn learnt(&self) -> Learnt {
+        self.budget.learnt()
+    }
+
+    /// May a post that uses the reserve of posts (retained values, receipts of issue 11) go now?
+    /// True while a post is proven left (or, before the learning refusal, not proven refused).
+    /// Such items are queued with `push_reserved`.
+    pub fn spend_reserve(&self) -> bool {
+        self.budget.spend_reserve(self.next_k)
+    }
+
+    /// Posts proven allowed now (`None`: not known yet).
+    pub fn posts_left(&self) -> Option<i64> {
+        self.budget.posts_left(self.next_k)
+    }
+
+    /// Queues `item` like `push`, allowed to use the reserve of posts (retained values, receipts):
+    /// its post (and the posts before it in its queue) go while any post is left.
+    pub fn push_reserved(&mut self, item: Queued, to: Option<String>, now: Instant) {
+        self.push(item, to.clone(), now);
+        let q = self.queue(&to);
+        q.reserved_upto = q.items.len();
+    }
+
+    /// While out of budget: ask for the chain height (the driver calls this once per poll
+    /// interval); while messages wait and posts are only scarce, at most every HEIGHT_READ_EVERY.
+    pub fn watch_height(&mut self, now: Instant) {
+        if self.awaiting.is_none() && self.height_wanted(now) {
+            self.last_height_read = Some(now);
+            let id = self.request(Awaiting::Watch);
+            self.effects.push_back(Effect::Height { id });
+        }
+    }
+
     fn reserve_for(&self, q: &Queue) -> i64 {
         if q.reserved_upto > 0 {
             0
