@@ -532,26 +532,6 @@ impl Outbox {
 
     /// The next post to `to`: its number, text and item count; `None` when the queue's head was
     /// handled otherwise (cut into fragments or dropped).
-    /// The items of the queue to `to` that fit one post, and its text (`None`: not even one).
-    fn pack(&self, to: &Option<String>) -> Option<(usize, String)> {
-        let budget = self.room(to);
-        let empty = VecDeque::new();
-        let items = match to {
-            None => &self.public.items,
-            Some(u) => self.private.get(u).map(|q| &q.items).unwrap_or(&empty),
-        };
-        let format = self.settings.wire_format;
-        match format {
-            // v2 is packed by `wire::dense::pack`, which makes and measures its text itself.
-            WireFormat::V2 => {
-                crate::wire::dense::pack(items.iter().map(|i| i.encoded.as_str()), self.seq, budget)
-            }
-            _ => Some(packing::fit(format, self.seq, items, budget))
-                .filter(|n| *n > 0)
-                .map(|n| (n, packing::text(format, self.seq, items, n))),
-        }
-    }
-
     fn next_post(&mut self, to: &Option<String>, now: Instant) -> Option<(i64, String, usize)> {
         if let Some((n, text)) = self.pack(to) {
             return Some((self.next_k, text, n));

@@ -113,3 +113,25 @@ pub fn text(format: WireFormat, seq: u64, items: &VecDeque<Queued>, n: usize) ->
         }
     }
 }
+
+impl super::Outbox {
+    /// The items of the queue to `to` that fit one post, and its text (`None`: not even one).
+    pub(super) fn pack(&self, to: &Option<String>) -> Option<(usize, String)> {
+        let budget = self.room(to);
+        let empty = VecDeque::new();
+        let items = match to {
+            None => &self.public.items,
+            Some(u) => self.private.get(u).map(|q| &q.items).unwrap_or(&empty),
+        };
+        let format = self.settings.wire_format;
+        match format {
+            // v2 is packed by `wire::dense::pack`, which makes and measures its text itself.
+            WireFormat::V2 => {
+                crate::wire::dense::pack(items.iter().map(|i| i.encoded.as_str()), self.seq, budget)
+            }
+            _ => Some(fit(format, self.seq, items, budget))
+                .filter(|n| *n > 0)
+                .map(|n| (n, text(format, self.seq, items, n))),
+        }
+    }
+}
