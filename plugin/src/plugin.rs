@@ -209,6 +209,10 @@ impl Plugin {
     /// handled by `forward`.
     #[inline(always)]
     pub fn message(&mut self, ev: &MessageEvent<impl Client>) -> MessageAnswer {
+        // Tested first on its own, so that turning a topic away builds no route.
+        if !self.cfg.router.may_route(ev.topic) {
+            return MessageAnswer::Accept;
+        }
         let route = self.cfg.router.route(ev.topic);
         if route.is_empty() {
             return MessageAnswer::Accept;

@@ -177,16 +177,22 @@ impl Router {
         }
     }
 
+    /// False when no filter can match `topic`, by its first byte alone (one test): most local topics.
+    #[inline(always)]
+    pub fn may_route(&self, topic: &[u8]) -> bool {
+        topic
+            .first()
+            .is_none_or(|&b| self.first_bytes[usize::from(b / 64)] & (1 << (b % 64)) != 0)
+    }
+
     /// Where a local message on `topic` goes (empty: it stays on this broker). Runs in the MESSAGE
     /// callback on the topic's bytes, before they are known to be UTF-8: no allocation with up to 64
     /// private rules, and a topic no filter's literal prefix can start is turned away first.
     #[inline(always)]
     pub fn route<T: AsRef<[u8]> + ?Sized>(&self, topic: &T) -> Route {
         let t = topic.as_ref();
-        if let Some(&b) = t.first() {
-            if self.first_bytes[usize::from(b / 64)] & (1 << (b % 64)) == 0 {
-                return Route::default();
-            }
+        if !self.may_route(t) {
+            return Route::default();
         }
         let (mut public, mut private_rules) = (false, RuleSet::default());
         for f in &self.filters {
