@@ -5,14 +5,18 @@
 //!
 //! Per sender, per epoch a `RangeSet` of seqs. Bounded: at most `Limits::ranges` ranges per epoch
 //! (the lowest gaps are joined, see `crate::ranges`) and `Limits::epochs` epochs per sender (the
-//! oldest forgotten; an id of an epoch at or below the newest forgotten one counts as seen, never
-//! injected again). What the bounds make it forget is counted (`Forgotten`). Messages without an id
+//! oldest forgotten: an id of a forgotten epoch counts as seen, never injected again; the last
+//! `FORGOTTEN_EPOCHS` forgotten epochs are remembered by number, so an epoch never seen, older or
+//! not, is new). What the bounds make it forget is counted (`Forgotten`). Messages without an id
 //! (posts of writers older than ids, the poc format) are not deduplicated.
 
 use crate::ranges::RangeSet;
 use crate::wire::MessageId;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Forgotten epochs remembered per sender (8 bytes each).
+pub const FORGOTTEN_EPOCHS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -45,8 +49,39 @@ pub struct Forgotten {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Sender {
     epochs: BTreeMap<u64, RangeSet>,
-    /// The newest epoch forgotten: ids of it or older ones count as seen.
-    forgotten_up_to: u64,
+    /// When each kept epoch was last seen (this sender's count of checks): the bound forgets the
+    /// least recently seen epoch, not the lowest (a sender's clock may go back).
+    touched: BTreeMap<u64, u64>,
+    clock: u64,
+    /// Epochs dropped by the bound, the newest `FORGOTTEN_EPOCHS`: their ids count as seen. By number,
+    /// not as "everything below": a sender whose clock went back must not lose every new message.
+    forgotten: BTreeSet<u64>,
+}
+
+impl Sender {
+    fn touch(&mut self, epoch: u64) {
+        self.clock += 1;
+        self.touched.insert(epoch, self.clock);
+    }
+
+    /// Forgets the epoch seen least recently.
+    fn forget_oldest(&mut self) -> bool {
+        let Some(oldest) = self
+            .epochs
+            .keys()
+            .min_by_key(|e| self.touched.get(e).copied().unwrap_or(0))
+            .copied()
+        else {
+            return false;
+        };
+        self.epochs.remove(&oldest);
+        self.touched.remove(&oldest);
+        self.forgotten.insert(oldest);
+        while self.forgotten.len() > FORGOTTEN_EPOCHS {
+            self.forgotten.pop_first();
+        }
+        true
+    }
 }
 
 /// What `check` says about a message.
@@ -95,7 +130,7 @@ impl Dedup {
         };
         let limits = self.limits;
         let sender = self.senders.entry(from.to_string()).or_default();
-        if sender.forgotten_up_to >= id.epoch {
+        if sender.forgotten.contains(&id.epoch) {
             return Sight::Forgotten;
         }
         let set = sender
@@ -105,24 +140,21 @@ impl Dedup {
         let before = set.absorbed();
         let first = set.insert(id.seq);
         self.forgotten.absorbed += set.absorbed() - before;
-        while sender.epochs.len() > limits.epochs {
-            if let Some((oldest, _)) = sender.epochs.pop_first() {
-                sender.forgotten_up_to = sender.forgotten_up_to.max(oldest);
-                self.forgotten.epochs += 1;
-            }
+        sender.touch(id.epoch);
+        while sender.epochs.len() > limits.epochs && sender.forget_oldest() {
+            self.forgotten.epochs += 1;
         }
-        match (first, sender.forgotten_up_to >= id.epoch) {
-            // Its own epoch was the oldest and went at once: it will count as seen from now on.
-            (_, true) => Sight::Forgotten,
-            (true, false) => Sight::First,
-            (false, false) => Sight::Again,
+        if first {
+            Sight::First
+        } else {
+            Sight::Again
         }
     }
 
     /// True if `id` of `from` was recorded (or counts as seen), without recording it.
     pub fn seen(&self, from: &str, id: MessageId) -> bool {
         self.senders.get(from).is_some_and(|s| {
-            s.forgotten_up_to >= id.epoch
+            s.forgotten.contains(&id.epoch)
                 || s.epochs.get(&id.epoch).is_some_and(|r| r.contains(id.seq))
         })
     }
@@ -150,7 +182,8 @@ impl Dedup {
         self.senders.retain(|name, _| keep(name));
     }
 
-    /// `{"<sender>": {"forgotten_up_to": n, "epochs": {"<epoch>": "<ranges text>"}}}` plus the
+    /// `{"<sender>": {"forgotten": [epoch, ..], "epochs": {"<epoch>": "<ranges text>"}, "recent":
+    /// [epoch, ..]}}` (`recent`: least recently seen first) plus the
     /// counts under `"$forgotten"` (not a user name: Twister names are `a-z 0-9 _`).
     pub fn to_json(&self) -> Value {
         let mut out = Map::new();
@@ -160,10 +193,12 @@ impl Dedup {
                 .iter()
                 .map(|(e, r)| (e.to_string(), Value::String(r.to_text())))
                 .collect();
-            out.insert(
-                name.clone(),
-                json!({"forgotten_up_to": s.forgotten_up_to, "epochs": epochs}),
-            );
+            out.insert(name.clone(), {
+                let mut recent: Vec<(u64, u64)> = s.touched.iter().map(|(e, t)| (*t, *e)).collect();
+                recent.sort_unstable();
+                let recent: Vec<u64> = recent.into_iter().map(|(_, e)| e).collect();
+                json!({"forgotten": s.forgotten, "epochs": epochs, "recent": recent})
+            });
         }
         out.insert(
             "$forgotten".into(),
@@ -186,9 +221,17 @@ impl Dedup {
                 continue;
             }
             let mut s = Sender {
-                forgotten_up_to: entry["forgotten_up_to"].as_u64().unwrap_or(0),
+                forgotten: entry["forgotten"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64)
+                    .collect(),
                 ..Sender::default()
             };
+            while s.forgotten.len() > FORGOTTEN_EPOCHS {
+                s.forgotten.pop_first();
+            }
             for (epoch, text) in entry["epochs"].as_object().into_iter().flatten() {
                 let (Ok(epoch), Some(text)) = (epoch.parse::<u64>(), text.as_str()) else {
                     continue;
@@ -201,11 +244,17 @@ impl Dedup {
                 set.merge(&read);
                 s.epochs.insert(epoch, set);
             }
-            while s.epochs.len() > d.limits.epochs {
-                if let Some((oldest, _)) = s.epochs.pop_first() {
-                    s.forgotten_up_to = s.forgotten_up_to.max(oldest);
+            for e in entry["recent"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+            {
+                if s.epochs.contains_key(&e) {
+                    s.touch(e);
                 }
             }
+            while s.epochs.len() > d.limits.epochs && s.forget_oldest() {}
             d.senders.insert(name.clone(), s);
         }
         d
@@ -242,7 +291,7 @@ mod tests {
         d.check("bob", id(5, u64::MAX));
         let text = d.to_json().to_string();
         let mut back = Dedup::from_json(&serde_json::from_str(&text).unwrap(), Limits::default());
-        assert_eq!(back, d);
+        assert_eq!(back.to_json(), d.to_json());
         for seq in 1..=1000 {
             let expected = if seq % 3 == 0 {
                 Sight::First
@@ -283,10 +332,21 @@ mod tests {
         }
         let f = d.forgotten();
         assert!(f.epochs > 0 && f.absorbed > 0, "{f:?}");
-        assert!(d.to_json().to_string().len() < 3 * 16 * 12 + 200);
-        // An epoch at or below the newest forgotten one is never injected again.
-        assert_eq!(d.check("mallory", id(100, 1)), Sight::Forgotten);
-        assert_eq!(d.check("mallory", id(1, 1)), Sight::Forgotten);
+        // An epoch forgotten is never injected again; one never seen is new, however old.
+        let forgotten = (100..140)
+            .find(|e| d.ranges("mallory", *e).is_none())
+            .unwrap();
+        assert_eq!(d.check("mallory", id(forgotten, 1)), Sight::Forgotten);
+        assert_eq!(d.check("mallory", id(1, 1)), Sight::First);
+        for i in 0..1000 {
+            d.check("mallory", id(1_000 + i, 1));
+        }
+        let text = d.to_json().to_string();
+        assert!(
+            text.len() < 3 * 16 * 12 + FORGOTTEN_EPOCHS * 8 + 300,
+            "{}",
+            text.len()
+        );
     }
 
     #[test]
@@ -309,5 +369,30 @@ mod tests {
                 assert!(small.seen("alice", MessageId { epoch, seq }));
             }
         }
+    }
+
+    #[test]
+    fn a_sender_whose_clock_went_back_is_not_taken_for_a_forgotten_epoch() {
+        let limits = Limits {
+            ranges: 16,
+            epochs: 3,
+        };
+        let mut d = Dedup::new(limits);
+        for epoch in [100, 101, 102] {
+            assert_eq!(d.check("alice", id(epoch, 1)), Sight::First);
+        }
+        // A new run with an epoch below every one kept: new, and it stays (the least recently seen
+        // epoch, 100, is the one forgotten).
+        for seq in 1..=5 {
+            assert_eq!(d.check("alice", id(50, seq)), Sight::First);
+        }
+        assert_eq!(d.check("alice", id(50, 3)), Sight::Again);
+        assert_eq!(d.check("alice", id(100, 2)), Sight::Forgotten);
+        assert_eq!(d.check("alice", id(101, 1)), Sight::Again);
+        // The order survives a restart: 102 is now the least recently seen.
+        let mut back = Dedup::from_json(&d.to_json(), limits);
+        assert_eq!(back.check("alice", id(103, 1)), Sight::First);
+        assert_eq!(back.check("alice", id(102, 1)), Sight::Forgotten);
+        assert_eq!(back.check("alice", id(50, 5)), Sight::Again);
     }
 }
