@@ -233,7 +233,12 @@ impl Worker {
         self.receipts.late |= !due.resends.is_empty();
         for resend in due.resends {
             let item = self.outbox.prepare(resend.message, Some(resend.id));
-            self.outbox.push(item, resend.to, now);
+            // A DM to a receiver that missed a message may use the budget's reserve; a public post
+            // again waits for ordinary posts like the first one did.
+            match resend.to {
+                Some(to) => self.outbox.push_reserved(item, Some(to), now),
+                None => self.outbox.push(item, None, now),
+            }
         }
         let released = self.receipts.tracker.take_released();
         self.release(&released);
