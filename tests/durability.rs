@@ -3,7 +3,7 @@
 //! exactly once: what is sent again carries its first id and the receiver drops duplicates.
 
 use mqtt_twister_harness::*;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,49 +15,6 @@ const T: Duration = Duration::from_secs(30);
 /// beyond 20 in flight per client) drops the rest of a replayed burst at the subscriber, not in the
 /// relay.
 const RECEIVER_QUEUE: &str = "max_queued_messages 0";
-
-/// Publishes "0", "1", ... at QoS 1 on `topic`, each after the PUBACK of the one before, until
-/// `total` are acknowledged or the connection breaks. `acked` counts the acknowledged ones: exactly
-/// "0".."acked-1". `at(i)` runs just after message `i` is sent, before its PUBACK (to kill something
-/// mid-stream).
-fn publish_acknowledged(
-    port: u16,
-    topic: &str,
-    total: usize,
-    acked: Arc<AtomicUsize>,
-    at: impl Fn(usize),
-) {
-    let mut opts = MqttOptions::new(format!("publisher-{port}"), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut connection) = Client::new(opts, 10);
-    let (tx, acks) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for event in connection.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    if tx.send(()).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return, // the broker is gone: no further acknowledgement
-            }
-        }
-    });
-    for i in 0..total {
-        if client
-            .publish(topic, QoS::AtLeastOnce, false, i.to_string())
-            .is_err()
-        {
-            return;
-        }
-        at(i);
-        if acks.recv_timeout(T).is_err() {
-            return;
-        }
-        acked.store(i + 1, Ordering::SeqCst);
-    }
-}
 
 /// Counts how many times each number arrives on `fwd/n` at `sub` until every one below `n` has (or
 /// 90 s pass), then what else arrives within a short while (late duplicates). Other topics (a
@@ -217,7 +174,7 @@ on_both_brokers! {
             let (acked, port) = (acked.clone(), a.port);
             // Killed mid-stream: some messages posted, some queued, one in flight.
             std::thread::spawn(move || {
-                publish_acknowledged(port, "fwd/n", usize::MAX, acked, |i| {
+                publish_acknowledged(port, &format!("publisher-{port}"), "fwd/n", usize::MAX, &acked, |i| {
                     if i == 1000 {
                         signal(a_pid, libc::SIGKILL);
                     }
@@ -270,7 +227,7 @@ on_both_brokers! {
         let publisher = {
             let (acked, port) = (acked.clone(), a.port);
             std::thread::spawn(move || {
-                publish_acknowledged(port, "fwd/n", n, acked, |i| {
+                publish_acknowledged(port, &format!("publisher-{port}"), "fwd/n", n, &acked, |i| {
                     if i == kill_at {
                         signal(node_pid, libc::SIGKILL);
                         let _ = killed.send(());

@@ -1,63 +1,17 @@
 //! The crash-safe spool (`plugin_opt_spool_dir`): what a broker acknowledged survives its kill -9.
 
 use mqtt_twister_harness::*;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
-
-/// Publishes "0", "1", ... at QoS 1 on `topic`, each after the PUBACK of the one before, until the
-/// connection breaks. `acked` counts the acknowledged ones: exactly "0".."acked-1". `kill` is sent
-/// while message `kill_at` is in flight.
-fn publish_acknowledged(
-    port: u16,
-    topic: &str,
-    acked: Arc<AtomicUsize>,
-    kill_at: usize,
-    kill: Sender<()>,
-) {
-    let mut opts = MqttOptions::new("spool-publisher", "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut connection) = Client::new(opts, 10);
-    let (tx, acks) = channel();
-    std::thread::spawn(move || {
-        for event in connection.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    if tx.send(()).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return, // the broker is gone: no further acknowledgement
-            }
-        }
-    });
-    let mut i = 0usize;
-    loop {
-        if client
-            .publish(topic, QoS::AtLeastOnce, false, i.to_string())
-            .is_err()
-        {
-            return;
-        }
-        if i == kill_at {
-            let _ = kill.send(());
-        }
-        if acks.recv_timeout(T).is_err() {
-            return;
-        }
-        i += 1;
-        acked.store(i, Ordering::SeqCst);
-    }
-}
 
 /// How many times each number arrived.
 fn tally(
@@ -108,7 +62,14 @@ on_both_brokers! {
         let (kill, killing) = channel();
         let publisher = {
             let (acked, port) = (acked.clone(), a.port);
-            std::thread::spawn(move || publish_acknowledged(port, "stream/n", acked, 300, kill))
+            // `kill` is sent while message 300 is in flight.
+            std::thread::spawn(move || {
+                publish_acknowledged(port, "spool-publisher", "stream/n", usize::MAX, &acked, |i| {
+                    if i == 300 {
+                        let _ = kill.send(());
+                    }
+                })
+            })
         };
         killing.recv_timeout(T).expect("300 messages acknowledged by A");
         let a_port = a.port;

@@ -135,3 +135,47 @@ impl Mqtt {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Publishes "0", "1", ... at QoS 1 on `topic` as client `id`, each after the PUBACK of the one
+/// before, until `total` are acknowledged or the connection breaks (a killed broker ends it quietly).
+/// `acked` counts the acknowledged ones: exactly "0".."acked-1". `at(i)` runs just after message `i`
+/// is sent, before its PUBACK (to kill something mid-stream).
+pub fn publish_acknowledged(
+    port: u16,
+    id: &str,
+    topic: &str,
+    total: usize,
+    acked: &std::sync::atomic::AtomicUsize,
+    mut at: impl FnMut(usize),
+) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(opts, 10);
+    let (tx, pubacks) = channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return, // the broker is gone: no further acknowledgement
+            }
+        }
+    });
+    for i in 0..total {
+        if client
+            .publish(topic, QoS::AtLeastOnce, false, i.to_string())
+            .is_err()
+        {
+            return;
+        }
+        at(i);
+        if pubacks.recv_timeout(Duration::from_secs(30)).is_err() {
+            return;
+        }
+        acked.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
