@@ -4,8 +4,6 @@
 
 use mqtt_twister_harness::*;
 use rumqttc::QoS;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -223,17 +221,14 @@ on_both_brokers! {
         let mut raw = RawMqtt::connect(p.a.port, "dup-pub", false);
         raw.publish_qos2(7, "q/once", b"exactly once", true);
         raw.expect(0x50, 7, "PUBREC of the retransmission");
-        raw.send(&[0x62, 0x02, 0, 7]);
-        raw.expect(0x70, 7, "PUBCOMP");
+        raw.release(7);
         // Something new after it, identical content included, is forwarded.
         raw.publish_qos2(8, "q/once", b"exactly once", false);
         raw.expect(0x50, 8, "PUBREC");
-        raw.send(&[0x62, 0x02, 0, 8]);
-        raw.expect(0x70, 8, "PUBCOMP");
+        raw.release(8);
         raw.publish_qos2(9, "q/end", b"end", false);
         raw.expect(0x50, 9, "PUBREC");
-        raw.send(&[0x62, 0x02, 0, 9]);
-        raw.expect(0x70, 9, "PUBCOMP");
+        raw.release(9);
 
         let far_got = receive_until(&far, "end", T);
         let local_got = receive_until(&local, "end", T);
@@ -403,134 +398,5 @@ impl Resuming {
         self.subacks
             .recv_timeout(Duration::from_secs(10))
             .expect("SUBACK");
-    }
-}
-
-/// A few bytes of MQTT 3.1.1 over TCP, to send what a library would not (a DUP retransmission).
-struct RawMqtt {
-    stream: TcpStream,
-}
-
-impl RawMqtt {
-    fn connect(port: u16, id: &str, clean: bool) -> RawMqtt {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut raw = RawMqtt { stream };
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
-        body.push(if clean { 0x02 } else { 0x00 });
-        body.extend_from_slice(&[0, 60]);
-        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        body.extend_from_slice(id.as_bytes());
-        raw.packet(0x10, &body);
-        let (kind, rest) = raw.read();
-        assert_eq!((kind, rest.get(1)), (0x20, Some(&0)), "CONNACK accepted");
-        raw
-    }
-
-    /// MQTT 5, clean start off, with a session expiry interval.
-    fn connect_v5(port: u16, id: &str, session_expiry: u32) -> RawMqtt {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut raw = RawMqtt { stream };
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 60];
-        body.extend_from_slice(&[5, 0x11]); // properties: session expiry interval
-        body.extend_from_slice(&session_expiry.to_be_bytes());
-        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        body.extend_from_slice(id.as_bytes());
-        raw.packet(0x10, &body);
-        let (kind, rest) = raw.read();
-        assert_eq!((kind, rest.get(1)), (0x20, Some(&0)), "CONNACK accepted");
-        raw
-    }
-
-    fn subscribe_v5(&mut self, mid: u16, filter: &str) {
-        let mut body = mid.to_be_bytes().to_vec();
-        body.push(0); // no properties
-        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-        body.extend_from_slice(filter.as_bytes());
-        body.push(0x01); // QoS 1
-        self.packet(0x82, &body);
-        let (kind, rest) = self.read();
-        assert_eq!(
-            (kind, rest.last()),
-            (0x90, Some(&0x01)),
-            "SUBACK granted QoS 1"
-        );
-    }
-
-    fn packet(&mut self, header: u8, body: &[u8]) {
-        let mut p = vec![header];
-        let mut len = body.len();
-        loop {
-            let mut byte = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                byte |= 0x80;
-            }
-            p.push(byte);
-            if len == 0 {
-                break;
-            }
-        }
-        p.extend_from_slice(body);
-        self.send(&p);
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn subscribe(&mut self, mid: u16, filter: &str) {
-        let mut body = mid.to_be_bytes().to_vec();
-        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-        body.extend_from_slice(filter.as_bytes());
-        body.push(0x01); // QoS 1
-        self.packet(0x82, &body);
-        let (kind, rest) = self.read();
-        assert_eq!(
-            (kind, rest.last()),
-            (0x90, Some(&0x01)),
-            "SUBACK granted QoS 1"
-        );
-    }
-
-    fn publish_qos2(&mut self, mid: u16, topic: &str, payload: &[u8], dup: bool) {
-        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-        body.extend_from_slice(topic.as_bytes());
-        body.extend_from_slice(&mid.to_be_bytes());
-        body.extend_from_slice(payload);
-        self.packet(if dup { 0x3C } else { 0x34 }, &body);
-    }
-
-    /// The next packet: its type byte and body.
-    fn read(&mut self) -> (u8, Vec<u8>) {
-        let mut byte = [0u8; 1];
-        self.stream.read_exact(&mut byte).unwrap();
-        let kind = byte[0];
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            self.stream.read_exact(&mut byte).unwrap();
-            len |= ((byte[0] & 0x7F) as usize) << shift;
-            shift += 7;
-            if byte[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).unwrap();
-        (kind, body)
-    }
-
-    fn expect(&mut self, kind: u8, mid: u16, what: &str) {
-        let (k, body) = self.read();
-        assert_eq!(
-            (k & 0xF0, body.get(..2)),
-            (kind, Some(&mid.to_be_bytes()[..])),
-            "{what}"
-        );
     }
 }

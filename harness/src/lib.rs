@@ -11,10 +11,12 @@ mod devnode;
 pub mod hosts;
 mod mqtt;
 mod posts;
+mod raw_mqtt;
 pub use broker::*;
 pub use devnode::*;
 pub use mqtt::*;
 pub use posts::readable_posts;
+pub use raw_mqtt::RawMqtt;
 
 pub const RPC_USER: &str = "test";
 pub const RPC_PASSWORD: &str = "test-secret";

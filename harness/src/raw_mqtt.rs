@@ -1,0 +1,146 @@
+//! A few bytes of MQTT over TCP, to send what a library would not (a DUP retransmission, an MQTT 5
+//! session expiry) and read exactly what the broker answers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// An MQTT 3.1.1 (or 5, `connect_v5`) client on a plain socket; reads time out after 10 s.
+pub struct RawMqtt {
+    stream: TcpStream,
+}
+
+impl RawMqtt {
+    fn open(port: u16) -> RawMqtt {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawMqtt { stream }
+    }
+
+    /// MQTT 3.1.1, keep alive 60 s; asserts the CONNACK accepted it.
+    pub fn connect(port: u16, id: &str, clean: bool) -> RawMqtt {
+        let mut raw = Self::open(port);
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+        body.push(if clean { 0x02 } else { 0x00 });
+        body.extend_from_slice(&[0, 60]);
+        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        body.extend_from_slice(id.as_bytes());
+        raw.packet(0x10, &body);
+        raw.expect_connack();
+        raw
+    }
+
+    /// MQTT 5, clean start off, with a session expiry interval.
+    pub fn connect_v5(port: u16, id: &str, session_expiry: u32) -> RawMqtt {
+        let mut raw = Self::open(port);
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 60];
+        body.extend_from_slice(&[5, 0x11]); // properties: session expiry interval
+        body.extend_from_slice(&session_expiry.to_be_bytes());
+        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        body.extend_from_slice(id.as_bytes());
+        raw.packet(0x10, &body);
+        raw.expect_connack();
+        raw
+    }
+
+    fn expect_connack(&mut self) {
+        let (kind, rest) = self.read();
+        assert_eq!((kind, rest.get(1)), (0x20, Some(&0)), "CONNACK accepted");
+    }
+
+    /// SUBSCRIBE at QoS 1 (MQTT 3.1.1); asserts the SUBACK granted QoS 1.
+    pub fn subscribe(&mut self, mid: u16, filter: &str) {
+        self.subscribe_with(mid, filter, &[]);
+    }
+
+    /// SUBSCRIBE at QoS 1 with no properties (MQTT 5); asserts the SUBACK granted QoS 1.
+    pub fn subscribe_v5(&mut self, mid: u16, filter: &str) {
+        self.subscribe_with(mid, filter, &[0]);
+    }
+
+    fn subscribe_with(&mut self, mid: u16, filter: &str, properties: &[u8]) {
+        let mut body = mid.to_be_bytes().to_vec();
+        body.extend_from_slice(properties);
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter.as_bytes());
+        body.push(0x01); // QoS 1
+        self.packet(0x82, &body);
+        let (kind, rest) = self.read();
+        assert_eq!(
+            (kind, rest.last()),
+            (0x90, Some(&0x01)),
+            "SUBACK granted QoS 1"
+        );
+    }
+
+    /// Sends a packet: `header`, the remaining length, `body`.
+    pub fn packet(&mut self, header: u8, body: &[u8]) {
+        let mut p = vec![header];
+        let mut len = body.len();
+        loop {
+            let mut byte = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                byte |= 0x80;
+            }
+            p.push(byte);
+            if len == 0 {
+                break;
+            }
+        }
+        p.extend_from_slice(body);
+        self.send(&p);
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// PUBLISH at QoS 2 with packet id `mid`, the DUP flag set when `dup`.
+    pub fn publish_qos2(&mut self, mid: u16, topic: &str, payload: &[u8], dup: bool) {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&mid.to_be_bytes());
+        body.extend_from_slice(payload);
+        self.packet(if dup { 0x3C } else { 0x34 }, &body);
+    }
+
+    /// The next packet: its type byte and body.
+    pub fn read(&mut self) -> (u8, Vec<u8>) {
+        let mut byte = [0u8; 1];
+        self.stream.read_exact(&mut byte).unwrap();
+        let kind = byte[0];
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            self.stream.read_exact(&mut byte).unwrap();
+            len |= ((byte[0] & 0x7F) as usize) << shift;
+            shift += 7;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).unwrap();
+        (kind, body)
+    }
+
+    /// Asserts the next packet is of type `kind` (high nibble) for packet id `mid`.
+    pub fn expect(&mut self, kind: u8, mid: u16, what: &str) {
+        let (k, body) = self.read();
+        assert_eq!(
+            (k & 0xF0, body.get(..2)),
+            (kind, Some(&mid.to_be_bytes()[..])),
+            "{what}"
+        );
+    }
+
+    /// PUBREL, then PUBCOMP.
+    pub fn release(&mut self, mid: u16) {
+        let [hi, lo] = mid.to_be_bytes();
+        self.send(&[0x62, 0x02, hi, lo]);
+        self.expect(0x70, mid, "PUBCOMP");
+    }
+}
