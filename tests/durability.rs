@@ -84,23 +84,67 @@ fn messages_posted(node: &DevNode) -> Vec<usize> {
     out
 }
 
+/// A (alice, publishing fwd/# through a spool, plus `a_extra`) and B (bob, subscribing to fwd/# and
+/// queueing every message for its subscriber, plus `b_extra`), both ready, and B's clean subscriber
+/// `sub_id` on fwd/#.
+fn alice_spooling_to_bob(
+    node: &DevNode,
+    d: &std::path::Path,
+    a_extra: &[&str],
+    b_extra: &[&str],
+    sub_id: &str,
+) -> (Broker, Broker, Mqtt) {
+    let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
+    let a_lines = [
+        &["plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool][..],
+        a_extra,
+    ]
+    .concat();
+    let b_lines = [
+        &[
+            "plugin_opt_follow alice",
+            "plugin_opt_subscribe fwd/#",
+            RECEIVER_QUEUE,
+        ][..],
+        b_extra,
+    ]
+    .concat();
+    let a = Broker::start(d, "a", &plugin_conf(node, d, "alice", &a_lines));
+    let b = Broker::start(d, "b", &plugin_conf(node, d, "bob", &b_lines));
+    a.wait_ready();
+    b.wait_ready();
+    let sub = Mqtt::connect(b.port, sub_id, true);
+    assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+    (a, b, sub)
+}
+
+/// Makes the dev node forget alice's newest two posts (twisterd killed just after storing them);
+/// their numbers.
+fn forget_alices_newest_two(node: &DevNode) -> Vec<i64> {
+    let forgotten = node.ok("devnode_fault", json!([{"forget_newest": {"alice": 2}}]));
+    forgotten["forgotten"]["alice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_i64().unwrap())
+        .collect()
+}
+
+/// How many posts of alice the node holds under number `k`.
+fn alices_posts_numbered(node: &DevNode, k: i64) -> usize {
+    let p = node.ok(
+        "getposts",
+        json!([1, [{"username": "alice", "max_id": k, "since_id": k - 1}]]),
+    );
+    p.as_array().map_or(0, Vec::len)
+}
+
 on_both_brokers! {
     fn posts_twisterd_forgets_are_posted_again_under_new_numbers() {
         let node = DevNode::start();
         let dir = workdir();
         let d = dir.path();
-        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
-        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &[
-            "plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool,
-            "plugin_opt_release_hold_ms 60000",
-        ]));
-        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &[
-            "plugin_opt_follow alice", "plugin_opt_subscribe fwd/#", RECEIVER_QUEUE,
-        ]));
-        a.wait_ready();
-        b.wait_ready();
-        let sub = Mqtt::connect(b.port, "durable-sub", true);
-        assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+        let (a, b, sub) = alice_spooling_to_bob(&node, d, &["plugin_opt_release_hold_ms 60000"], &[], "durable-sub");
         let publisher = Mqtt::connect(a.port, "durable-pub", true);
         publisher.publish("fwd/warm", b"up", QoS::AtLeastOnce, false);
         sub.expect(T, "the warm-up message: B reads alice");
@@ -118,14 +162,7 @@ on_both_brokers! {
             });
         }
         let last_before = node.ok("getlasthave", json!(["bob"]))["alice"].as_i64().unwrap();
-        // twisterd killed right after storing its newest two posts: they are gone from it.
-        let forgotten = node.ok("devnode_fault", json!([{"forget_newest": {"alice": 2}}]));
-        let forgotten: Vec<i64> = forgotten["forgotten"]["alice"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_i64().unwrap())
-            .collect();
+        let forgotten = forget_alices_newest_two(&node);
         assert_eq!(forgotten, [last_before, last_before - 1]);
         let missing = n - messages_posted(&node).len();
         assert!(missing > 0, "the forgotten posts carried messages");
@@ -137,8 +174,7 @@ on_both_brokers! {
         let last_after = node.ok("getlasthave", json!(["bob"]))["alice"].as_i64().unwrap();
         assert!(last_after > last_before, "new numbers: {last_after} after {last_before}");
         for k in &forgotten {
-            let p = node.ok("getposts", json!([1, [{"username": "alice", "max_id": k, "since_id": k - 1}]]));
-            assert_eq!(p.as_array().map_or(0, Vec::len), 0, "post {k} stays unused");
+            assert_eq!(alices_posts_numbered(&node, *k), 0, "post {k} stays unused");
         }
 
         signal(b.pid(), libc::SIGCONT);
@@ -156,17 +192,7 @@ on_both_brokers! {
         let node = DevNode::start();
         let dir = workdir();
         let d = dir.path();
-        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
-        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &[
-            "plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool,
-        ]));
-        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &[
-            "plugin_opt_follow alice", "plugin_opt_subscribe fwd/#", RECEIVER_QUEUE,
-        ]));
-        a.wait_ready();
-        b.wait_ready();
-        let sub = Mqtt::connect(b.port, "kill-sub", true);
-        assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+        let (a, _b, sub) = alice_spooling_to_bob(&node, d, &[], &[], "kill-sub");
 
         let acked = Arc::new(AtomicUsize::new(0));
         let a_pid = a.pid();
@@ -205,19 +231,8 @@ on_both_brokers! {
         let mut node = DevNode::start_with(&["-blockinterval=0.2", &datadir], 0);
         let dir = workdir();
         let d = dir.path();
-        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
-        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &[
-            "plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool,
-            "plugin_opt_rpc_timeout_ms 1000",
-        ]));
-        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &[
-            "plugin_opt_follow alice", "plugin_opt_subscribe fwd/#", RECEIVER_QUEUE,
-            "plugin_opt_rpc_timeout_ms 1000",
-        ]));
-        a.wait_ready();
-        b.wait_ready();
-        let sub = Mqtt::connect(b.port, "node-kill-sub", true);
-        assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+        let rpc_timeout = "plugin_opt_rpc_timeout_ms 1000";
+        let (a, b, sub) = alice_spooling_to_bob(&node, d, &[rpc_timeout], &[rpc_timeout], "node-kill-sub");
 
         let n = 2000;
         let kill_at = 500;
@@ -295,18 +310,7 @@ on_both_brokers! {
         let node = DevNode::start();
         let dir = workdir();
         let d = dir.path();
-        let spool = format!("plugin_opt_spool_dir {}/spool-a", d.display());
-        let a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &[
-            "plugin_opt_follow bob", "plugin_opt_publish fwd/#", &spool,
-            "plugin_opt_release_hold_ms 60000",
-        ]));
-        let b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &[
-            "plugin_opt_follow alice", "plugin_opt_subscribe fwd/#", RECEIVER_QUEUE,
-        ]));
-        a.wait_ready();
-        b.wait_ready();
-        let sub = Mqtt::connect(b.port, "restart-sub", true);
-        assert!(sub.subscribe("fwd/#", QoS::AtLeastOnce));
+        let (a, b, sub) = alice_spooling_to_bob(&node, d, &["plugin_opt_release_hold_ms 60000"], &[], "restart-sub");
         let publisher = Mqtt::connect(a.port, "restart-pub", true);
         publisher.publish("fwd/warm", b"up", QoS::AtLeastOnce, false);
         sub.expect(T, "the warm-up message");
@@ -331,13 +335,7 @@ on_both_brokers! {
         }
         let a_port = a.port;
         drop(a); // SIGKILL
-        let forgotten = node.ok("devnode_fault", json!([{"forget_newest": {"alice": 2}}]));
-        let forgotten: Vec<i64> = forgotten["forgotten"]["alice"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_i64().unwrap())
-            .collect();
+        let forgotten = forget_alices_newest_two(&node);
         assert!(forgotten.iter().all(|k| *k > warm), "{forgotten:?} after {warm}");
         std::fs::write(&state, stale).unwrap();
 
@@ -349,8 +347,7 @@ on_both_brokers! {
             (0..n).all(|i| posted.contains(&i)).then_some(())
         });
         for k in &forgotten {
-            let p = node.ok("getposts", json!([1, [{"username": "alice", "max_id": k, "since_id": k - 1}]]));
-            assert_eq!(p.as_array().map_or(0, Vec::len), 0, "post {k}, forgotten by twisterd, stays unused");
+            assert_eq!(alices_posts_numbered(&node, *k), 0, "post {k}, forgotten by twisterd, stays unused");
         }
         let counts = tally(&sub, n);
         let (lost, duplicated) = lost_and_duplicated(&counts, n);
