@@ -26,19 +26,7 @@ pub fn p7(ctx: &mut Ctx, args: &Args, report: &mut Report) {
                     &["plugin_opt_publish bench/#", &spool],
                 ),
             };
-            let sub = Mqtt::connect(broker.port, "bench-sub", true);
-            assert!(sub.subscribe("bench/#", qos));
-            let (rate, got) = publish_and_count(
-                broker.port,
-                &sub,
-                "bench",
-                args.messages,
-                qos,
-                Duration::from_secs(60),
-            );
-            if got < args.messages {
-                eprintln!("  {name}: received {got} of {}", args.messages);
-            }
+            let rate = local_rate(&broker, &name, args.messages, qos);
             [&mut plain, &mut spool_off, &mut spool_on][setup].push(rate);
         }
     }

@@ -234,19 +234,7 @@ fn p1(ctx: &mut Ctx, args: &Args, report: &mut Report) {
                     ),
                     _ => plugin_broker(ctx, &name, &ctx.user("u"), &["plugin_opt_publish bench/#"]),
                 };
-                let sub = Mqtt::connect(broker.port, "bench-sub", true);
-                assert!(sub.subscribe("bench/#", qos));
-                let (rate, got) = publish_and_count(
-                    broker.port,
-                    &sub,
-                    "bench",
-                    args.messages,
-                    qos,
-                    Duration::from_secs(60),
-                );
-                if got < args.messages {
-                    eprintln!("  {name}: received {got} of {}", args.messages);
-                }
+                let rate = local_rate(&broker, &name, args.messages, qos);
                 [&mut plain, &mut nomatch, &mut forward][setup].push(rate);
             }
         }
@@ -281,27 +269,55 @@ fn p1(ctx: &mut Ctx, args: &Args, report: &mut Report) {
     }
 }
 
+/// Messages/second `broker`'s local subscriber on bench/# receives of `messages` published on it
+/// at `qos` (a shortfall is said, under `name`).
+fn local_rate(broker: &Broker, name: &str, messages: usize, qos: QoS) -> f64 {
+    let sub = Mqtt::connect(broker.port, "bench-sub", true);
+    assert!(sub.subscribe("bench/#", qos));
+    let (rate, got) = publish_and_count(
+        broker.port,
+        &sub,
+        "bench",
+        messages,
+        qos,
+        Duration::from_secs(60),
+    );
+    if got < messages {
+        eprintln!("  {name}: received {got} of {messages}");
+    }
+    rate
+}
+
 /// Relay A -> B through the dev node: the brokers and their Twister users.
 fn relay_pair(ctx: &mut Ctx, name: &str, poll_ms: u64) -> (Broker, Broker, String, String) {
     let (a_user, b_user) = (ctx.user("ra"), ctx.user("rb"));
     let poll = format!("plugin_opt_poll_interval_ms {poll_ms}");
-    let a = plugin_broker(
-        ctx,
-        &format!("{name}-a"),
-        &a_user,
+    relay_pair_of(ctx, name, (a_user, b_user), &[&poll], &[&poll])
+}
+
+/// A (`users.0`, publishing bench/# with a 10 ms batch delay, following B) and B (`users.1`,
+/// following A), each with its `extra` configuration lines; the brokers and their users.
+fn relay_pair_of(
+    ctx: &mut Ctx,
+    name: &str,
+    (a_user, b_user): (String, String),
+    a_extra: &[&str],
+    b_extra: &[&str],
+) -> (Broker, Broker, String, String) {
+    let follow_b = format!("plugin_opt_follow {b_user}");
+    let a_lines = [
         &[
             "plugin_opt_publish bench/#",
-            &format!("plugin_opt_follow {b_user}"),
+            &follow_b,
             "plugin_opt_batch_delay_ms 10",
-            &poll,
-        ],
-    );
-    let b = plugin_broker(
-        ctx,
-        &format!("{name}-b"),
-        &b_user,
-        &[&format!("plugin_opt_follow {a_user}"), &poll],
-    );
+        ][..],
+        a_extra,
+    ]
+    .concat();
+    let a = plugin_broker(ctx, &format!("{name}-a"), &a_user, &a_lines);
+    let follow_a = format!("plugin_opt_follow {a_user}");
+    let b_lines = [&[follow_a.as_str()][..], b_extra].concat();
+    let b = plugin_broker(ctx, &format!("{name}-b"), &b_user, &b_lines);
     (a, b, a_user, b_user)
 }
 

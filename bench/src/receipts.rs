@@ -13,28 +13,9 @@ use super::*;
 /// Default receipt settings (written and read every second).
 fn receipt_pair(ctx: &mut Ctx, name: &str) -> (Broker, Broker, String, String) {
     let (a_user, b_user) = (ctx.user("ka"), ctx.user("kb"));
-    let a = plugin_broker(
-        ctx,
-        &format!("{name}-a"),
-        &a_user,
-        &[
-            "plugin_opt_publish bench/#",
-            &format!("plugin_opt_follow {b_user}"),
-            &format!("plugin_opt_receivers {b_user}"),
-            "plugin_opt_batch_delay_ms 10",
-            "plugin_opt_poll_interval_ms 50",
-        ],
-    );
-    let b = plugin_broker(
-        ctx,
-        &format!("{name}-b"),
-        &b_user,
-        &[
-            &format!("plugin_opt_follow {a_user}"),
-            "plugin_opt_poll_interval_ms 50",
-        ],
-    );
-    (a, b, a_user, b_user)
+    let receivers = format!("plugin_opt_receivers {b_user}");
+    let poll = "plugin_opt_poll_interval_ms 50";
+    relay_pair_of(ctx, name, (a_user, b_user), &[&receivers, poll], &[poll])
 }
 
 /// How many seqs a `crate::ranges` text holds (`gap[+extra]` in base 36, comma separated).
