@@ -279,16 +279,8 @@ on_both_brokers! {
         );
         let sub = Mqtt::connect(pair.b.port, "big-sub", true);
         assert!(sub.subscribe("big/#", QoS::AtLeastOnce));
-        // Bytes that do not compress (splitmix64): ~150 fragments.
-        let mut x: u64 = 7;
-        let payload: Vec<u8> = (0..200 * 1024)
-            .map(|_| {
-                x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = x;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                (z ^ (z >> 31)) as u8
-            })
-            .collect();
+        // Bytes that do not compress: ~150 fragments.
+        let payload = mqtt_twister_wire::Rng(7).bytes_exact(200 * 1024);
         let publisher = Mqtt::connect(pair.a.port, "big-pub", true);
         publisher.publish("big/blob", &payload, QoS::AtLeastOnce, false);
         let got = sub.expect(Duration::from_secs(120), "the 200 KB message on B");

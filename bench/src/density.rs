@@ -9,26 +9,11 @@
 //! message must arrive at a second broker (the dev node accepted them and the reader decoded them).
 
 use super::*;
-use mqtt_twister_wire::{pack::pack, Options, Record};
+use mqtt_twister_wire::{pack::pack, Options, Record, Rng};
 use twister_rules::{max_post_ascii, PostHeader};
 
 /// Text capacity of a post by a user of 5 characters (the recorded twisterd limit).
 pub const CAPACITY: f64 = 1873.0;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// A building's sensors: 4 floors x 8 zones x 10 kinds = 320 topics, each reporting JSON readings
 /// whose values drift a little between reports.

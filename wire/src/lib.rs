@@ -30,8 +30,11 @@ pub mod batch;
 pub mod compress;
 pub mod dense;
 pub mod pack;
+pub mod rng;
 #[cfg(test)]
 pub(crate) mod testing;
+
+pub use rng::Rng;
 
 /// Start of every v2 text; `{"v":N}` with another N is a later version.
 pub const PREFIX: &str = "{\"v\":2}";

@@ -1,36 +1,7 @@
 //! Seeded randomness for the property tests: the same cases on every run.
 
+pub use crate::Rng;
 use crate::{Fragment, Record};
-
-/// splitmix64.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    pub fn bytes_exact(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    pub fn bytes(&mut self, max: u64) -> Vec<u8> {
-        let n = self.below(max + 1) as usize;
-        self.bytes_exact(n)
-    }
-}
 
 /// A message of any shape: text or binary payload up to `max_payload` bytes, odd topics, flags.
 pub fn random_record(rng: &mut Rng, max_payload: u64) -> Record {

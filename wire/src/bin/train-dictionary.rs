@@ -7,28 +7,12 @@
 //!
 //! Usage: cargo run --release -p mqtt-twister-wire --bin train-dictionary [OUT] [SIZE]
 
-use mqtt_twister_wire::{batch, Record};
+use mqtt_twister_wire::{batch, Record, Rng};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn real(&mut self, lo: f64, hi: f64, decimals: usize) -> String {
-        let v = lo + (hi - lo) * (self.below(1_000_000) as f64 / 1e6);
-        format!("{v:.decimals$}")
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
+/// A decimal in [lo, hi) with `decimals` digits after the point.
+fn real(rng: &mut Rng, lo: f64, hi: f64, decimals: usize) -> String {
+    let v = lo + (hi - lo) * (rng.below(1_000_000) as f64 / 1e6);
+    format!("{v:.decimals$}")
 }
 
 const ROOMS: [&str; 12] = [
@@ -56,9 +40,9 @@ fn message(rng: &mut Rng, t: u64) -> (String, String) {
             format!(
                 r#"{{"battery":{},"humidity":{},"linkquality":{},"temperature":{},"voltage":{}}}"#,
                 60 + rng.below(41),
-                rng.real(20.0, 80.0, 2),
+                real(rng, 20.0, 80.0, 2),
                 rng.below(255),
-                rng.real(-5.0, 35.0, 2),
+                real(rng, -5.0, 35.0, 2),
                 2700 + rng.below(400)
             ),
         ),
@@ -102,15 +86,15 @@ fn message(rng: &mut Rng, t: u64) -> (String, String) {
                 rng.below(24),
                 rng.below(60),
                 rng.below(60),
-                rng.real(0.0, 900.0, 3),
-                rng.real(0.0, 9.0, 3),
-                rng.real(0.0, 9.0, 3),
+                real(rng, 0.0, 900.0, 3),
+                real(rng, 0.0, 9.0, 3),
+                real(rng, 0.0, 9.0, 3),
                 rng.below(2500),
                 rng.below(2600),
                 rng.below(300),
-                rng.real(0.3, 1.0, 2),
+                real(rng, 0.3, 1.0, 2),
                 225 + rng.below(12),
-                rng.real(0.0, 10.0, 3)
+                real(rng, 0.0, 10.0, 3)
             ),
         ),
         4 => (
@@ -144,7 +128,7 @@ fn message(rng: &mut Rng, t: u64) -> (String, String) {
                 rng.below(0xffffff),
                 rng.pick(&["power", "energy"])
             ),
-            rng.real(0.0, 3000.0, 2),
+            real(rng, 0.0, 3000.0, 2),
         ),
         6 => (
             format!(
@@ -159,7 +143,7 @@ fn message(rng: &mut Rng, t: u64) -> (String, String) {
                     "wifi_signal"
                 ])
             ),
-            rng.real(0.0, 1100.0, 1),
+            real(rng, 0.0, 1100.0, 1),
         ),
         7 => (
             format!("owntracks/{}/phone", rng.pick(&["alice", "bob", "carol"])),
@@ -169,8 +153,8 @@ fn message(rng: &mut Rng, t: u64) -> (String, String) {
                 rng.below(400),
                 rng.below(101),
                 rng.pick(&["w", "m"]),
-                rng.real(-60.0, 60.0, 6),
-                rng.real(-120.0, 120.0, 6),
+                real(rng, -60.0, 60.0, 6),
+                real(rng, -120.0, 120.0, 6),
                 time,
                 rng.below(30),
                 rng.below(120)
@@ -188,11 +172,11 @@ fn message(rng: &mut Rng, t: u64) -> (String, String) {
                 rng.below(1000),
                 rng.below(10000),
                 rng.pick(&["running", "idle", "stopped", "error"]),
-                rng.real(20.0, 95.0, 1),
-                rng.real(0.8, 6.5, 2),
-                rng.real(0.0, 12.0, 3),
+                real(rng, 20.0, 95.0, 1),
+                real(rng, 0.8, 6.5, 2),
+                real(rng, 0.0, 12.0, 3),
                 rng.below(3600),
-                rng.real(0.0, 30.0, 2),
+                real(rng, 0.0, 30.0, 2),
                 rng.below(3)
             ),
         ),
@@ -200,7 +184,7 @@ fn message(rng: &mut Rng, t: u64) -> (String, String) {
             format!("homeassistant/sensor/{room}_{n}/state"),
             format!(
                 r#"{{"state":"{}","attributes":{{"unit_of_measurement":"{}","device_class":"{}","friendly_name":"{} {}"}},"last_changed":"2024-05-{:02}T{:02}:{:02}:{:02}.{:06}+00:00"}}"#,
-                rng.real(0.0, 100.0, 1),
+                real(rng, 0.0, 100.0, 1),
                 rng.pick(&["°C", "%", "hPa", "ppm", "lx", "W"]),
                 rng.pick(&[
                     "temperature",

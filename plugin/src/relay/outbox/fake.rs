@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use twister_rules::errors::{too_many_posts, MSG_BAD_POST_SIZE, RPC_INVALID_PARAMS};
 use twister_rules::{max_post_number, PostHeader};
 
+pub(super) use mqtt_twister_wire::Rng;
+
 pub(super) const USER: &str = "alice";
 /// How long confirmed posts are held for reposting.
 pub(super) const HOLD: Duration = Duration::from_secs(60);
@@ -272,39 +274,22 @@ pub(super) fn msg(topic: &str, payload: &[u8]) -> Message {
     }
 }
 
-/// splitmix64: the same cases on every run.
-pub(super) struct Rng(pub(super) u64);
-
-impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub(super) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    pub(super) fn message(&mut self) -> Message {
-        let topic_len = 1 + self.below(60) as usize;
-        let topic: String = (0..topic_len)
-            .map(|_| char::from(b'a' + self.below(26) as u8))
-            .collect();
-        // Mostly small, sometimes near or over one post.
-        let len = match self.below(10) {
-            0 => self.below(2500),
-            _ => self.below(200),
-        } as usize;
-        let payload: Vec<u8> = (0..len).map(|_| self.next() as u8).collect();
-        Message {
-            topic,
-            payload,
-            qos: self.below(3) as u8,
-            retain: self.below(2) == 1,
-        }
+/// A message of random topic, size (mostly small, sometimes near or over one post) and flags.
+pub(super) fn random_message(rng: &mut Rng) -> Message {
+    let topic_len = 1 + rng.below(60) as usize;
+    let topic: String = (0..topic_len)
+        .map(|_| char::from(b'a' + rng.below(26) as u8))
+        .collect();
+    let len = match rng.below(10) {
+        0 => rng.below(2500),
+        _ => rng.below(200),
+    } as usize;
+    let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    Message {
+        topic,
+        payload,
+        qos: rng.below(3) as u8,
+        retain: rng.below(2) == 1,
     }
 }
 

@@ -15,7 +15,7 @@ fn posts_never_exceed_the_limit_and_are_full_at_the_exact_boundary() {
         let mut rng = Rng(seed);
         let mut run = Run::new(WireFormat::V1);
         let to = (seed % 2 == 1).then_some("bob");
-        let sent: Vec<Message> = (0..60).map(|_| rng.message()).collect();
+        let sent: Vec<Message> = (0..60).map(|_| random_message(&mut rng)).collect();
         for m in &sent {
             run.push(m.clone(), to);
         }
@@ -183,7 +183,7 @@ fn v2_posts_never_exceed_the_limit_and_every_message_arrives_in_order() {
         let mut rng = Rng(seed);
         let mut run = Run::new(WireFormat::V2);
         let to = (seed % 2 == 1).then_some("bob");
-        let sent: Vec<Message> = (0..60).map(|_| rng.message()).collect();
+        let sent: Vec<Message> = (0..60).map(|_| random_message(&mut rng)).collect();
         for m in &sent {
             run.push(m.clone(), to);
         }
