@@ -280,6 +280,17 @@ mod tests {
         assert!(Reader { data: &over }.varint().is_err());
     }
 
+    /// The same records without message ids.
+    fn without_ids(records: &[Record]) -> Vec<Record> {
+        records
+            .iter()
+            .map(|r| Record {
+                id: None,
+                ..r.clone()
+            })
+            .collect()
+    }
+
     #[test]
     fn batches_round_trip_and_lengths_add_up() {
         let mut rng = Rng(3);
@@ -287,13 +298,7 @@ mod tests {
             let n = rng.below(20) as usize;
             let records: Vec<Record> = (0..n).map(|_| random_record(&mut rng, 300)).collect();
             let seq = rng.next() >> rng.below(64);
-            let plain: Vec<Record> = records
-                .iter()
-                .map(|r| Record {
-                    id: None,
-                    ..r.clone()
-                })
-                .collect();
+            let plain = without_ids(&records);
             let expected: usize =
                 header_len(seq, n) + records.iter().map(record_len).sum::<usize>();
             assert_eq!(encode(seq, plain.iter()).len(), expected);
@@ -398,13 +403,7 @@ mod tests {
     fn every_truncation_and_bad_field_is_an_error() {
         let mut rng = Rng(11);
         let records: Vec<Record> = (0..5).map(|_| random_record(&mut rng, 40)).collect();
-        let plain: Vec<Record> = records
-            .iter()
-            .map(|r| Record {
-                id: None,
-                ..r.clone()
-            })
-            .collect();
+        let plain = without_ids(&records);
         let data = encode(1, plain.iter());
         for cut in 0..data.len() {
             assert!(decode(&data[..cut]).is_err(), "cut at {cut}");

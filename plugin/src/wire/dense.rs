@@ -75,16 +75,8 @@ pub fn pack<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::json::tests::msg;
     use std::collections::VecDeque;
-
-    fn msg(topic: &str, payload: &[u8], qos: u8, retain: bool) -> Message {
-        Message {
-            topic: topic.into(),
-            payload: payload.into(),
-            qos,
-            retain,
-        }
-    }
 
     #[test]
     fn queued_items_cross_in_one_dense_post_and_read_back() {

@@ -339,4 +339,4 @@ pub(super) fn parse_items(text: &str) -> Result<Vec<Item>, WireError> {
 
 #[cfg(test)]
 #[path = "json_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -1,7 +1,8 @@
 use super::*;
 use crate::wire::{decode, decode_items};
 
-fn msg(topic: &str, payload: &[u8], qos: u8, retain: bool) -> Message {
+/// A message to encode (also for the dense format's tests).
+pub(in crate::wire) fn msg(topic: &str, payload: &[u8], qos: u8, retain: bool) -> Message {
     Message {
         topic: topic.into(),
         payload: payload.into(),
