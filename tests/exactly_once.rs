@@ -6,8 +6,6 @@
 use mqtt_twister_harness::*;
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
@@ -72,52 +70,11 @@ impl Publisher {
     }
 }
 
-/// A far subscriber whose messages go on one channel across reconnections; it subscribes again
-/// only when the broker lost its session (CONNACK's session-present flag), as real clients do.
-struct Far {
-    client: rumqttc::Client,
-    session_present: bool,
-}
-
-fn connect_far(port: u16, id: &str, clean: bool, qos: u8, tx: &Sender<String>) -> Far {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_clean_session(clean);
-    let (client, mut connection) = rumqttc::Client::new(opts, 1024);
-    let (ctx, connack) = channel();
-    let (stx, suback) = channel();
-    let tx = tx.clone();
-    std::thread::spawn(move || {
-        for event in connection.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(a))) => {
-                    let _ = ctx.send(a.session_present);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(String::from_utf8_lossy(&p.payload).into_owned());
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = stx.send(());
-                }
-                Ok(_) => {}
-                // The broker went away: this connection is over (no silent reconnection).
-                Err(_) => return,
-            }
-        }
-    });
-    let session_present = connack
-        .recv_timeout(Duration::from_secs(10))
-        .expect("CONNACK");
-    let far = Far {
-        client,
-        session_present,
-    };
-    if !far.session_present {
-        far.client.subscribe("k/#", qos_of(qos)).unwrap();
-        suback
-            .recv_timeout(Duration::from_secs(10))
-            .expect("SUBACK");
-    }
+/// The far subscriber: its messages go on one channel across reconnections; it subscribes again only
+/// when the broker lost its session, as real clients do.
+fn connect_far(port: u16, id: &str, clean: bool, qos: u8, tx: &Sender<String>) -> Resuming {
+    let far = Resuming::connect(port, id, clean, tx);
+    far.resubscribe("k/#", qos_of(qos));
     far
 }
 
@@ -144,28 +101,7 @@ fn receiver_killed_mid_stream(qos: u8, clean: bool, persistence: bool) -> (usize
     let node = DevNode::start();
     let dir = workdir();
     let d = dir.path();
-    let a = Broker::start(
-        d,
-        "a",
-        &plugin_conf(
-            &node,
-            d,
-            "alice",
-            &["plugin_opt_follow bob", "plugin_opt_publish k/#"],
-        ),
-    );
-    let persistence_lines = format!(
-        "persistence true\npersistence_location {}/\nautosave_interval 1",
-        d.display()
-    );
-    let mut b_lines = vec!["plugin_opt_follow alice"];
-    if persistence {
-        b_lines.push(&persistence_lines);
-    }
-    let b_conf = plugin_conf(&node, d, "bob", &b_lines);
-    let b = Broker::start(d, "b", &b_conf);
-    a.wait_ready();
-    b.wait_ready();
+    let (a, b, b_conf) = sender_and_receiver(&node, d, "k/#", persistence);
     let (tx, rx) = channel();
     let far = connect_far(b.port, "far", clean, qos, &tx);
     wait_interest(&node, "bob", "k/#");
@@ -263,88 +199,6 @@ on_both_brokers! {
     }
 }
 
-/// A few bytes of MQTT 3.1.1 over TCP, to send what a library would not (a DUP retransmission).
-struct RawMqtt {
-    stream: TcpStream,
-}
-
-impl RawMqtt {
-    fn connect(port: u16, id: &str) -> RawMqtt {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut raw = RawMqtt { stream };
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60];
-        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        body.extend_from_slice(id.as_bytes());
-        raw.packet(0x10, &body);
-        let (kind, rest) = raw.read();
-        assert_eq!((kind, rest.get(1)), (0x20, Some(&0)), "CONNACK accepted");
-        raw
-    }
-
-    fn packet(&mut self, header: u8, body: &[u8]) {
-        let mut p = vec![header];
-        let mut len = body.len();
-        loop {
-            let mut byte = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                byte |= 0x80;
-            }
-            p.push(byte);
-            if len == 0 {
-                break;
-            }
-        }
-        p.extend_from_slice(body);
-        self.stream.write_all(&p).unwrap();
-    }
-
-    fn publish_qos2(&mut self, mid: u16, topic: &str, payload: &[u8], dup: bool) {
-        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-        body.extend_from_slice(topic.as_bytes());
-        body.extend_from_slice(&mid.to_be_bytes());
-        body.extend_from_slice(payload);
-        self.packet(if dup { 0x3C } else { 0x34 }, &body);
-    }
-
-    fn read(&mut self) -> (u8, Vec<u8>) {
-        let mut byte = [0u8; 1];
-        self.stream.read_exact(&mut byte).unwrap();
-        let kind = byte[0];
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            self.stream.read_exact(&mut byte).unwrap();
-            len |= ((byte[0] & 0x7F) as usize) << shift;
-            shift += 7;
-            if byte[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).unwrap();
-        (kind, body)
-    }
-
-    fn expect(&mut self, kind: u8, mid: u16, what: &str) {
-        let (k, body) = self.read();
-        assert_eq!(
-            (k & 0xF0, body.get(..2)),
-            (kind, Some(&mid.to_be_bytes()[..])),
-            "{what}"
-        );
-    }
-
-    /// PUBREL, then PUBCOMP.
-    fn release(&mut self, mid: u16) {
-        let [hi, lo] = mid.to_be_bytes();
-        self.stream.write_all(&[0x62, 0x02, hi, lo]).unwrap();
-        self.expect(0x70, mid, "PUBCOMP");
-    }
-}
-
 /// Payloads received until `last` (or the time is up), then a moment more for late copies.
 fn receive_until(sub: &Mqtt, last: &str) -> Vec<String> {
     let deadline = Instant::now() + T;
@@ -374,21 +228,8 @@ fn dup_retransmitted(a_lines: &[&str], b_lines: &[&str]) -> (Vec<String>, Vec<St
     wait_interest(&p.node, "bob", "q/#");
     let local = Mqtt::connect(p.a.port, "local", true);
     assert!(local.subscribe("q/#", QoS::ExactlyOnce));
-    let mut raw = RawMqtt::connect(p.a.port, "dup-pub");
-    raw.publish_qos2(7, "q/once", b"exactly once", false);
-    raw.expect(0x50, 7, "PUBREC");
-    drop(raw);
-    let mut raw = RawMqtt::connect(p.a.port, "dup-pub");
-    raw.publish_qos2(7, "q/once", b"exactly once", true);
-    raw.expect(0x50, 7, "PUBREC of the retransmission");
-    raw.release(7);
     // The same content again as a new message (new packet id) is a second message.
-    raw.publish_qos2(8, "q/once", b"exactly once", false);
-    raw.expect(0x50, 8, "PUBREC");
-    raw.release(8);
-    raw.publish_qos2(9, "q/end", b"end", false);
-    raw.expect(0x50, 9, "PUBREC");
-    raw.release(9);
+    publish_qos2_retransmitted_with_dup(p.a.port, "dup-pub");
     (receive_until(&far, "end"), receive_until(&local, "end"))
 }
 

@@ -4,17 +4,9 @@
 
 use mqtt_twister_harness::*;
 use rumqttc::QoS;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
-
-fn mosquitto_persistence(dir: &Path) -> String {
-    format!(
-        "persistence true\npersistence_location {}/\nautosave_interval 1",
-        dir.display()
-    )
-}
 
 /// Waits until `user` has posted a message whose text contains `needle`.
 fn wait_posted(node: &DevNode, user: &str, needle: &str) {
@@ -212,23 +204,9 @@ on_both_brokers! {
         let local = Mqtt::connect(p.a.port, "local", true);
         assert!(local.subscribe("q/#", QoS::ExactlyOnce));
 
-        // PUBLISH QoS 2, PUBREC received, connection lost before PUBREL.
-        let mut raw = RawMqtt::connect(p.a.port, "dup-pub", false);
-        raw.publish_qos2(7, "q/once", b"exactly once", false);
-        raw.expect(0x50, 7, "PUBREC");
-        drop(raw);
-        // Reconnected with its session, the client sends it again with DUP, then completes the flow.
-        let mut raw = RawMqtt::connect(p.a.port, "dup-pub", false);
-        raw.publish_qos2(7, "q/once", b"exactly once", true);
-        raw.expect(0x50, 7, "PUBREC of the retransmission");
-        raw.release(7);
-        // Something new after it, identical content included, is forwarded.
-        raw.publish_qos2(8, "q/once", b"exactly once", false);
-        raw.expect(0x50, 8, "PUBREC");
-        raw.release(8);
-        raw.publish_qos2(9, "q/end", b"end", false);
-        raw.expect(0x50, 9, "PUBREC");
-        raw.release(9);
+        // PUBREC received, connection lost before PUBREL, sent again with DUP; then something new
+        // after it, identical content included, which is forwarded.
+        publish_qos2_retransmitted_with_dup(p.a.port, "dup-pub");
 
         let far_got = receive_until(&far, "end", T);
         let local_got = receive_until(&local, "end", T);
@@ -252,25 +230,8 @@ fn killed_and_restarted(kind: Sessions) {
     let node = DevNode::start();
     let dir = workdir();
     let d = dir.path();
-    let a = Broker::start(
-        d,
-        "a",
-        &plugin_conf(
-            &node,
-            d,
-            "alice",
-            &["plugin_opt_follow bob", "plugin_opt_publish k/#"],
-        ),
-    );
-    let persistence = mosquitto_persistence(d);
-    let mut b_lines = vec!["plugin_opt_follow alice"];
-    if kind == Sessions::MosquittoPersistence {
-        b_lines.push(&persistence);
-    }
-    let b_conf = plugin_conf(&node, d, "bob", &b_lines);
-    let b = Broker::start(d, "b", &b_conf);
-    a.wait_ready();
-    b.wait_ready();
+    let persistence = kind == Sessions::MosquittoPersistence;
+    let (a, b, b_conf) = sender_and_receiver(&node, d, "k/#", persistence);
     let clean = kind == Sessions::Clean;
     let sub = Mqtt::connect(b.port, "receiver", clean);
     assert!(sub.subscribe("k/#", QoS::AtLeastOnce));
@@ -302,17 +263,15 @@ fn killed_and_restarted(kind: Sessions) {
         advertised.contains("\"k/#\""),
         "{kind:?}: advertised at once: {advertised}"
     );
-    let sub = Resuming::connect(b.port, "receiver", clean);
-    let resubscribed = !sub.session_present;
-    if resubscribed {
-        sub.subscribe("k/#");
-    }
+    let (payloads, messages) = std::sync::mpsc::channel();
+    let sub = Resuming::connect(b.port, "receiver", clean, &payloads);
+    sub.resubscribe("k/#", QoS::AtLeastOnce);
     let total = BEFORE + DOWN + AFTER;
     for i in BEFORE + DOWN..total {
         publ.publish("k/n", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
     }
     let got = receive_from(
-        |t| sub.messages.recv_timeout(t).ok(),
+        |t| messages.recv_timeout(t).ok().map(String::into_bytes),
         &format!("m{}", total - 1),
         Duration::from_secs(40),
     );
@@ -344,59 +303,4 @@ fn killed_and_restarted(kind: Sessions) {
         &missing[..missing.len().min(20)],
         b.log_text()
     );
-}
-
-/// A client that does what real ones do after reconnecting: it subscribes again only when the broker
-/// says it lost the session (CONNACK's session-present flag).
-struct Resuming {
-    client: rumqttc::Client,
-    session_present: bool,
-    messages: std::sync::mpsc::Receiver<Vec<u8>>,
-    subacks: std::sync::mpsc::Receiver<()>,
-}
-
-impl Resuming {
-    fn connect(port: u16, id: &str, clean: bool) -> Resuming {
-        use rumqttc::{Event, Packet};
-        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_clean_session(clean);
-        let (client, mut connection) = rumqttc::Client::new(opts, 1024);
-        let (ctx, connack) = std::sync::mpsc::channel();
-        let (mtx, messages) = std::sync::mpsc::channel();
-        let (stx, subacks) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for event in connection.iter() {
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(a))) => {
-                        let _ = ctx.send(a.session_present);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = mtx.send(p.payload.to_vec());
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = stx.send(());
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        let session_present = connack
-            .recv_timeout(Duration::from_secs(10))
-            .expect("CONNACK");
-        Resuming {
-            client,
-            session_present,
-            messages,
-            subacks,
-        }
-    }
-
-    fn subscribe(&self, filter: &str) {
-        self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
-        self.subacks
-            .recv_timeout(Duration::from_secs(10))
-            .expect("SUBACK");
-    }
 }

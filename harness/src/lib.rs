@@ -16,7 +16,7 @@ pub use broker::*;
 pub use devnode::*;
 pub use mqtt::*;
 pub use posts::readable_posts;
-pub use raw_mqtt::RawMqtt;
+pub use raw_mqtt::{publish_qos2_retransmitted_with_dup, RawMqtt};
 
 pub const RPC_USER: &str = "test";
 pub const RPC_PASSWORD: &str = "test-secret";
@@ -209,6 +209,41 @@ impl Pair {
         b.wait_ready();
         Pair { node, dir, a, b }
     }
+}
+
+/// Mosquitto's own persistence, saved in `dir` every second.
+pub fn mosquitto_persistence(dir: &std::path::Path) -> String {
+    format!(
+        "persistence true\npersistence_location {}/\nautosave_interval 1",
+        dir.display()
+    )
+}
+
+/// For a receiving broker killed and restarted: A (alice, following bob, forwarding `forward`) and
+/// B (bob, following alice, with Mosquitto's persistence in `d` when `persistence`), both ready, and
+/// B's configuration to start it again with.
+pub fn sender_and_receiver(
+    node: &DevNode,
+    d: &std::path::Path,
+    forward: &str,
+    persistence: bool,
+) -> (Broker, Broker, String) {
+    let publish = format!("plugin_opt_publish {forward}");
+    let a = Broker::start(
+        d,
+        "a",
+        &plugin_conf(node, d, "alice", &["plugin_opt_follow bob", &publish]),
+    );
+    let persistence_lines = mosquitto_persistence(d);
+    let mut b_lines = vec!["plugin_opt_follow alice"];
+    if persistence {
+        b_lines.push(&persistence_lines);
+    }
+    let b_conf = plugin_conf(node, d, "bob", &b_lines);
+    let b = Broker::start(d, "b", &b_conf);
+    a.wait_ready();
+    b.wait_ready();
+    (a, b, b_conf)
 }
 
 /// Waits until `user`'s profile lists `filter` (the broker has published its interest).

@@ -179,3 +179,73 @@ pub fn publish_acknowledged(
         acked.store(i + 1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A client that does what real ones do after reconnecting: it subscribes again only when the broker
+/// says it lost the session (CONNACK's session-present flag). The payloads it receives go, as text, to
+/// a channel the test owns, which can outlive one connection.
+pub struct Resuming {
+    pub client: Client,
+    /// CONNACK's session-present flag.
+    pub session_present: bool,
+    subacks: Receiver<()>,
+}
+
+impl Resuming {
+    pub fn connect(
+        port: u16,
+        id: &str,
+        clean: bool,
+        payloads: &std::sync::mpsc::Sender<String>,
+    ) -> Resuming {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(clean);
+        let (client, mut connection) = Client::new(opts, 1024);
+        let (ctx, connack) = channel();
+        let (stx, subacks) = channel();
+        let payloads = payloads.clone();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                        let _ = ctx.send(a.session_present);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = payloads.send(String::from_utf8_lossy(&p.payload).into_owned());
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = stx.send(());
+                    }
+                    Ok(_) => {}
+                    // The broker went away: this connection is over (no silent reconnection).
+                    Err(_) => return,
+                }
+            }
+        });
+        let session_present = connack
+            .recv_timeout(Duration::from_secs(10))
+            .expect("CONNACK");
+        Resuming {
+            client,
+            session_present,
+            subacks,
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub fn subscribe(&self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).unwrap();
+        self.subacks
+            .recv_timeout(Duration::from_secs(10))
+            .expect("SUBACK");
+    }
+
+    /// Subscribes to `filter` unless the broker kept the session; true when it subscribed.
+    pub fn resubscribe(&self, filter: &str, qos: QoS) -> bool {
+        if self.session_present {
+            return false;
+        }
+        self.subscribe(filter, qos);
+        true
+    }
+}

@@ -144,3 +144,24 @@ impl RawMqtt {
         self.expect(0x70, mid, "PUBCOMP");
     }
 }
+
+/// A QoS 2 publisher (client `id`, persistent session) loses its connection after the PUBREC of
+/// "exactly once" on q/once, before its PUBREL, comes back with its session and sends it again with
+/// DUP, completing the flow; then the same content as a new message (a new packet id), then "end"
+/// on q/end. Subscribers should get "exactly once" twice, then "end".
+pub fn publish_qos2_retransmitted_with_dup(port: u16, id: &str) {
+    let mut raw = RawMqtt::connect(port, id, false);
+    raw.publish_qos2(7, "q/once", b"exactly once", false);
+    raw.expect(0x50, 7, "PUBREC");
+    drop(raw);
+    let mut raw = RawMqtt::connect(port, id, false);
+    raw.publish_qos2(7, "q/once", b"exactly once", true);
+    raw.expect(0x50, 7, "PUBREC of the retransmission");
+    raw.release(7);
+    raw.publish_qos2(8, "q/once", b"exactly once", false);
+    raw.expect(0x50, 8, "PUBREC");
+    raw.release(8);
+    raw.publish_qos2(9, "q/end", b"end", false);
+    raw.expect(0x50, 9, "PUBREC");
+    raw.release(9);
+}
