@@ -83,12 +83,13 @@ impl PrivateHold {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::route::RuleSet;
     use crate::wire::Message;
 
-    fn msg(topic: &str) -> Outgoing {
+    /// A message on its way to the first private rule's recipients (also for the interest's tests).
+    pub(crate) fn msg(topic: &str) -> Outgoing {
         let mut private_rules = RuleSet::default();
         private_rules.insert(0);
         Outgoing {

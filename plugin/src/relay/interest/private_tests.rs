@@ -2,13 +2,13 @@
 //! (reads of the interest, expiry), the interest becoming known, the refresh.
 
 use super::{interested_recipients, PrivateEffect, PrivateForwards, Routed};
-use crate::bus::{DhtAnswer, DhtCall, DhtJob, DhtPurpose, Outgoing};
+use crate::bus::{DhtAnswer, DhtCall, DhtJob, DhtPurpose};
 use crate::config::PrivateRule;
 use crate::drops::Reason;
+use crate::relay::hold::private::tests::msg as out;
 use crate::relay::hold::private::{GRACE, REREAD_EVERY};
-use crate::route::{Route, RuleSet};
+use crate::route::RuleSet;
 use crate::twister::DhtEntry;
-use crate::wire::Message;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,22 +26,6 @@ fn rules() -> Vec<PrivateRule> {
         filter: "doors/#".into(),
         users: vec!["bob".into(), "carol".into()],
     }]
-}
-
-fn out(topic: &str) -> Outgoing {
-    Outgoing {
-        message: Message {
-            topic: topic.into(),
-            payload: b"x".to_vec(),
-            qos: 1,
-            retain: false,
-        },
-        id: None,
-        route: Route {
-            public: false,
-            private_rules: first_rule(),
-        },
-    }
 }
 
 fn effects(p: &mut PrivateForwards) -> Vec<PrivateEffect> {
