@@ -187,6 +187,42 @@ on_both_brokers! {
     }
 
 
+    fn messages_kept_for_receipts_survive_a_restart_of_the_senders_worker() {
+        let node = DevNode::start();
+        let dir = workdir();
+        let d = dir.path();
+        let mut a_lines = vec!["plugin_opt_private p/# bob", "plugin_opt_follow bob"];
+        a_lines.extend(FAST_RECEIPTS);
+        let mut a = Broker::start(d, "a", &plugin_conf(&node, d, "alice", &a_lines));
+        // bob does not follow alice yet: her DM is dropped; he can make her worker panic (debug
+        // builds: a message on mqtt-twister/test/panic).
+        let b_lines = ["plugin_opt_subscribe p/#", "plugin_opt_publish mqtt-twister/test/#"];
+        let mut b = Broker::start(d, "b", &plugin_conf(&node, d, "bob", &b_lines));
+        a.wait_ready();
+        b.wait_ready();
+        a.wait_log("interest of recipient bob: [\"p/#\"]", T);
+        let publ = Mqtt::connect(a.port, "pub", true);
+        publ.publish("p/x", b"kept across a restart", QoS::AtLeastOnce, false);
+        wait_for(T, "twisterd to drop alice's DM to bob", || {
+            (dms_dropped_not_following(&node) >= 1).then_some(())
+        });
+        let panicker = Mqtt::connect(b.port, "panicker", true);
+        panicker.publish("mqtt-twister/test/panic", b"worker", QoS::AtLeastOnce, false);
+        a.wait_log("internal error in the worker", T);
+        b.stop();
+        let mut b_lines = b_lines.to_vec();
+        b_lines.push("plugin_opt_follow alice");
+        let b = Broker::start_on(d, "b", &plugin_conf(&node, d, "bob", &b_lines), b.port);
+        b.wait_ready();
+        let sub = Mqtt::connect(b.port, "sub", true);
+        assert!(sub.subscribe("p/#", QoS::AtLeastOnce));
+        // The restarted worker still keeps the message and resends it.
+        let got = receive_all(&sub, "kept across a restart", Duration::from_secs(3));
+        assert_eq!(got, ["kept across a restart"]);
+        a.wait_log(ALL_ACKNOWLEDGED, T);
+        a.stop();
+    }
+
     fn an_unacknowledged_message_is_given_up_after_the_operators_time_and_said_per_receiver() {
         let node = DevNode::start();
         let dir = workdir();

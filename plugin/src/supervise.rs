@@ -209,6 +209,7 @@ impl Supervisor {
             dht: self.dht(),
             doorbell,
             health: self.health.clone(),
+            receipts: None,
         };
         let mut last_panic: Option<Instant> = None;
         let mut delay = Duration::ZERO;
@@ -288,6 +289,7 @@ impl Supervisor {
             dht: self.dht(),
             doorbell,
             health: self.health.clone(),
+            receipts: None,
         }
     }
 }

@@ -11,7 +11,7 @@ mod drive;
 #[cfg(test)]
 mod drive_tests;
 mod persist;
-mod receipts;
+pub mod receipts;
 mod retained;
 mod routing;
 mod sessions;

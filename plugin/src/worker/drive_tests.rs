@@ -89,6 +89,7 @@ fn worker(script: &Arc<Mutex<Script>>) -> (Worker, crate::bus::FromWorker) {
         dht,
         doorbell: Doorbell::new(None, String::new()),
         health,
+        receipts: None,
     };
     let mut w = Worker::new(cfg, Box::new(Fake(script.clone())), inbox, to_broker, start);
     w.ready = true;

@@ -53,6 +53,16 @@ impl ReceiptsDriver {
 }
 
 impl Worker {
+    /// What a restarted worker goes on with (`salvage`): the messages kept for receipts and the
+    /// receipts not written yet; reads and writes under way are asked again.
+    pub(super) fn take_receipts(&mut self) -> ReceiptsDriver {
+        let mut kept = std::mem::replace(&mut self.receipts, ReceiptsDriver::new(&self.cfg));
+        kept.reading.clear();
+        kept.next_read = None;
+        kept.ledger.restarted();
+        kept
+    }
+
     /// A message of `from` with `id` was handled (see `Ledger::handed`), unless the broker's
     /// channel refused it just now.
     pub(super) fn acknowledge(&mut self, from: &str, id: MessageId, urgent: bool) {

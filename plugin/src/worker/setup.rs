@@ -15,6 +15,8 @@ pub struct Start {
     pub dht: DhtThread,
     pub doorbell: Doorbell,
     pub health: Arc<Health>,
+    /// After a restart: the messages kept for receipts and the receipts not written yet.
+    pub receipts: Option<Box<receipts::ReceiptsDriver>>,
 }
 
 impl Worker {
@@ -35,6 +37,7 @@ impl Worker {
             dht,
             doorbell,
             health,
+            receipts,
         } = start;
         let state_found = saved.is_some();
         let incoming = Inbox::new(
@@ -96,7 +99,10 @@ impl Worker {
                 .map_or(&serde_json::Value::Null, |s| &s.retained),
             now,
         );
-        let receipts = receipts::ReceiptsDriver::new(&cfg);
+        let receipts = match receipts {
+            Some(kept) => *kept,
+            None => receipts::ReceiptsDriver::new(&cfg),
+        };
         let mut w = Worker {
             local,
             private: PrivateForwards::new(&cfg.private, cfg.interest_refresh),
@@ -168,6 +174,7 @@ impl Worker {
             dht: self.dht.take(),
             doorbell: std::mem::replace(&mut self.doorbell, Doorbell::new(None, String::new())),
             health: self.health.clone(),
+            receipts: Some(Box::new(self.take_receipts())),
         }
     }
 }

@@ -152,6 +152,19 @@ impl Ledger {
         }
     }
 
+    /// A new driver goes on with this ledger: writes under way may never be answered to it, so each
+    /// sender's next write reads the resource first, and what they carried is written again.
+    pub fn restarted(&mut self) {
+        for from in self.senders.values_mut() {
+            if from.writing {
+                from.writing = false;
+                from.dirty = true;
+                from.changed = true;
+            }
+            from.seq = None;
+        }
+    }
+
     /// Nothing was ever handed to it.
     pub fn is_empty(&self) -> bool {
         self.senders.is_empty()

@@ -546,3 +546,22 @@ fn the_tracker_stays_bounded_giving_up_the_oldest() {
     assert_eq!(t.len(), n as usize);
     assert!(t.is_kept(id(1, 3)));
 }
+
+#[test]
+fn a_write_under_way_when_the_worker_restarts_is_made_again_after_reading_the_resource() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::default();
+    ledger.handed("alice", id(1, 1), true);
+    ledger.broker_caught_up();
+    ledger.writes_due(t0, SECOND);
+    ledger.written("alice", Ok((7, Acks::new())));
+    ledger.handed("alice", id(1, 2), true);
+    ledger.broker_caught_up();
+    assert_eq!(ledger.writes_due(t0 + SECOND, SECOND)[0].seq, Some(8));
+    // The worker restarts before the answer: the answer may never come to the new one.
+    ledger.restarted();
+    let again = ledger.writes_due(t0 + 2 * SECOND, SECOND);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].seq, None, "read the resource first");
+    assert_eq!(again[0].acks, acks(&[(1, &[1, 2])]));
+}
