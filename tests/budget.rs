@@ -109,7 +109,17 @@ on_both_brokers! {
         let used = posts_used(&p.node);
         let h = height(&p.node);
         let refused = refused_for_budget(&p.node);
-        eprintln!("{n} messages in {used} posts, {blocks} blocks mined, {} per post, {refused} refused", n as i64 / used);
+        // The largest batch: messages in the fullest post (each decoded message is one line).
+        let largest = readable_posts(&p.node, "alice", used as usize + 1)
+            .iter()
+            .map(|post| post.lines().count())
+            .max()
+            .unwrap_or(0);
+        eprintln!(
+            "{n} messages in {used} posts, {blocks} blocks mined, {} per post, largest batch {largest}, {refused} refused",
+            n as i64 / used
+        );
+        assert!(largest > 1 && largest <= 512, "largest batch {largest}");
         assert!(used > budget_at(REGISTERED + 1), "the budget was short: {used} posts");
         assert!(blocks > 0);
         assert!(used <= budget_at(h));
