@@ -247,6 +247,7 @@ mod tests {
             kind: Kind::Value,
             qos: 0,
             watermark: None,
+            id: None,
             payload: b"1".to_vec(),
         };
         put(&r::value_name("good"), encode_record(&good));

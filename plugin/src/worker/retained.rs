@@ -5,7 +5,7 @@
 //! the same path as every message from the network, when newer than what the broker holds.
 
 use super::*;
-use crate::relay::retained::reader::{Reader, Synced};
+use crate::relay::retained::reader::{Progress, Reader, Synced};
 use crate::relay::retained::writer::{Refusal, Writer};
 use crate::retained_dht::{RetainedJob, RetainedReply};
 use crossbeam_channel::{unbounded, Sender};
@@ -15,7 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const RESYNC_EVERY: Duration = Duration::from_secs(600);
 /// A sync that left values for later goes on this soon.
 const MORE_AFTER: Duration = Duration::from_millis(200);
-/// Values whose posts were not read yet are looked at again this soon.
+/// Values whose posts were not read yet are looked at again this soon (fetched again: a newer value
+/// may have replaced them).
 const DEFERRED_AFTER: Duration = Duration::from_secs(2);
 const REFRESH_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// Syncs start at most this often: each may hold the DHT thread for seconds per followed user on the
@@ -77,11 +78,14 @@ impl Worker {
     }
 
     /// A local retained message going out on the public timeline: kept as our value in the DHT too.
-    pub(super) fn retained_publish(&mut self, m: &Message) {
+    pub(super) fn retained_publish(&mut self, m: &Message, id: Option<crate::wire::MessageId>) {
         let Some(r) = self.retained.as_mut() else {
             return;
         };
-        match r.writer.publish(&m.topic, &m.payload, m.qos, unix_ms()) {
+        match r
+            .writer
+            .publish_message(&m.topic, &m.payload, m.qos, id, unix_ms())
+        {
             Ok(()) => {}
             Err(Refusal::TopicTooLong) => self.log_once(
                 "retained-topic-long",
@@ -234,8 +238,13 @@ impl Worker {
         let more = synced.more;
         let problems = synced.problems.clone();
         let before = r.reader.counters;
-        let read_below = self.incoming.cursors().get(&user).map(|c| c.k + 1);
-        let applied = r.reader.apply(synced, read_below);
+        let incoming = &self.incoming;
+        let progress = Progress {
+            read_below: incoming.cursors().get(&user).map(|c| c.k + 1),
+            last_listed: incoming.last_listed(&user),
+            handed_on: &|id| incoming.handed_on(&user, id),
+        };
+        let applied = r.reader.apply(synced, &progress, unix_ms());
         let after = r.reader.counters;
         r.syncing = r.syncing.saturating_sub(1);
         let next = if more {
@@ -262,6 +271,15 @@ impl Worker {
                 ),
             );
         }
+        if applied.deferred > 0 {
+            self.log_once(
+                &format!("retained-waits-{user}"),
+                Level::Info,
+                format!(
+                    "retained values of {user} from the DHT wait for {user}'s posts before them (said once)"
+                ),
+            );
+        }
         let (set, cleared) = (
             after.injected - before.injected,
             after.cleared - before.cleared,
@@ -274,6 +292,14 @@ impl Worker {
                     after.skipped - before.skipped
                 ),
             );
+        }
+        // Recorded before the state is saved: the live copy is dropped as a duplicate, even after a
+        // restart.
+        for id in &applied.ids {
+            self.incoming.handed_on_elsewhere(&user, *id);
+        }
+        if !applied.ids.is_empty() {
+            self.save_state_now();
         }
         for m in applied.messages {
             self.inject(m);

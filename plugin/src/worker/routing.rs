@@ -60,7 +60,7 @@ impl Worker {
             self.outbox.push(item, None, Instant::now());
             self.counters.forwarded += 1;
             if out.message.retain {
-                self.retained_publish(&out.message);
+                self.retained_publish(&out.message, out.id);
             }
             if let Some(id) = out.id {
                 self.track(id, &out.message, true, &[]);

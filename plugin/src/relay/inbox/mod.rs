@@ -128,6 +128,8 @@ pub struct Inbox {
     pub counters: Counters,
     /// Message ids handed on, per sender (`crate::dedup`), kept in the state file with the cursors.
     seen: Dedup,
+    /// Each followed user's last post number in the last `getlasthave` answer.
+    last_listed: BTreeMap<String, i64>,
 }
 
 impl Inbox {
@@ -150,6 +152,7 @@ impl Inbox {
             effects: VecDeque::new(),
             counters,
             seen: Dedup::default(),
+            last_listed: BTreeMap::new(),
         }
     }
 
@@ -163,6 +166,26 @@ impl Inbox {
 
     pub fn seen(&self) -> &Dedup {
         &self.seen
+    }
+
+    /// `from`'s last post number twisterd listed (None: not asked yet this run).
+    pub fn last_listed(&self, from: &str) -> Option<i64> {
+        self.last_listed.get(from).copied()
+    }
+
+    /// True when message `id` of `from` was handed on (exactly: a forgotten epoch is not "seen").
+    pub fn handed_on(&self, from: &str, id: crate::wire::MessageId) -> bool {
+        self.seen
+            .ranges(from, id.epoch)
+            .is_some_and(|r| r.contains(id.seq))
+    }
+
+    /// Message `id` of `from` reached the broker another way (a retained value from the DHT): its
+    /// live copy is a duplicate.
+    pub fn handed_on_elsewhere(&mut self, from: &str, id: crate::wire::MessageId) {
+        if self.seen.check(from, Some(id)) == Sight::First {
+            self.effects.push_back(InboxEffect::StateChanged);
+        }
     }
 
     pub fn cursors(&self) -> &BTreeMap<String, Cursor> {
@@ -228,6 +251,7 @@ impl Inbox {
             if !self.follow.contains(u) {
                 continue;
             }
+            self.last_listed.insert(u.clone(), last);
             // Users followed at start-up got a cursor at their newest post then. One seen only now
             // became followable after we started (registered later): all of its posts are new to us.
             let cursor = self

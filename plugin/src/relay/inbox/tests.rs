@@ -433,3 +433,22 @@ fn a_message_id_is_handed_on_once_across_posts_and_restarts_and_posts_without_id
         "1-3, 2-4 and 4 again"
     );
 }
+
+#[test]
+fn a_message_handed_on_from_the_dht_first_is_dropped_when_its_live_copy_comes() {
+    let mut run = Run::new(&["bob"], BTreeMap::new());
+    run.inbox.start_at("bob", -1);
+    let id = |seq| wire::MessageId { epoch: 7, seq };
+    assert!(!run.inbox.handed_on("bob", id(2)));
+    assert_eq!(run.inbox.last_listed("bob"), None);
+    // Bob's retained message 2 came from the DHT (its post was slow to reach this node).
+    run.inbox.handed_on_elsewhere("bob", id(2));
+    assert!(run.inbox.handed_on("bob", id(2)));
+    assert!(!run.inbox.handed_on("alice", id(2)));
+    run.node.post("bob", 0, &text_with_ids(&[1, 2, 3]));
+    run.poll();
+    assert_eq!(run.payloads(), ["1", "3"]);
+    assert_eq!(run.inbox.counters.duplicate_ids, 1);
+    assert_eq!(run.inbox.last_listed("bob"), Some(0));
+    assert!(run.inbox.handed_on("bob", id(3)));
+}

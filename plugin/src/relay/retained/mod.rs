@@ -21,6 +21,9 @@
 //! taken before it already posted. A reader that injected a live retained message from post `k`
 //! takes a DHT value only when `k < watermark` (the live one is older), and treats a live message
 //! from a post below the watermark of a value it took as stale (injected without the retain flag).
+//! A value also carries the id of the message that set it (`"i": [epoch, seq]`, absent from older
+//! writers): a reader that handed the live copy on skips the value, and one that injects the value
+//! first records the id, so the live copy is dropped as a duplicate (`crate::dedup`).
 //!
 //! - `writer`: what to write, when (per-resource interval, coalescing to the newest), index layout.
 //! - `reader`: what a subscriber broker knows, which shards and values to fetch, newest wins.
@@ -31,6 +34,7 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
+use crate::wire::MessageId;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -93,6 +97,8 @@ pub struct Record {
     pub qos: u8,
     /// The publisher's next post number when written, every earlier message posted; None: unordered.
     pub watermark: Option<i64>,
+    /// The id of the message that set it (its live copy carries the same), None from older writers.
+    pub id: Option<MessageId>,
     pub payload: Vec<u8>,
 }
 
@@ -153,6 +159,9 @@ pub fn encode_record(r: &Record) -> Value {
         "w": r.watermark.unwrap_or(-1),
         "c": r.kind.code(),
     });
+    if let Some(id) = r.id {
+        v["i"] = json!([id.epoch, id.seq]);
+    }
     if r.kind == Kind::Value {
         let (key, text) = payload_field(&r.payload);
         v[key] = Value::String(text);
@@ -183,6 +192,16 @@ pub fn decode_record(v: &Value, topic: &str) -> Result<Record, String> {
         .filter(|q| *q <= 2)
         .ok_or("bad qos")?;
     let watermark = Some(int(v, "w")?).filter(|w| *w >= 0);
+    let id = match v.get("i") {
+        None => None,
+        Some(i) => match i.as_array().map(Vec::as_slice) {
+            Some([epoch, seq]) => Some(MessageId {
+                epoch: epoch.as_u64().ok_or("bad id")?,
+                seq: seq.as_u64().ok_or("bad id")?,
+            }),
+            _ => return Err("bad id".into()),
+        },
+    };
     let kind = v
         .get("c")
         .and_then(Value::as_str)
@@ -205,6 +224,7 @@ pub fn decode_record(v: &Value, topic: &str) -> Result<Record, String> {
         kind,
         qos,
         watermark,
+        id,
         payload,
     })
 }

@@ -2,16 +2,17 @@
 //! shards and values a sync fetches, and which fetched values it injects (newest wins).
 
 use super::*;
-use crate::wire::Message;
+use crate::wire::{Message, MessageId};
 use std::collections::BTreeMap;
 
 /// Values (and tombstones) fetched per user in one sync; the rest waits for the next.
 pub const MAX_FETCH_PER_SYNC: usize = 128;
 /// Topics tracked per followed user; values of further topics are not fetched.
 pub const MAX_TOPICS_PER_USER: usize = 16_384;
-/// Syncs a value waits for its posts at most: numbers the publisher skipped (a post of unknown
-/// outcome at a stop, one twisterd forgot) are never read, so a watermark may stay above what exists.
-pub const MAX_DEFERRALS: u32 = 5;
+/// How long a value waits at most for posts twisterd does not list yet (its post is slow to reach
+/// this node, or the numbers were skipped or forgotten by the publisher and will never be read).
+/// Posts that are listed but not yet read are always waited for: the next read brings them.
+pub const MAX_WAIT_MS: u64 = 60_000;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Known {
@@ -29,8 +30,8 @@ struct Known {
 struct UserState {
     shards: Vec<i64>,
     topics: BTreeMap<String, Known>,
-    /// Syncs each value waited for its posts so far (not kept across restarts).
-    deferrals: BTreeMap<String, u32>,
+    /// Since when each value waits for its posts (unix ms; not kept across restarts).
+    deferrals: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +99,53 @@ pub fn to_fetch(
     (fetch, index_only, more)
 }
 
+/// How far the publisher's posts were read when a sync is applied (from the inbox).
+pub struct Progress<'a> {
+    /// Every post below this number was read and its messages handed on (None: not known yet).
+    pub read_below: Option<i64>,
+    /// The publisher's last post number twisterd listed (None: not known yet).
+    pub last_listed: Option<i64>,
+    /// True when the live copy of this message was handed on (`crate::dedup`).
+    pub handed_on: &'a dyn Fn(MessageId) -> bool,
+}
+
+/// Why a fetched value waits, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Every post that may carry it or an earlier message was read: decide now.
+    Ready,
+    /// Those posts are listed and not read yet: the next read brings them.
+    Unread,
+    /// Those posts are not listed (yet): wait, bounded by `MAX_WAIT_MS`.
+    Unlisted,
+}
+
+/// Where a fetched value stands against the live path. A value with an id but no watermark (its
+/// publisher could not order it) waits for its live copy like one whose posts are unlisted.
+fn order(r: &Record, progress: &Progress) -> Order {
+    let Some(w) = r.watermark else {
+        return if r.id.is_some() {
+            Order::Unlisted
+        } else {
+            Order::Ready
+        };
+    };
+    if progress.read_below.is_some_and(|below| below >= w) {
+        Order::Ready
+    } else if progress.last_listed.is_some_and(|last| last + 1 >= w) {
+        Order::Unread
+    } else {
+        Order::Unlisted
+    }
+}
+
 /// What a sync brought, decided.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Applied {
     /// To publish into the broker as retained messages.
     pub messages: Vec<Message>,
+    /// The ids of those messages: their live copies are duplicates from now on.
+    pub ids: Vec<MessageId>,
     /// Values left for a later sync: their posts are not read yet.
     pub deferred: usize,
 }
@@ -144,11 +187,12 @@ impl Reader {
         true
     }
 
-    /// A sync's result: the messages to publish as retained into the broker, newest wins.
-    /// `read_below`: every post of the user below this number has been read (None: not known yet).
-    /// A value whose watermark is above it waits: the posts carrying it (or newer) are still to be
-    /// read, and it is fetched again by a later sync if they do not bring it.
-    pub fn apply(&mut self, synced: Synced, read_below: Option<i64>) -> Applied {
+    /// A sync's result: the messages to publish as retained into the broker, newest wins, never ahead
+    /// of the publisher's live messages that precede them: a value whose watermark is above what was
+    /// read of the publisher's posts waits (fetched again by a later sync) while those posts are listed
+    /// and unread, and at most `MAX_WAIT_MS` from `now_ms` while they are not listed. A value whose
+    /// live copy was handed on is skipped.
+    pub fn apply(&mut self, synced: Synced, progress: &Progress, now_ms: u64) -> Applied {
         let state = self.users.entry(synced.user).or_default();
         for e in synced.index_only {
             if let Some(known) = track(state, &e.topic) {
@@ -157,16 +201,19 @@ impl Reader {
         }
         let mut out = Applied::default();
         for r in synced.records {
-            let posts_unread = r
-                .watermark
-                .is_some_and(|w| read_below.is_none_or(|below| below < w));
-            if posts_unread && r.kind != Kind::Oversize {
-                let waited = state.deferrals.entry(r.topic.clone()).or_insert(0);
-                *waited += 1;
-                if *waited <= MAX_DEFERRALS {
-                    out.deferred += 1;
-                    continue;
+            let live_copy_seen = r.id.is_some_and(|id| (progress.handed_on)(id));
+            let waits = match order(&r, progress) {
+                _ if live_copy_seen || r.kind == Kind::Oversize => false,
+                Order::Ready => false,
+                Order::Unread => true,
+                Order::Unlisted => {
+                    let since = *state.deferrals.entry(r.topic.clone()).or_insert(now_ms);
+                    now_ms < since.saturating_add(MAX_WAIT_MS)
                 }
+            };
+            if waits {
+                out.deferred += 1;
+                continue;
             }
             state.deferrals.remove(&r.topic);
             let Some(known) = track(state, &r.topic) else {
@@ -184,7 +231,7 @@ impl Reader {
                 .live_k
                 .is_some_and(|k| r.watermark.is_none_or(|w| k >= w));
             let d = digest(&r.payload);
-            if live_is_newer || known.digest == Some(d) {
+            if live_is_newer || live_copy_seen || known.digest == Some(d) {
                 self.counters.skipped += 1;
                 continue;
             }
@@ -195,6 +242,7 @@ impl Reader {
             } else {
                 self.counters.injected += 1;
             }
+            out.ids.extend(r.id);
             out.messages.push(Message {
                 topic: r.topic,
                 payload: r.payload,

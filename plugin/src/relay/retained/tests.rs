@@ -1,4 +1,4 @@
-use super::reader::{shards_to_read, to_fetch, Plan, Reader, Synced};
+use super::reader::{shards_to_read, to_fetch, Plan, Progress, Reader, Synced, MAX_WAIT_MS};
 use super::writer::{
     Put, Refusal, Target, Writer, MAX_PUTS_PER_SECOND, ORDER_WAIT_MS, REFRESH_AFTER_MS,
 };
@@ -108,7 +108,11 @@ fn a_value_too_large_for_the_dht_is_marked_oversize_not_left_stale() {
             seq: 1,
             kind: Kind::Value,
             qos: 0,
-            watermark: None,
+            watermark: Some(i64::from(i32::MAX)),
+            id: Some(MessageId {
+                epoch: u64::MAX,
+                seq: u64::MAX,
+            }),
             payload: vec![0u8; len],
         };
         if fits(&encode_record(&rec)) {
@@ -259,6 +263,10 @@ fn records_round_trip_text_and_binary_and_reject_what_is_malformed() {
             kind: Kind::Value,
             qos: 2,
             watermark: Some(3),
+            id: Some(MessageId {
+                epoch: 1_764_000_000_000,
+                seq: 7,
+            }),
             payload,
         };
         let v = encode_record(&r);
@@ -275,6 +283,7 @@ fn records_round_trip_text_and_binary_and_reject_what_is_malformed() {
         kind: Kind::Value,
         qos: 0,
         watermark: None,
+        id: None,
         payload: b"x".to_vec(),
     });
     assert!(
@@ -323,7 +332,21 @@ fn rec(topic: &str, seq: i64, kind: Kind, watermark: Option<i64>, payload: &[u8]
         kind,
         qos: 1,
         watermark,
+        id: None,
         payload: payload.to_vec(),
+    }
+}
+
+fn never(_: MessageId) -> bool {
+    false
+}
+
+/// The inbox read every post below `read_below` and handed on no id.
+fn at(read_below: Option<i64>) -> Progress<'static> {
+    Progress {
+        read_below,
+        last_listed: None,
+        handed_on: &never,
     }
 }
 
@@ -383,7 +406,8 @@ fn newest_wins_by_seq_and_a_clear_applies() {
     let out = r
         .apply(
             synced(vec![rec("t", 10, Kind::Value, Some(4), b"on")]),
-            Some(READ),
+            &at(Some(READ)),
+            NOW,
         )
         .messages;
     assert_eq!(out.len(), 1);
@@ -391,14 +415,16 @@ fn newest_wins_by_seq_and_a_clear_applies() {
     assert!(r
         .apply(
             synced(vec![rec("t", 9, Kind::Value, Some(4), b"older")]),
-            Some(READ)
+            &at(Some(READ)),
+            NOW
         )
         .messages
         .is_empty());
     assert!(
         r.apply(
             synced(vec![rec("t", 11, Kind::Value, Some(5), b"on")]),
-            Some(READ)
+            &at(Some(READ)),
+            NOW
         )
         .messages
         .is_empty(),
@@ -407,7 +433,8 @@ fn newest_wins_by_seq_and_a_clear_applies() {
     let cleared = r
         .apply(
             synced(vec![rec("t", 12, Kind::Cleared, Some(6), b"")]),
-            Some(READ),
+            &at(Some(READ)),
+            NOW,
         )
         .messages;
     assert_eq!(
@@ -429,7 +456,8 @@ fn a_live_message_orders_against_the_dht_by_the_watermark() {
     assert!(r
         .apply(
             synced(vec![rec("t", 10, Kind::Value, Some(15), b"old")]),
-            Some(READ)
+            &at(Some(READ)),
+            NOW
         )
         .messages
         .is_empty());
@@ -437,7 +465,8 @@ fn a_live_message_orders_against_the_dht_by_the_watermark() {
     assert_eq!(
         r.apply(
             synced(vec![rec("t", 11, Kind::Value, Some(21), b"new")]),
-            Some(READ)
+            &at(Some(READ)),
+            NOW
         )
         .messages
         .len(),
@@ -451,7 +480,8 @@ fn a_live_message_orders_against_the_dht_by_the_watermark() {
     assert!(r
         .apply(
             synced(vec![rec("t", 12, Kind::Value, None, b"unordered")]),
-            Some(READ)
+            &at(Some(READ)),
+            NOW
         )
         .messages
         .is_empty());
@@ -459,7 +489,8 @@ fn a_live_message_orders_against_the_dht_by_the_watermark() {
     assert_eq!(
         r.apply(
             synced(vec![rec("u", 1, Kind::Value, None, b"x")]),
-            Some(READ)
+            &at(Some(READ)),
+            NOW
         )
         .messages
         .len(),
@@ -479,7 +510,8 @@ fn the_reader_state_survives_a_restart_for_followed_users_only() {
             records: vec![rec("b", 4, Kind::Value, Some(2), b"2")],
             ..Default::default()
         },
-        Some(READ),
+        &at(Some(READ)),
+        NOW,
     );
     let v = r.to_json();
     let back = Reader::from_json(&v, &["alice".into(), "bob".into()]);
@@ -506,7 +538,7 @@ fn a_value_whose_posts_are_still_unread_waits_for_them() {
         ..Default::default()
     };
     // Posts up to 13 read: the ones below 15 (which carry the value or older) are not all read.
-    let waits = r.apply(value(), Some(14));
+    let waits = r.apply(value(), &at(Some(14)), NOW);
     assert_eq!((waits.messages.len(), waits.deferred), (0, 1));
     assert!(r.plan("alice", &[]).known.is_empty(), "fetched again later");
     assert!(
@@ -514,29 +546,148 @@ fn a_value_whose_posts_are_still_unread_waits_for_them() {
         "its shard is read again"
     );
     assert_eq!(
-        r.apply(value(), None).deferred,
+        r.apply(value(), &at(None), NOW).deferred,
         1,
         "reading not started yet"
     );
     // Once they are read, it is taken (nothing live came for it).
-    let taken = r.apply(value(), Some(15));
+    let taken = r.apply(value(), &at(Some(15)), NOW);
     assert_eq!((taken.messages.len(), taken.deferred), (1, 0));
     assert_eq!(r.plan("alice", &[]).shards, vec![9]);
-    // Numbers the publisher skipped are never read: a value waits a few syncs only.
-    let skipped = || Synced {
-        user: "alice".into(),
-        records: vec![rec("s", 3, Kind::Value, Some(40), b"w")],
-        ..Default::default()
-    };
-    for _ in 0..super::reader::MAX_DEFERRALS {
-        assert_eq!(r.apply(skipped(), Some(30)).deferred, 1);
-    }
-    assert_eq!(r.apply(skipped(), Some(30)).messages.len(), 1);
-    // An unordered value does not wait.
+    // An unordered value without an id (an older writer) does not wait.
     let unordered = Synced {
         user: "alice".into(),
         records: vec![rec("u", 1, Kind::Value, None, b"x")],
         ..Default::default()
     };
-    assert_eq!(r.apply(unordered, None).messages.len(), 1);
+    assert_eq!(r.apply(unordered, &at(None), NOW).messages.len(), 1);
+}
+
+const ID: MessageId = MessageId {
+    epoch: 1_794_000_000_000,
+    seq: 42,
+};
+
+fn with_id(mut r: Record) -> Record {
+    r.id = Some(ID);
+    r
+}
+
+fn big_text() -> Synced {
+    synced(vec![with_id(rec(
+        "big/text",
+        10,
+        Kind::Value,
+        Some(20),
+        b"t",
+    ))])
+}
+
+#[test]
+fn a_value_waits_without_limit_while_its_posts_are_listed_and_unread() {
+    // The flaky failure: the publisher's posts 5..19 (a fragmented message, then this value) are
+    // listed, the reader is slow to read them. Before: taken after 5 syncs, ahead of them.
+    let mut r = Reader::default();
+    let listed = Progress {
+        read_below: Some(5),
+        last_listed: Some(19),
+        handed_on: &never,
+    };
+    for later in [0, MAX_WAIT_MS, 100 * MAX_WAIT_MS] {
+        let waits = r.apply(big_text(), &listed, NOW + later);
+        assert_eq!((waits.messages.len(), waits.deferred), (0, 1), "{later}");
+    }
+    // Read (the live copy handed on with the posts before it): nothing more to inject.
+    let seen = |id: MessageId| id == ID;
+    let read = Progress {
+        read_below: Some(20),
+        last_listed: Some(19),
+        handed_on: &seen,
+    };
+    let done = r.apply(big_text(), &read, NOW + 101 * MAX_WAIT_MS);
+    assert_eq!((done.messages.len(), done.deferred), (0, 0));
+    assert_eq!(r.counters.skipped, 1);
+    assert_eq!(r.plan("alice", &[]).known.get("big/text"), Some(&10));
+}
+
+#[test]
+fn a_value_whose_posts_are_not_listed_yet_waits_at_most_max_wait() {
+    let mut r = Reader::default();
+    // Its post is slow to reach this node (or its number was skipped): not listed yet.
+    let unlisted = Progress {
+        read_below: Some(5),
+        last_listed: Some(4),
+        handed_on: &never,
+    };
+    assert_eq!(r.apply(big_text(), &unlisted, NOW).deferred, 1);
+    assert_eq!(
+        r.apply(big_text(), &unlisted, NOW + MAX_WAIT_MS - 1)
+            .deferred,
+        1
+    );
+    // Never listed: taken, and its id said, so a live copy arriving after all is a duplicate.
+    let taken = r.apply(big_text(), &unlisted, NOW + MAX_WAIT_MS);
+    assert_eq!((taken.messages.len(), taken.ids), (1, vec![ID]));
+    // Listed now, not read: waits again, however long it waited before.
+    let mut r = Reader::default();
+    assert_eq!(r.apply(big_text(), &unlisted, NOW).deferred, 1);
+    let listed = Progress {
+        last_listed: Some(19),
+        ..unlisted
+    };
+    assert_eq!(
+        r.apply(big_text(), &listed, NOW + 2 * MAX_WAIT_MS).deferred,
+        1
+    );
+}
+
+#[test]
+fn a_value_whose_live_copy_was_handed_on_is_never_injected_again() {
+    let mut r = Reader::default();
+    let seen = |id: MessageId| id == ID;
+    // The live copy came (in a post below the watermark, read), another value on the topic before it
+    // was injected from the DHT: the same message is not injected a second time, whatever the digest.
+    r.apply(
+        synced(vec![rec("big/text", 5, Kind::Value, Some(3), b"older")]),
+        &at(Some(READ)),
+        NOW,
+    );
+    let read = Progress {
+        read_below: Some(READ),
+        last_listed: Some(READ),
+        handed_on: &seen,
+    };
+    let out = r.apply(big_text(), &read, NOW);
+    assert_eq!((out.messages.len(), out.deferred), (0, 0));
+    // A value without a watermark (its publisher's posts did not drain in time) but with an id waits
+    // for its live copy, which makes it a duplicate.
+    let mut r = Reader::default();
+    let unordered = || synced(vec![with_id(rec("u", 1, Kind::Value, None, b"x"))]);
+    assert_eq!(r.apply(unordered(), &at(Some(READ)), NOW).deferred, 1);
+    let out = r.apply(unordered(), &read, NOW + 2000);
+    assert_eq!((out.messages.len(), out.deferred), (0, 0));
+    // Its live copy never came (this broker started after it): taken after the wait.
+    let mut r = Reader::default();
+    assert_eq!(r.apply(unordered(), &at(Some(READ)), NOW).deferred, 1);
+    let out = r.apply(unordered(), &at(Some(READ)), NOW + MAX_WAIT_MS);
+    assert_eq!((out.messages.len(), out.ids), (1, vec![ID]));
+}
+
+#[test]
+fn the_value_carries_the_id_of_the_newest_message_that_set_it() {
+    let mut w = Writer::new(INTERVAL);
+    let older = MessageId { seq: 41, ..ID };
+    w.publish_message("t", b"1", 1, Some(older), NOW).unwrap();
+    w.publish_message("t", b"2", 1, Some(ID), NOW + 10).unwrap();
+    let puts = w.take_puts(NOW + 10, Some(7), false);
+    let r = record_of(&puts[0]);
+    assert_eq!((r.payload.as_slice(), r.id), (&b"2"[..], Some(ID)));
+    // Old values without an id stay readable; a malformed id is refused.
+    let mut v = encode_record(&r);
+    v.as_object_mut().unwrap().remove("i");
+    assert_eq!(decode_record(&v, "t").unwrap().id, None);
+    v["i"] = json!([1, -2]);
+    assert!(decode_record(&v, "t").is_err());
+    v["i"] = json!("1.2");
+    assert!(decode_record(&v, "t").is_err());
 }

@@ -58,6 +58,7 @@ pub struct Counters {
 struct Pending {
     payload: Vec<u8>,
     qos: u8,
+    id: Option<MessageId>,
     since_ms: u64,
 }
 
@@ -119,12 +120,25 @@ impl Writer {
         }
     }
 
-    /// A retained publish on a public route (an empty payload clears the topic).
+    /// A retained publish on a public route (an empty payload clears the topic), without an id.
     pub fn publish(
         &mut self,
         topic: &str,
         payload: &[u8],
         qos: u8,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        self.publish_message(topic, payload, qos, None, now_ms)
+    }
+
+    /// A retained publish on a public route, with the id its posts carry (kept in the value, so a
+    /// reader that got the live copy recognises it).
+    pub fn publish_message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        id: Option<MessageId>,
         now_ms: u64,
     ) -> Result<(), Refusal> {
         if topic.len() > MAX_TOPIC_BYTES {
@@ -162,6 +176,7 @@ impl Writer {
         t.pending = Some(Pending {
             payload: payload.to_vec(),
             qos,
+            id,
             since_ms,
         });
         Ok(())
@@ -304,6 +319,7 @@ impl Writer {
                 kind,
                 qos: p.qos,
                 watermark,
+                id: p.id,
                 payload: p.payload,
             };
             let mut value = encode_record(&record);
