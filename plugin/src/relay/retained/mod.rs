@@ -32,7 +32,9 @@ pub mod reader;
 pub mod writer;
 
 #[cfg(test)]
-mod tests;
+mod reader_tests;
+#[cfg(test)]
+mod writer_tests;
 
 use crate::wire::MessageId;
 use base64::engine::general_purpose::STANDARD as B64;
