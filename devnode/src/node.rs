@@ -439,4 +439,8 @@ mod wallet;
 pub use replicate::{Digest, Update};
 
 #[cfg(test)]
+mod dht_tests;
+#[cfg(test)]
+mod dm_tests;
+#[cfg(test)]
 mod tests;
