@@ -223,11 +223,7 @@ fn receive_until(sub: &Mqtt, last: &str) -> Vec<String> {
 /// by a client that lost its connection after PUBREC, before PUBREL, and reconnected with its session.
 fn dup_retransmitted(a_lines: &[&str], b_lines: &[&str]) -> (Vec<String>, Vec<String>) {
     let p = Pair::start(a_lines, b_lines);
-    let far = Mqtt::connect(p.b.port, "far", true);
-    assert!(far.subscribe("q/#", QoS::ExactlyOnce));
-    wait_interest(&p.node, "bob", "q/#");
-    let local = Mqtt::connect(p.a.port, "local", true);
-    assert!(local.subscribe("q/#", QoS::ExactlyOnce));
+    let (far, local) = p.far_and_local("q/#", QoS::ExactlyOnce);
     // The same content again as a new message (new packet id) is a second message.
     publish_qos2_retransmitted_with_dup(p.a.port, "dup-pub");
     (receive_until(&far, "end"), receive_until(&local, "end"))

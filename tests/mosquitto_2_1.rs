@@ -4,8 +4,6 @@
 
 use mqtt_twister_harness::*;
 use rumqttc::QoS;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(15);
@@ -162,119 +160,6 @@ on_both_brokers! {
     }
 }
 
-/// A minimal MQTT 5 client on a plain socket, for what rumqttc's 3.1.1 client cannot say: session
-/// expiry, and the reason code of a PUBACK.
-struct Mqtt5 {
-    stream: TcpStream,
-    next_id: u16,
-}
-
-fn with_length(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut packet = vec![kind];
-    let mut len = body.len();
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        packet.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(body);
-    packet
-}
-
-fn mqtt_string(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
-impl Mqtt5 {
-    fn connect(port: u16, id: &str, clean_start: bool, session_expiry: u32) -> Mqtt5 {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(T)).unwrap();
-        let mut m = Mqtt5 { stream, next_id: 1 };
-        let mut body = mqtt_string("MQTT");
-        body.extend([5, if clean_start { 0x02 } else { 0 }, 0, 60]);
-        body.extend([5, 0x11]); // properties: session expiry interval
-        body.extend(session_expiry.to_be_bytes());
-        body.extend(mqtt_string(id));
-        m.send(&with_length(0x10, &body));
-        let (kind, ack) = m.read_packet();
-        assert_eq!((kind, ack.get(1)), (0x20, Some(&0)), "CONNACK success");
-        m
-    }
-
-    fn send(&mut self, packet: &[u8]) {
-        self.stream.write_all(packet).unwrap();
-    }
-
-    /// The next packet: its first byte and its body.
-    fn read_packet(&mut self) -> (u8, Vec<u8>) {
-        let mut first = [0u8; 1];
-        self.stream
-            .read_exact(&mut first)
-            .expect("a packet from the broker");
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            let mut b = [0u8; 1];
-            self.stream.read_exact(&mut b).unwrap();
-            len |= ((b[0] & 0x7f) as usize) << shift;
-            shift += 7;
-            if b[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).unwrap();
-        (first[0], body)
-    }
-
-    fn id(&mut self) -> u16 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn subscribe(&mut self, filter: &str) {
-        let id = self.id();
-        let mut body = id.to_be_bytes().to_vec();
-        body.push(0); // no properties
-        body.extend(mqtt_string(filter));
-        body.push(1); // QoS 1
-        self.send(&with_length(0x82, &body));
-        let (kind, ack) = self.read_packet();
-        assert_eq!(
-            (kind, ack.last()),
-            (0x90, Some(&1)),
-            "SUBACK granting QoS 1"
-        );
-    }
-
-    /// Publishes at QoS 1 and returns the PUBACK's reason code (below 0x80: accepted).
-    fn publish_qos1(&mut self, topic: &str, payload: &[u8]) -> u8 {
-        let id = self.id();
-        let mut body = mqtt_string(topic);
-        body.extend(id.to_be_bytes());
-        body.push(0);
-        body.extend_from_slice(payload);
-        self.send(&with_length(0x32, &body));
-        let (kind, ack) = self.read_packet();
-        assert_eq!((kind, &ack[..2]), (0x40, &id.to_be_bytes()[..]), "PUBACK");
-        ack.get(2).copied().unwrap_or(0)
-    }
-
-    /// Still connected: a PINGREQ is answered.
-    fn ping(&mut self) {
-        self.send(&[0xC0, 0]);
-        assert_eq!(self.read_packet().0, 0xD0, "PINGRESP");
-    }
-
-    fn disconnect(mut self) {
-        self.send(&[0xE0, 0]);
-    }
-}
-
 on_both_brokers! {
     /// Interest follows sessions: an MQTT 5 session that ends with its connection (clean start off,
     /// session expiry 0) takes its subscriptions with it on 2.1, where DISCONNECT comes only when the
@@ -286,10 +171,10 @@ on_both_brokers! {
         let dir = workdir();
         let b = Broker::start(dir.path(), "b", &plugin_conf(&node, dir.path(), "bob", &[]));
         b.wait_ready();
-        let mut ends = Mqtt5::connect(b.port, "ends", false, 0);
-        ends.subscribe("ends/#");
-        let mut stays = Mqtt5::connect(b.port, "stays", false, 3600);
-        stays.subscribe("stays/#");
+        let mut ends = RawMqtt::connect_v5(b.port, "ends", false, 0);
+        ends.subscribe_v5(1, "ends/#");
+        let mut stays = RawMqtt::connect_v5(b.port, "stays", false, 3600);
+        stays.subscribe_v5(1, "stays/#");
         let clean = Mqtt::connect(b.port, "clean", true);
         assert!(clean.subscribe("clean/#", QoS::AtLeastOnce));
         for f in ["ends/#", "stays/#", "clean/#"] {
@@ -327,10 +212,10 @@ on_both_brokers! {
         let local = Mqtt::connect(p.a.port, "local", true);
         assert!(local.subscribe("q/#", QoS::AtLeastOnce));
         p.node.stop();
-        let mut publ = Mqtt5::connect(p.a.port, "pub5", true, 0);
+        let mut publ = RawMqtt::connect_v5(p.a.port, "pub5", true, 0);
         let mut codes = Vec::new();
         for i in 0..20 {
-            let code = publ.publish_qos1(&format!("q/{i}"), b"m");
+            let code = publ.publish_v5(&format!("q/{i}"), b"m", 1).expect("PUBACK");
             codes.push(code);
             if code >= 0x80 {
                 break;
@@ -341,7 +226,7 @@ on_both_brokers! {
         }
         publ.ping();
         // Not forwarded, so never refused: a local topic passes even now (0x10: nobody subscribes).
-        assert_eq!(publ.publish_qos1("local/x", b"l"), 0x10);
+        assert_eq!(publ.publish_v5("local/x", b"l", 1).expect("PUBACK"), 0x10);
         match broker_version() {
             BrokerVersion::V2_1 => {
                 assert_eq!(codes.last(), Some(&0x97), "quota exceeded once the queue is full: {codes:?}");

@@ -164,7 +164,7 @@ on_both_brokers! {
     fn an_expired_persistent_session_takes_its_interest_where_the_broker_tells() {
         let p = Pair::start(&[], &[]);
         // MQTT 5: persistent (clean start off) with a session expiry of 2 s.
-        let mut raw = RawMqtt::connect_v5(p.b.port, "short-lived", 2);
+        let mut raw = RawMqtt::connect_v5(p.b.port, "short-lived", false, 2);
         raw.subscribe_v5(1, "e/#");
         wait_interest(&p.node, "bob", "e/#");
         raw.send(&[0xE0, 0x00]); // DISCONNECT, normal
@@ -198,11 +198,7 @@ on_both_brokers! {
 
     fn a_qos2_message_retransmitted_with_dup_is_forwarded_once() {
         let p = Pair::start(&["plugin_opt_publish q/#"], &[]);
-        let far = Mqtt::connect(p.b.port, "far", true);
-        assert!(far.subscribe("q/#", QoS::ExactlyOnce));
-        wait_interest(&p.node, "bob", "q/#");
-        let local = Mqtt::connect(p.a.port, "local", true);
-        assert!(local.subscribe("q/#", QoS::ExactlyOnce));
+        let (far, local) = p.far_and_local("q/#", QoS::ExactlyOnce);
 
         // PUBREC received, connection lost before PUBREL, sent again with DUP; then something new
         // after it, identical content included, which is forwarded.

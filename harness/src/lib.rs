@@ -209,6 +209,17 @@ impl Pair {
         b.wait_ready();
         Pair { node, dir, a, b }
     }
+
+    /// A subscriber ("far") to `filter` on B, ready once bob's profile lists it, and one ("local")
+    /// on A.
+    pub fn far_and_local(&self, filter: &str, qos: rumqttc::QoS) -> (Mqtt, Mqtt) {
+        let far = Mqtt::connect(self.b.port, "far", true);
+        assert!(far.subscribe(filter, qos));
+        wait_interest(&self.node, "bob", filter);
+        let local = Mqtt::connect(self.a.port, "local", true);
+        assert!(local.subscribe(filter, qos));
+        (far, local)
+    }
 }
 
 /// Mosquitto's own persistence, saved in `dir` every second.

@@ -8,6 +8,8 @@ use std::time::Duration;
 /// An MQTT 3.1.1 (or 5, `connect_v5`) client on a plain socket; reads time out after 10 s.
 pub struct RawMqtt {
     stream: TcpStream,
+    /// The packet id `publish_v5` used last.
+    last_mid: u16,
 }
 
 impl RawMqtt {
@@ -16,7 +18,10 @@ impl RawMqtt {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        RawMqtt { stream }
+        RawMqtt {
+            stream,
+            last_mid: 0,
+        }
     }
 
     /// MQTT 3.1.1, keep alive 60 s; asserts the CONNACK accepted it.
@@ -32,10 +37,12 @@ impl RawMqtt {
         raw
     }
 
-    /// MQTT 5, clean start off, with a session expiry interval.
-    pub fn connect_v5(port: u16, id: &str, session_expiry: u32) -> RawMqtt {
+    /// MQTT 5, keep alive 60 s, with a session expiry interval; asserts the CONNACK accepted it.
+    pub fn connect_v5(port: u16, id: &str, clean_start: bool, session_expiry: u32) -> RawMqtt {
         let mut raw = Self::open(port);
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 60];
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5];
+        body.push(if clean_start { 0x02 } else { 0x00 });
+        body.extend_from_slice(&[0, 60]);
         body.extend_from_slice(&[5, 0x11]); // properties: session expiry interval
         body.extend_from_slice(&session_expiry.to_be_bytes());
         body.extend_from_slice(&(id.len() as u16).to_be_bytes());
@@ -77,21 +84,7 @@ impl RawMqtt {
 
     /// Sends a packet: `header`, the remaining length, `body`.
     pub fn packet(&mut self, header: u8, body: &[u8]) {
-        let mut p = vec![header];
-        let mut len = body.len();
-        loop {
-            let mut byte = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                byte |= 0x80;
-            }
-            p.push(byte);
-            if len == 0 {
-                break;
-            }
-        }
-        p.extend_from_slice(body);
-        self.send(&p);
+        self.send(&framed(header, body));
     }
 
     /// Sends raw bytes.
@@ -110,12 +103,17 @@ impl RawMqtt {
 
     /// The next packet: its type byte and body.
     pub fn read(&mut self) -> (u8, Vec<u8>) {
+        self.try_read().expect("a packet from the broker")
+    }
+
+    /// The next packet, or None when the broker closed the connection (or said nothing in time).
+    pub fn try_read(&mut self) -> Option<(u8, Vec<u8>)> {
         let mut byte = [0u8; 1];
-        self.stream.read_exact(&mut byte).unwrap();
+        self.stream.read_exact(&mut byte).ok()?;
         let kind = byte[0];
         let (mut len, mut shift) = (0usize, 0);
         loop {
-            self.stream.read_exact(&mut byte).unwrap();
+            self.stream.read_exact(&mut byte).ok()?;
             len |= ((byte[0] & 0x7F) as usize) << shift;
             shift += 7;
             if byte[0] & 0x80 == 0 {
@@ -123,8 +121,8 @@ impl RawMqtt {
             }
         }
         let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).unwrap();
-        (kind, body)
+        self.stream.read_exact(&mut body).ok()?;
+        Some((kind, body))
     }
 
     /// Asserts the next packet is of type `kind` (high nibble) for packet id `mid`.
@@ -137,12 +135,67 @@ impl RawMqtt {
         );
     }
 
+    /// PUBLISH at QoS 0 or 1 over MQTT 5 (no properties) under the next packet id. QoS 1: the
+    /// PUBACK's reason code (below 0x80: accepted), None when the broker closed the connection
+    /// instead; QoS 0: Some(0) once written.
+    pub fn publish_v5(&mut self, topic: &str, payload: &[u8], qos: u8) -> Option<u8> {
+        self.last_mid += 1;
+        let mid = self.last_mid;
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        if qos > 0 {
+            body.extend_from_slice(&mid.to_be_bytes());
+        }
+        body.push(0); // no properties
+        body.extend_from_slice(payload);
+        // Written without unwrap: a broker refusing the message may have closed the connection.
+        self.stream
+            .write_all(&framed(0x30 | (qos << 1), &body))
+            .ok()?;
+        if qos == 0 {
+            return Some(0);
+        }
+        let (kind, ack) = self.try_read()?;
+        assert_eq!((kind, &ack[..2]), (0x40, &mid.to_be_bytes()[..]), "PUBACK");
+        Some(ack.get(2).copied().unwrap_or(0))
+    }
+
+    /// Still connected: a PINGREQ is answered.
+    pub fn ping(&mut self) {
+        self.send(&[0xC0, 0]);
+        assert_eq!(self.read().0, 0xD0, "PINGRESP");
+    }
+
+    /// DISCONNECT, normal.
+    pub fn disconnect(mut self) {
+        self.send(&[0xE0, 0]);
+    }
+
     /// PUBREL, then PUBCOMP.
     pub fn release(&mut self, mid: u16) {
         let [hi, lo] = mid.to_be_bytes();
         self.send(&[0x62, 0x02, hi, lo]);
         self.expect(0x70, mid, "PUBCOMP");
     }
+}
+
+/// A packet: `header`, the remaining length, `body`.
+fn framed(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![header];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        p.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    p.extend_from_slice(body);
+    p
 }
 
 /// A QoS 2 publisher (client `id`, persistent session) loses its connection after the PUBREC of
