@@ -54,20 +54,6 @@ fn lost_and_duplicated(counts: &BTreeMap<usize, usize>, n: usize) -> (Vec<usize>
     (lost, duplicated)
 }
 
-/// The dev node started again on `port`. Its port is in the ephemeral range: a broker retrying its
-/// connection meanwhile can be given it as its own source port and connect to itself (TCP
-/// simultaneous open), holding the port a moment; the start is then tried again.
-fn restart_on_its_port(args: &[&str], port: u16) -> DevNode {
-    let deadline = Instant::now() + T;
-    loop {
-        match std::panic::catch_unwind(|| DevNode::start_with(args, port)) {
-            Ok(node) => return node,
-            Err(e) if Instant::now() > deadline => std::panic::resume_unwind(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
 fn signal(pid: u32, sig: i32) {
     // SAFETY: a plain kill(2) of a child process this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
@@ -258,7 +244,7 @@ on_both_brokers! {
             let s = std::fs::read_to_string(&stat).unwrap_or_default();
             (s.is_empty() || s.contains(") Z ")).then_some(())
         });
-        node = restart_on_its_port(&["-blockinterval=0.2", &datadir], node.port);
+        node.restart();
         publisher.join().unwrap();
         assert_eq!(acked.load(Ordering::SeqCst), n, "the broker acknowledges through the outage");
 
