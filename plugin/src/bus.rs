@@ -105,6 +105,9 @@ pub enum Level {
 #[derive(Debug)]
 pub enum ToBroker {
     Publish(Message),
+    /// A message whose injection the broker's thread writes down in the injection log
+    /// (`crate::injected`) right after the broker took it.
+    PublishRecorded(Message, crate::injected::Mark),
     Log(Level, String),
 }
 
@@ -123,7 +126,7 @@ pub const OUTBOUND_CAPACITY: usize = 16_384;
 /// to publish and log lines, on two bounded channels.
 #[derive(Clone)]
 pub struct ToBrokerSender {
-    publish: Sender<Message>,
+    publish: Sender<(Message, Option<crate::injected::Mark>)>,
     logs: Sender<(Level, String)>,
     logs_dropped: Arc<AtomicU64>,
     /// Set after each message or line sent (and each line dropped): the broker thread, which looks on
@@ -138,8 +141,12 @@ impl ToBrokerSender {
         let sent = match m {
             ToBroker::Publish(msg) => self
                 .publish
-                .try_send(msg)
-                .map_err(|e| ToBroker::Publish(e.into_inner())),
+                .try_send((msg, None))
+                .map_err(|e| published(e.into_inner())),
+            ToBroker::PublishRecorded(msg, mark) => self
+                .publish
+                .try_send((msg, Some(mark)))
+                .map_err(|e| published(e.into_inner())),
             ToBroker::Log(level, line) => self.logs.try_send((level, line)).map_err(|e| {
                 if e.is_full() {
                     self.logs_dropped.fetch_add(1, Ordering::Relaxed);
@@ -165,20 +172,20 @@ impl ToBrokerSender {
 
     /// A message waits up to `timeout` for room; a log line never waits (as `try_send`).
     pub fn send_timeout(&self, m: ToBroker, timeout: Duration) -> Result<(), ToBroker> {
-        match m {
-            ToBroker::Publish(msg) => {
-                let sent = self.publish.send_timeout(msg, timeout);
-                self.flag_pending();
-                sent.map_err(|e| ToBroker::Publish(e.into_inner()))
-            }
-            log => self.try_send(log),
-        }
+        let item = match m {
+            ToBroker::Publish(msg) => (msg, None),
+            ToBroker::PublishRecorded(msg, mark) => (msg, Some(mark)),
+            log => return self.try_send(log),
+        };
+        let sent = self.publish.send_timeout(item, timeout);
+        self.flag_pending();
+        sent.map_err(|e| published(e.into_inner()))
     }
 }
 
 /// The broker thread's end of `ToBrokerSender`.
 pub struct FromWorker {
-    publish: Receiver<Message>,
+    publish: Receiver<(Message, Option<crate::injected::Mark>)>,
     logs: Receiver<(Level, String)>,
     logs_dropped: Arc<AtomicU64>,
     pending: Arc<AtomicBool>,
@@ -202,7 +209,7 @@ impl FromWorker {
         if let Ok((level, line)) = self.logs.try_recv() {
             return Some(ToBroker::Log(level, line));
         }
-        self.publish.try_recv().ok().map(ToBroker::Publish)
+        self.publish.try_recv().ok().map(published)
     }
 
     /// Log lines dropped so far because their channel was full.
@@ -215,9 +222,17 @@ impl FromWorker {
     pub fn recv_timeout(&self, timeout: Duration) -> Option<ToBroker> {
         crossbeam_channel::select! {
             recv(self.logs) -> l => l.ok().map(|(level, line)| ToBroker::Log(level, line)),
-            recv(self.publish) -> m => m.ok().map(ToBroker::Publish),
+            recv(self.publish) -> m => m.ok().map(published),
             default(timeout) => None,
         }
+    }
+}
+
+/// A message of the publish channel as the `ToBroker` it was sent as.
+fn published((m, mark): (Message, Option<crate::injected::Mark>)) -> ToBroker {
+    match mark {
+        Some(mark) => ToBroker::PublishRecorded(m, mark),
+        None => ToBroker::Publish(m),
     }
 }
 
@@ -354,7 +369,7 @@ mod tests {
         let got: Vec<String> = std::iter::from_fn(|| rx.try_recv())
             .map(|m| match m {
                 ToBroker::Log(_, line) => line,
-                ToBroker::Publish(m) => m.topic,
+                ToBroker::Publish(m) | ToBroker::PublishRecorded(m, _) => m.topic,
             })
             .collect();
         assert_eq!(got, ["line 0", "line 1", "a"]);

@@ -19,6 +19,7 @@ pub mod drops;
 mod fuzz;
 pub mod health;
 pub mod ids;
+pub mod injected;
 pub mod interest;
 pub mod numbers;
 pub mod plugin;

@@ -20,7 +20,8 @@ use crate::route::Route;
 use crate::spool::intake::{Intake, Verdict};
 use crate::spool::keeper::Keeper;
 use crate::startup::{
-    load_state, open_spool, resolve_password, restored_sessions, spool_with_worker,
+    load_state, open_injection_log, open_spool, resolve_password, restored_sessions,
+    spool_with_worker,
 };
 use crate::supervise::{WorkerHandle, STOP_WAIT};
 use crate::twister::{HttpTwister, Twister};
@@ -34,6 +35,13 @@ use std::time::{Duration, Instant};
 /// On 2.1 the pacing TICK asks to run again this soon. 2.1 otherwise sleeps up to 5 s (10 s without
 /// clients) between loop turns; 2.0 turns at least every 100 ms and ignores the request.
 pub const TICK_PACE: Duration = Duration::from_millis(100);
+/// Debug builds only: messages from the network on topics under this are injected one per
+/// TEST_SLOW_INJECT_EVERY, so that integration tests can kill the broker while received messages
+/// wait for TICK (`tests/injection.rs`; release builds have no such hook).
+#[cfg(debug_assertions)]
+pub const TEST_SLOW_INJECT_TOPIC: &str = "mqtt-twister/test/slow-inject/";
+#[cfg(debug_assertions)]
+const TEST_SLOW_INJECT_EVERY: Duration = Duration::from_millis(300);
 /// Items injected per TICK at most, so one tick never stalls the broker.
 const INJECT_PER_TICK: usize = 2048;
 /// How often the drop counts are said in the log at most.
@@ -82,6 +90,11 @@ pub struct Plugin {
     spool: Option<Intake>,
     /// Stopped after the worker (dropped after it), so that the worker's last progress is written.
     keeper: Option<Keeper>,
+    /// Writes down each received message the broker took (`crate::injected`; with a state file).
+    recorder: Option<crate::injected::Recorder>,
+    /// Debug builds: no injection before this (`TEST_SLOW_INJECT_TOPIC`).
+    #[cfg(debug_assertions)]
+    slow_until: Option<Instant>,
 }
 
 impl Plugin {
@@ -110,6 +123,11 @@ impl Plugin {
             access::decide(cfg.access, broker_conf.as_ref())?
         };
         let mut saved = load_state(&cfg)?;
+        let (recorder, injections, damage) =
+            match open_injection_log(&cfg, host.storage.as_ref(), &mut saved)? {
+                Some((recorder, handle, damage)) => (Some(recorder), Some(handle), damage),
+                None => (None, None, None),
+            };
         let spool = open_spool(&cfg, host.storage, &mut saved)?;
         let (url, user) = (cfg.rpc_url.clone(), cfg.rpc_user.clone());
         let make_rpc = move |timeout| {
@@ -127,8 +145,9 @@ impl Plugin {
             // 2.0 cannot ask which it restored.
             (true, None) => RestoredSessions::All,
         };
-        let worker = WorkerHandle::spawn(cfg.clone(), make_rpc, saved, doorbell, restored)
-            .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+        let worker =
+            WorkerHandle::spawn(cfg.clone(), make_rpc, saved, doorbell, restored, injections)
+                .map_err(|e| format!("cannot start the worker thread: {e}"))?;
         let (spool, keeper, report) = match spool {
             None => (None, None, None),
             Some((spool, appender, report)) => {
@@ -141,6 +160,11 @@ impl Plugin {
         plugin.persistence = persistence;
         plugin.spool = spool;
         plugin.keeper = keeper;
+        plugin.recorder = recorder;
+        let report = match (report, damage) {
+            (Some(a), Some(b)) => Some(format!("{a}\n{b}")),
+            (a, b) => a.or(b),
+        };
         Ok((plugin, report))
     }
 
@@ -170,6 +194,9 @@ impl Plugin {
             persistence: false,
             spool: None,
             keeper: None,
+            recorder: None,
+            #[cfg(debug_assertions)]
+            slow_until: None,
         }
     }
 
@@ -400,12 +427,31 @@ impl Plugin {
     fn drain(&mut self, broker: &impl Broker) {
         let mut emptied = false;
         for _ in 0..INJECT_PER_TICK {
-            match self.worker.from_worker.try_recv() {
-                Some(ToBroker::Publish(m)) => self.inject(broker, m),
-                Some(ToBroker::Log(level, text)) => broker.log(level, &text),
+            // No room in the injection log until the worker saved its state: the rest waits.
+            if self.recorder.as_ref().is_some_and(|r| !r.has_room()) || self.slowed_down() {
+                break;
+            }
+            let (m, mark) = match self.worker.from_worker.try_recv() {
+                Some(ToBroker::Publish(m)) => (m, None),
+                Some(ToBroker::PublishRecorded(m, mark)) => (m, Some(mark)),
+                Some(ToBroker::Log(level, text)) => {
+                    broker.log(level, &text);
+                    continue;
+                }
                 None => {
                     emptied = true;
                     break;
+                }
+            };
+            #[cfg(debug_assertions)]
+            if m.topic.starts_with(TEST_SLOW_INJECT_TOPIC) {
+                self.slow_until = Some(Instant::now() + TEST_SLOW_INJECT_EVERY);
+            }
+            // Right after the broker took it (or refused it for good): a kill -9 from now on finds it
+            // in the log, so it is neither injected again nor lost.
+            if self.inject(broker, m) {
+                if let (Some(r), Some(mark)) = (self.recorder.as_mut(), mark) {
+                    r.record(&mark);
                 }
             }
         }
@@ -413,6 +459,20 @@ impl Plugin {
             self.worker.from_worker.look_again();
         }
         self.report_lost_log_lines(broker);
+    }
+
+    /// Debug builds: a message on `TEST_SLOW_INJECT_TOPIC` was injected less than
+    /// TEST_SLOW_INJECT_EVERY ago. Release builds: never.
+    #[inline(always)]
+    fn slowed_down(&mut self) -> bool {
+        #[cfg(debug_assertions)]
+        if let Some(t) = self.slow_until {
+            if Instant::now() < t {
+                return true;
+            }
+            self.slow_until = None;
+        }
+        false
     }
 
     /// Says how many events were dropped and publishes refused (at most every DROP_REPORT_EVERY).
@@ -471,24 +531,33 @@ impl Plugin {
     }
 
     /// Publishes a message from the network into the broker; counts and logs (rate-limited) a topic
-    /// the broker would not take from a client.
-    fn inject(&mut self, broker: &impl Broker, m: Message) {
+    /// the broker would not take from a client. True: settled (taken, or a topic it never takes).
+    fn inject(&mut self, broker: &impl Broker, m: Message) -> bool {
         let topic = m.topic.clone();
         match broker.publish(m) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(PublishRefused::Topic(why)) => {
                 if let Some(line) = self.watch.refused(&topic, why, Instant::now()) {
                     broker.log(Level::Warning, &line);
                 }
+                true
             }
-            Err(PublishRefused::OutOfMemory) => broker.log(
-                Level::Error,
-                "mqtt-twister: out of memory injecting a message",
-            ),
-            Err(PublishRefused::Broker(rc)) => broker.log(
-                Level::Warning,
-                &format!("mqtt-twister: broker refused a message from the network (error {rc})"),
-            ),
+            Err(PublishRefused::OutOfMemory) => {
+                broker.log(
+                    Level::Error,
+                    "mqtt-twister: out of memory injecting a message",
+                );
+                false
+            }
+            Err(PublishRefused::Broker(rc)) => {
+                broker.log(
+                    Level::Warning,
+                    &format!(
+                        "mqtt-twister: broker refused a message from the network (error {rc})"
+                    ),
+                );
+                false
+            }
         }
     }
 

@@ -160,3 +160,52 @@ pub fn spool_with_worker(
     )?;
     Ok((intake, keeper))
 }
+
+/// The injection log beside `plugin_opt_state_file` (`crate::injected`): what the last run's broker
+/// took is merged into the saved dedup set and written to the state file, then the log starts afresh.
+/// With it, a line for the log when records were found damaged. None without a state file.
+#[allow(clippy::type_complexity)]
+pub fn open_injection_log(
+    cfg: &Config,
+    storage: &dyn crate::spool::Storage,
+    saved: &mut Option<Saved>,
+) -> Result<
+    Option<(
+        crate::injected::Recorder,
+        crate::injected::Handle,
+        Option<String>,
+    )>,
+    String,
+> {
+    let Some(state_file) = &cfg.state_file else {
+        return Ok(None);
+    };
+    let path = crate::injected::path_beside(state_file);
+    let error = |e: std::io::Error| {
+        format!(
+            "{}state_file: cannot use {}: {e}",
+            config::PREFIX,
+            path.display()
+        )
+    };
+    let recovered = crate::injected::recover(&path).map_err(error)?;
+    if !recovered.injected.is_empty() {
+        let state = saved.get_or_insert_with(Saved::default);
+        for (sender, id) in recovered.injected {
+            state.seen.check(&sender, Some(id));
+        }
+        // Written before the log is zeroed: the ids are then in one of the two at every moment.
+        state
+            .save(state_file)
+            .map_err(|e| format!("{}state_file: {e}", config::PREFIX))?;
+    }
+    let line = (recovered.damaged > 0).then(|| {
+        format!(
+            "mqtt-twister: {}: {} damaged records skipped (torn by a kill: their messages may arrive once more)",
+            path.display(),
+            recovered.damaged
+        )
+    });
+    let (recorder, handle) = crate::injected::open(&path, storage).map_err(error)?;
+    Ok(Some((recorder, handle, line)))
+}

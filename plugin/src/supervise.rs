@@ -53,6 +53,7 @@ impl WorkerHandle {
         saved: Option<Saved>,
         doorbell: Doorbell,
         restored: RestoredSessions,
+        injections: Option<crate::injected::Handle>,
     ) -> std::io::Result<Self> {
         let (to_worker, inbox) = bounded(CONTROL_CAPACITY);
         let (to_broker, from_worker) = bus::to_broker(TO_BROKER_CAPACITY, LOG_CAPACITY);
@@ -67,6 +68,7 @@ impl WorkerHandle {
             to_broker,
             outbound: outbound.clone(),
             health: health.clone(),
+            injections,
         };
         let thread = std::thread::Builder::new()
             .name("mqtt-twister".into())
@@ -179,6 +181,8 @@ struct Supervisor {
     to_broker: ToBrokerSender,
     outbound: Arc<Outbound>,
     health: Arc<Health>,
+    /// The injection log (`crate::injected`), with a state file.
+    injections: Option<crate::injected::Handle>,
 }
 
 impl Supervisor {
@@ -210,6 +214,8 @@ impl Supervisor {
             doorbell,
             health: self.health.clone(),
             receipts: None,
+            injections: self.injections(),
+            settled: None,
         };
         let mut last_panic: Option<Instant> = None;
         let mut delay = Duration::ZERO;
@@ -290,7 +296,16 @@ impl Supervisor {
             doorbell,
             health: self.health.clone(),
             receipts: None,
+            injections: self.injections(),
+            settled: None,
         }
+    }
+
+    /// A reader of the injection log for a new worker (from what the saved state lacks on).
+    fn injections(&self) -> Option<crate::injected::Reader> {
+        self.injections
+            .as_ref()
+            .map(crate::injected::Handle::reader)
     }
 }
 
@@ -347,9 +362,15 @@ mod tests {
             }) as Box<dyn Twister>
         };
         let doorbell = Doorbell::new(None, "test".into());
-        let handle =
-            WorkerHandle::spawn(config(), make_rpc, None, doorbell, RestoredSessions::None)
-                .unwrap();
+        let handle = WorkerHandle::spawn(
+            config(),
+            make_rpc,
+            None,
+            doorbell,
+            RestoredSessions::None,
+            None,
+        )
+        .unwrap();
         (handle, blocked, waiting)
     }
 

@@ -10,6 +10,7 @@ mod dht_tests;
 mod drive;
 #[cfg(test)]
 mod drive_tests;
+mod injections;
 mod persist;
 pub mod receipts;
 mod retained;
@@ -97,6 +98,14 @@ pub struct Worker {
     receipts: receipts::ReceiptsDriver,
     /// The highest post number used, written before each post (`crate::numbers`).
     used_numbers: crate::numbers::UsedNumbers,
+    /// Ids the broker took (the injection log says so) or that needed no injection: what the state
+    /// file keeps as seen and receipts acknowledge (`worker/injections.rs`). The inbox's own set
+    /// also holds what is handed and not yet injected.
+    settled: crate::dedup::Dedup,
+    /// The injection log (`crate::injected`), with a state file.
+    injections: Option<crate::injected::Reader>,
+    /// Messages with a mark were handed since the log was last seen to hold everything.
+    injections_pending: bool,
 }
 
 /// What the driver woke up for.
@@ -228,10 +237,14 @@ impl Worker {
         if let Some(r) = self.receipts_deadline(now) {
             d = d.min(r);
         }
+        if let Some(i) = self.injections_deadline(now) {
+            d = d.min(i);
+        }
         d.max(now)
     }
 
     fn step(&mut self, now: Instant) {
+        self.take_injections();
         if !self.ready {
             if self.timers.due(Timer::Startup, now) {
                 self.startup();

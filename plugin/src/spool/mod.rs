@@ -36,7 +36,7 @@ mod format;
 pub mod intake;
 pub mod keeper;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use format::Record;
 

@@ -12,8 +12,9 @@ const G: Geometry = Geometry {
     slots: 4,
 };
 
+/// Also the injection log's model of mapped memory (`crate::injected`).
 #[derive(Default, Clone)]
-struct Heap {
+pub(crate) struct Heap {
     disk_full: Arc<AtomicBool>,
 }
 

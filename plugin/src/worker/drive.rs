@@ -3,6 +3,7 @@
 //! reply back, until none has anything left to ask. Calls are made one at a time, so at most one
 //! request is outstanding.
 
+use super::injections::Handled;
 use super::*;
 use crate::bus::{DhtAnswer, DhtDone, DhtJob, DhtPurpose};
 use crate::relay::inbox::{InboxEffect, InboxReply};
@@ -96,7 +97,12 @@ impl Worker {
                     // Only QoS 1/2 messages make a receipt due (QoS 0 ones join the next).
                     let urgent = message.qos > 0;
                     let wanted = self.deliver(&from, k, what, message);
-                    read.push((from, id, wanted, urgent));
+                    read.push(Handled::Read {
+                        from,
+                        id,
+                        wanted,
+                        urgent,
+                    });
                     continue;
                 }
                 InboxEffect::Log(level, line) => {
@@ -108,9 +114,8 @@ impl Worker {
                     continue;
                 }
                 InboxEffect::Duplicate { from, id } => {
-                    // Its first copy was handed on (and acknowledged) before: say so again.
-                    // A copy means the sender waits for a receipt of it.
-                    read.push((from, Some(id), None, true));
+                    // Its first copy was handed on before: acknowledged again once settled.
+                    read.push(Handled::Again { from, id });
                     continue;
                 }
                 InboxEffect::StateChanged => {
@@ -123,33 +128,21 @@ impl Worker {
         self.hand_to_broker(read);
     }
 
-    /// Publishes what was read into the broker (the messages wanted here) and acknowledges it, after
-    /// writing down which ids it carried (and how far each sender was read): a crash after this never
-    /// injects them again. A crash before loses nothing either: the posts are read again after the
-    /// restart.
-    fn hand_to_broker(
-        &mut self,
-        read: Vec<(
-            String,
-            Option<crate::wire::MessageId>,
-            Option<Message>,
-            bool,
-        )>,
-    ) {
+    /// Publishes what was read into the broker (the messages wanted here), after writing down how
+    /// far each sender was read. The state file keeps as seen only the ids settled: the broker took
+    /// them (the injection log says so, `worker/injections.rs`) or they needed no injection. So a
+    /// crash before the broker took a message loses nothing: its post is not read again, but it is
+    /// not acknowledged and not seen, so its retransmission is delivered; once taken, the log keeps
+    /// it from being injected twice.
+    fn hand_to_broker(&mut self, read: Vec<Handled>) {
         if read.is_empty() {
             return;
         }
         if self.state_dirty {
             self.save_state_now();
         }
-        for (from, id, wanted, urgent) in read {
-            self.receipts.refused_by_broker = false;
-            if let Some(m) = wanted {
-                self.inject(m);
-            }
-            if let Some(id) = id {
-                self.acknowledge(&from, id, urgent);
-            }
+        for handled in read {
+            self.hand_one(handled);
         }
     }
 

@@ -90,6 +90,8 @@ fn worker(script: &Arc<Mutex<Script>>) -> (Worker, crate::bus::FromWorker) {
         doorbell: Doorbell::new(None, String::new()),
         health,
         receipts: None,
+        injections: None,
+        settled: None,
     };
     let mut w = Worker::new(cfg, Box::new(Fake(script.clone())), inbox, to_broker, start);
     w.ready = true;

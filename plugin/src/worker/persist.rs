@@ -80,7 +80,9 @@ impl Worker {
         self.saved.seq = self.outbox.seq();
         self.saved.cursors = self.incoming.cursors().clone();
         self.saved.retained = self.retained_json();
-        self.saved.seen = self.incoming.seen().clone();
+        // Only what the broker took: an id handed and not injected yet is delivered if it comes again.
+        self.saved.seen = self.settled.clone();
+        let recorded = self.injections.as_ref().map(|r| r.read_so_far());
         let mut saved = std::mem::take(&mut self.saved);
         self.save_learnt(&mut saved);
         self.saved = saved;
@@ -89,7 +91,12 @@ impl Worker {
             return;
         };
         match self.saved.save(&path) {
-            Ok(()) => self.state_dirty = false,
+            Ok(()) => {
+                self.state_dirty = false;
+                if let (Some(r), Some(n)) = (self.injections.as_ref(), recorded) {
+                    r.saved_up_to(n);
+                }
+            }
             Err(e) => self.log_once(
                 "state-write",
                 Level::Error,
@@ -136,6 +143,7 @@ impl Worker {
         // Our newest retained values, whatever the interval: the DHT thread writes them before it stops.
         self.retained_write(true);
         self.saved.unsent = self.unsent();
+        self.take_injections();
         self.saved.clean_stop = true;
         self.state_dirty = true;
         self.save_state_now();

@@ -295,8 +295,10 @@ impl Worker {
         }
         // Recorded before the state is saved: the live copy is dropped as a duplicate, even after a
         // restart.
+        // (Settled at once, without the injection log: a retained value is fetched again anyway.)
         for id in &applied.ids {
             self.incoming.handed_on_elsewhere(&user, *id);
+            self.settled.check(&user, Some(*id));
         }
         if !applied.ids.is_empty() {
             self.save_state_now();

@@ -14,11 +14,14 @@ impl Worker {
     }
 
     pub(super) fn inject(&mut self, m: Message) {
+        self.inject_item(ToBroker::Publish(m));
+    }
+
+    /// `item`: a message to publish, with or without its mark for the injection log.
+    pub(super) fn inject_item(&mut self, item: ToBroker) {
         self.counters.injected += 1;
         self.ring_pending = true;
-        let sent = self
-            .to_broker
-            .send_timeout(ToBroker::Publish(m), Duration::from_secs(1));
+        let sent = self.to_broker.send_timeout(item, Duration::from_secs(1));
         // A message the broker never got is not acknowledged (`worker/receipts.rs`).
         self.receipts_sent_to_broker(sent.is_ok());
         if sent.is_err() {

@@ -17,6 +17,10 @@ pub struct Start {
     pub health: Arc<Health>,
     /// After a restart: the messages kept for receipts and the receipts not written yet.
     pub receipts: Option<Box<receipts::ReceiptsDriver>>,
+    /// The injection log's reader (`crate::injected`), with a state file.
+    pub injections: Option<crate::injected::Reader>,
+    /// A restart: what the worker before it had settled (`saved.seen` then is its inbox's set).
+    pub settled: Option<crate::dedup::Dedup>,
 }
 
 impl Worker {
@@ -38,7 +42,11 @@ impl Worker {
             doorbell,
             health,
             receipts,
+            injections,
+            settled,
         } = start;
+        let settled =
+            settled.unwrap_or_else(|| saved.as_ref().map(|s| s.seen.clone()).unwrap_or_default());
         let state_found = saved.is_some();
         let incoming = Inbox::new(
             &cfg.user,
@@ -137,7 +145,12 @@ impl Worker {
             retained,
             receipts,
             used_numbers,
+            settled,
+            injections,
+            injections_pending: false,
         };
+        // What the log holds beyond the saved state (a restart after a panic): seen from now on.
+        w.take_injections();
         if let Some(e) = used_problem {
             w.log(Level::Error, format!("cannot keep the highest post number used beside plugin_opt_state_file: {e}; a restart after twisterd forgot a post may use its number again"));
         }
@@ -175,6 +188,8 @@ impl Worker {
             doorbell: std::mem::replace(&mut self.doorbell, Doorbell::new(None, String::new())),
             health: self.health.clone(),
             receipts: Some(Box::new(self.take_receipts())),
+            injections: self.injections.take(),
+            settled: Some(self.settled.clone()),
         }
     }
 }

@@ -188,6 +188,11 @@ impl Inbox {
         }
     }
 
+    /// `id` of `from` was injected (the injection log says so): never handed on again.
+    pub fn mark_seen(&mut self, from: &str, id: crate::wire::MessageId) {
+        self.seen.check(from, Some(id));
+    }
+
     pub fn cursors(&self) -> &BTreeMap<String, Cursor> {
         &self.cursors
     }

@@ -30,6 +30,26 @@ struct FromSender {
     last_write: Option<Instant>,
 }
 
+impl FromSender {
+    /// Acknowledges `id`; the count of epochs forgotten to stay bounded.
+    fn ack(&mut self, id: MessageId, urgent: bool) -> u64 {
+        let set = self.acks.entry(id.epoch).or_insert_with(codec::empty);
+        if set.insert(id.seq) {
+            self.changed = true;
+            self.dirty |= urgent;
+        } else {
+            // Acknowledged already: a copy, whose sender may not have read it yet.
+            self.dirty |= urgent && self.changed;
+        }
+        let mut forgotten = 0;
+        while self.acks.len() > codec::MAX_EPOCHS {
+            self.acks.pop_first();
+            forgotten += 1;
+        }
+        forgotten
+    }
+}
+
 /// A write the driver carries out (`crate::dht`): with `seq: None`, it reads the resource first,
 /// merges what is there, and writes with the stored `seq` + 1.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,21 +100,18 @@ impl Ledger {
             if done == 0 {
                 continue;
             }
-            for (_, id, urgent) in from.handed.drain(..done) {
-                let set = from.acks.entry(id.epoch).or_insert_with(codec::empty);
-                if set.insert(id.seq) {
-                    from.changed = true;
-                    from.dirty |= urgent;
-                } else {
-                    // Acknowledged already: a copy, whose sender may not have read it yet.
-                    from.dirty |= urgent && from.changed;
-                }
-            }
-            while from.acks.len() > codec::MAX_EPOCHS {
-                from.acks.pop_first();
-                self.forgotten += 1;
+            let taken: Vec<(u64, MessageId, bool)> = from.handed.drain(..done).collect();
+            for (_, id, urgent) in taken {
+                self.forgotten += from.ack(id, urgent);
             }
         }
+    }
+
+    /// A message of `sender` the injection log says the broker took (`crate::injected`):
+    /// acknowledged now (`urgent` as for `handed`).
+    pub fn taken(&mut self, sender: &str, id: MessageId, urgent: bool) {
+        let from = self.senders.entry(sender.to_string()).or_default();
+        self.forgotten += from.ack(id, urgent);
     }
 
     /// The broker took everything sent to it.
