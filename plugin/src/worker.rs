@@ -11,6 +11,8 @@ mod drive;
 #[cfg(test)]
 mod drive_tests;
 mod injections;
+#[cfg(test)]
+mod injections_tests;
 mod persist;
 pub mod receipts;
 mod retained;

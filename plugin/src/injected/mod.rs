@@ -77,7 +77,11 @@ pub fn open(path: &Path, storage: &dyn Storage) -> io::Result<(Recorder, Handle)
     open_with(path, storage, SLOTS)
 }
 
-fn open_with(path: &Path, storage: &dyn Storage, slots: usize) -> io::Result<(Recorder, Handle)> {
+pub(crate) fn open_with(
+    path: &Path,
+    storage: &dyn Storage,
+    slots: usize,
+) -> io::Result<(Recorder, Handle)> {
     let len = slots * format::RECORD;
     let mut file = OpenOptions::new()
         .read(true)

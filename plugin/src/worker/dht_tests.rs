@@ -86,6 +86,8 @@ fn the_driver_carries_the_profile_write_and_the_recipients_reads_through_the_dht
         doorbell: Doorbell::new(None, String::new()),
         health,
         receipts: None,
+        injections: None,
+        settled: None,
     };
     let mut w = Worker::new(cfg, Box::new(Quiet), inbox, to_broker, start);
     w.ready = true;
