@@ -1,7 +1,7 @@
 //! The receiving side, exactly once across a kill -9 between the state save and the injection
 //! (`plugin/src/injected`): the receiver writes its read cursor before its broker's thread injects
 //! what it read, at a later TICK. The debug builds' slow-injection hook
-//! (`plugin::TEST_SLOW_INJECT_TOPIC`: one message per 300 ms) keeps a whole post's messages waiting
+//! (`plugin::TEST_SLOW_INJECT_TOPIC`: one message per second) keeps a whole post's messages waiting
 //! for TICK for seconds; the receiving broker is killed -9 in the middle. The messages the broker
 //! had not taken are not seen as seen nor acknowledged, so the sender's retransmissions deliver them;
 //! those it had taken are in the injection log and are not delivered again.
@@ -69,14 +69,14 @@ on_both_brokers! {
         let sub = Mqtt::connect(b.port, "receiver", true);
         assert!(sub.subscribe(&filter, QoS::AtLeastOnce));
         let publ = Mqtt::connect(a.port, "pub", true);
-        const TOTAL: usize = 20;
+        const TOTAL: usize = 12;
         const BEFORE_KILL: usize = 4;
         let topic = format!("{SLOW}n");
         for i in 0..TOTAL {
             publ.publish(&topic, format!("m{i}").as_bytes(), QoS::AtLeastOnce, false);
         }
         // B read them (its state file, with its cursor, is saved before TICK takes them) and TICK
-        // injects one per 300 ms: kill it after a few.
+        // injects one per second: kill it after a few.
         let mut got = Vec::new();
         while got.len() < BEFORE_KILL {
             let m = sub.recv(T).expect("the first messages at B");

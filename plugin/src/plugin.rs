@@ -41,7 +41,7 @@ pub const TICK_PACE: Duration = Duration::from_millis(100);
 #[cfg(debug_assertions)]
 pub const TEST_SLOW_INJECT_TOPIC: &str = "mqtt-twister/test/slow-inject/";
 #[cfg(debug_assertions)]
-const TEST_SLOW_INJECT_EVERY: Duration = Duration::from_millis(300);
+const TEST_SLOW_INJECT_EVERY: Duration = Duration::from_millis(1000);
 /// Items injected per TICK at most, so one tick never stalls the broker.
 const INJECT_PER_TICK: usize = 2048;
 /// How often the drop counts are said in the log at most.
