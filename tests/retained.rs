@@ -178,7 +178,9 @@ on_both_brokers! {
         assert!(more.subscribe("other/#", QoS::AtLeastOnce));
         wait_interest(&p.node, "bob", "other/#");
         assert!(sub.recv(Duration::from_millis(1500)).is_none(), "no second copy at B");
-        assert!(!p.b.log_text().contains("retained values of alice from the DHT"), "B had it live");
+        // B injected nothing from the DHT (a sync during the burst may say that a value waits for
+        // posts, "... from the DHT wait for ...": that is not an injection).
+        assert!(!p.b.log_text().contains("retained values of alice from the DHT:"), "B had it live");
     }
 }
 
